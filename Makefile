@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint typecheck bench stack-up stack-down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m services.stack.install
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m services.cli demo
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared services
+
+bench: install
+	$(PY) -m bench
+
+stack-up: install
+	$(PY) -m services.cli stack up
+
+stack-down: install
+	$(PY) -m services.cli stack down
+
+clean:
+	rm -rf $(VENV) .streamlearn .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,298 @@
+"""The worker: poll a batch, run the step chain over it, commit after the side effects are delivered."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CollectorRegistry
+from shared.learners.registry import build_learner
+
+from services.worker.http import EndpointServer
+from shared.kafka.clients import build_consumer, build_producer
+from shared.learners.base import Learner
+from shared.monitoring.metrics import Metrics
+from shared.settings import ModelSettings, Settings
+from shared.steps.batch import Batch, Record, Step
+from shared.steps.clean import CleanStep
+from shared.steps.decode import DecodeStep
+from shared.steps.models import ModelStep
+from shared.steps.publish import PublishStep
+from shared.steps.score import ScoreStep
+
+log = logging.getLogger("streamlearn.worker")
+
+TP = tuple[str, int]
+
+
+class _Committer:
+    """Makes a batch's side effects durable and then commits its offsets (at-least-once)."""
+
+    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        self._consumer = consumer
+        self._producer = producer
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        self._producer.send(topic, value=value, key=key, headers=headers)
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        self._producer.flush()
+        if offsets:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class _TransactionalCommitter(_Committer):
+    """Exactly-once: predictions and consumer offsets go out in one Kafka transaction."""
+
+    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        super().__init__(consumer, producer)
+        producer.init_transactions()
+        self._open = False
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        if not self._open:
+            self._producer.begin_transaction()
+            self._open = True
+        self._producer.send(topic, value=value, key=key, headers=headers)
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        if not offsets and not self._open:
+            return
+        if not self._open:
+            self._producer.begin_transaction()
+            self._open = True
+        if offsets:
+            self._producer.send_offsets_to_transaction(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                self._consumer.group_metadata(),
+            )
+        self._producer.commit_transaction()
+        self._open = False
+
+
+class Worker:
+    """One consumer-group member running the step chain.
+
+    ``stop()`` (or SIGTERM/SIGINT via :meth:`install_signal_handlers`) asks it to drain: the current batch
+    is finished, its outputs delivered, its offsets committed, and the clients closed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        learner_factory: Callable[[ModelSettings], Learner] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self._stop = threading.Event()
+        self._last_loop = time.monotonic()
+        self._ready = False
+        factory = learner_factory or (
+            lambda m: build_learner(m, settings.preprocessing, settings.worker.seed)
+        )
+        self.model_step = ModelStep(settings.models, factory)
+        probe = self.model_step.fresh_set()
+        self.tasks = {name: learner.task for name, learner in probe.learners.items()}
+        self.champion = settings.worker.champion or settings.models[0].name
+        self._pending_offsets: dict[TP, int] = {}
+        self._events_since_commit = 0
+        self._last_commit = time.monotonic()
+        self.consumer: KafkaConsumer | None = None
+        self.committer: _Committer | None = None
+        self.steps: list[Step] = []
+        self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window)
+        self.endpoint: EndpointServer | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT only set the stop flag; the loop drains."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s received: draining", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _healthy(self) -> bool:
+        return time.monotonic() - self._last_loop < max(60.0, self.settings.kafka.max_poll_interval_ms / 1000)
+
+    def _readiness(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "not ready: waiting for partition assignment"
+        return True, "ready"
+
+    def start(self) -> None:
+        """Connect to Kafka, start the HTTP endpoint, subscribe."""
+        kafka = self.settings.kafka
+        if self.settings.metrics.enabled:
+            self.endpoint = EndpointServer(
+                self.settings.metrics.host, self.settings.metrics.port, self.registry,
+                self._healthy, self._readiness,
+            )
+            self.endpoint.start()
+        self.consumer = build_consumer(kafka)
+        producer = build_producer(kafka, transactional=kafka.exactly_once)
+        self.committer = (
+            _TransactionalCommitter(self.consumer, producer) if kafka.exactly_once
+            else _Committer(self.consumer, producer)
+        )
+        publish = PublishStep(
+            self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
+        )
+        self.steps = [
+            DecodeStep(self.settings.limits),
+            CleanStep(self.settings.cleaning),
+            self.model_step,
+            self.score_step,
+            publish,
+        ]
+        for name in self.model_step.model_names:
+            self.metrics.champion.labels(name).set(1 if name == self.champion else 0)
+        self.consumer.subscribe([kafka.topics.events], listener=_Rebalance(self))
+        log.info("worker subscribed to %s as group %s", kafka.topics.events, kafka.group_id)
+
+    def run(self, *, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
+        """Poll and process until stopped (or the optional limits pass), then drain and close."""
+        if self.consumer is None:
+            self.start()
+        assert self.consumer is not None
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        last_data = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._last_loop = time.monotonic()
+                if deadline is not None and self._last_loop > deadline:
+                    break
+                if idle_exit_s is not None and self._last_loop - last_data > idle_exit_s:
+                    break
+                polled = self.consumer.poll(
+                    timeout_ms=self.settings.kafka.poll_timeout_ms,
+                    max_records=self.settings.kafka.max_poll_records,
+                )
+                self.metrics.kafka_up.set(1)
+                if polled:
+                    last_data = time.monotonic()
+                    self.process(_to_batch(polled))
+                self._maybe_commit()
+        finally:
+            self.close()
+
+    def process(self, batch: Batch) -> None:
+        """Run every step over one batch and remember the offsets it allows to commit."""
+        started = time.perf_counter()
+        for step in self.steps:
+            step.process(batch)
+        self.score_step.export()
+        self._pending_offsets.update(batch.next_offsets())
+        self._events_since_commit += len(batch.records)
+        self.metrics.batch_size.observe(len(batch.records))
+        self.metrics.processing_seconds.observe(time.perf_counter() - started)
+
+    def _maybe_commit(self, force: bool = False) -> None:
+        due = (
+            force
+            or self._events_since_commit >= self.settings.worker.commit_every_events
+            or time.monotonic() - self._last_commit >= self.settings.worker.commit_interval_s
+        )
+        if due and (self._pending_offsets or force):
+            self.commit()
+
+    def commit(self) -> None:
+        """Deliver everything sent so far, then commit the processed offsets."""
+        assert self.committer is not None
+        offsets, self._pending_offsets = self._pending_offsets, {}
+        self.committer.commit(offsets)
+        self._events_since_commit = 0
+        self._last_commit = time.monotonic()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        for name, size in self.model_step.memory_bytes().items():
+            self.metrics.model_memory.labels(name).set(size)
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=100)
+            except Exception:  # position may be unknown during a rebalance; lag is best-effort
+                continue
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    def on_assigned(self, tps: Sequence[TP]) -> None:
+        for tp in tps:
+            self.model_step.assign(tp)
+        self._ready = True
+        self.metrics.ready.set(1)
+        log.info("assigned %s", sorted(tps))
+
+    def on_revoked(self, tps: Sequence[TP]) -> None:
+        if self.committer is not None:
+            self.commit()
+        self.model_step.revoke(tps)
+        log.info("revoked %s", sorted(tps))
+
+    def close(self) -> None:
+        """Drain: commit what was processed, close the clients and the endpoint."""
+        try:
+            if self.committer is not None and self.consumer is not None:
+                self.commit()
+        finally:
+            self._ready = False
+            self.metrics.ready.set(0)
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+                self.consumer = None
+            if self.committer is not None:
+                self.committer.close()
+                self.committer = None
+            if self.endpoint is not None:
+                self.endpoint.stop()
+                self.endpoint = None
+        log.info("worker stopped")
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self._worker.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._worker.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+
+
+def _to_batch(polled: dict) -> Batch:
+    records: list[Record] = []
+    for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
+        for message in polled[tp]:
+            records.append(Record(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                key=message.key, value=message.value, timestamp_ms=message.timestamp or 0,
+            ))
+    return Batch(records=records, polled_at=time.time())

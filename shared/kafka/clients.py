@@ -1,0 +1,63 @@
+"""Kafka consumer and producer built from settings: manual commits only, raw bytes in and out."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from shared.settings import KafkaSettings
+
+
+def security_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Security keyword arguments shared by consumers and producers."""
+    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.sasl_mechanism:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def build_consumer(settings: KafkaSettings, *, group_id: str | None = None) -> KafkaConsumer:
+    """A group consumer that never auto-commits and reads only committed transactional data."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group_id or settings.group_id,
+        client_id=settings.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        isolation_level="read_committed",
+        max_poll_records=settings.max_poll_records,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **security_options(settings),
+    )
+
+
+def default_transactional_id(settings: KafkaSettings) -> str:
+    """Stable per worker instance: the prefix, the group and the client id (or host name)."""
+    instance = settings.transactional_id or f"{settings.client_id}-{socket.gethostname()}"
+    return f"{settings.transactional_id_prefix}-{settings.group_id}-{instance}"
+
+
+def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> KafkaProducer:
+    """An idempotent producer; transactional when exactly-once is on."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "acks": "all",
+        "linger_ms": settings.linger_ms,
+        "enable_idempotence": True,
+        **security_options(settings),
+    }
+    if settings.compression_type != "none":
+        options["compression_type"] = settings.compression_type
+    if transactional:
+        options["transactional_id"] = default_transactional_id(settings)
+        options["transaction_timeout_ms"] = settings.transaction_timeout_ms
+    return KafkaProducer(**options)

@@ -1,0 +1,115 @@
+"""The one interface every model behind streamlearn implements.
+
+A learner sees cleaned feature dicts (``{name: float | str | bool | None}``), an optional entity key per
+row, and labels. It owns its own preprocessing (a River pipeline prefix, or a torch vectorizer), so that a
+snapshot is the whole state needed to predict.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+FeatureValue = float | int | str | bool | None
+Features = dict[str, FeatureValue]
+Target = bool | int | float | str
+
+
+class Task(enum.StrEnum):
+    """What a learner predicts."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+    ANOMALY = "anomaly"
+
+    @property
+    def is_classification(self) -> bool:
+        return self in (Task.BINARY, Task.MULTICLASS)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One prediction: the value, class probabilities for classifiers, an anomaly score for detectors."""
+
+    prediction: Target | None
+    proba: dict[Target, float] = field(default_factory=dict)
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input row: the features and the entity key (used by sequence models, ignored by others)."""
+
+    features: Features
+    key: str | None = None
+
+
+class SnapshotError(Exception):
+    """A snapshot could not be restored: wrong kind, wrong format version, corrupt bytes."""
+
+
+class Learner(abc.ABC):
+    """An online model. Prequential use: ``predict`` a row, then ``learn`` it once its label is known.
+
+    Implementations must not mutate or keep references to the caller's feature dicts.
+    """
+
+    #: the registry name of this kind of learner, e.g. ``"river"`` or ``"torch.mlp"``
+    kind: str = ""
+    task: Task
+
+    @abc.abstractmethod
+    def predict_one(self, row: Row) -> Output:
+        """Predict one row with the current state."""
+
+    @abc.abstractmethod
+    def learn_one(self, row: Row, target: Target | None) -> None:
+        """Update the model with one row. ``target`` is ``None`` only for anomaly detectors."""
+
+    def predict_many(self, rows: Sequence[Row]) -> list[Output]:
+        """Predict several rows with the current state (no learning in between)."""
+        return [self.predict_one(row) for row in rows]
+
+    def learn_many(self, rows: Sequence[Row], targets: Sequence[Target | None]) -> None:
+        """Learn several rows in order."""
+        for row, target in zip(rows, targets, strict=True):
+            self.learn_one(row, target)
+
+    def process(self, rows: Sequence[Row], targets: Sequence[Target | None]) -> list[Output]:
+        """Prequential batch: for each row in order, predict it, then learn it when its target is known.
+
+        The result must equal one-at-a-time ``predict_one`` / ``learn_one``; subclasses may override it
+        with a faster path that keeps that guarantee.
+        """
+        outputs: list[Output] = []
+        learns_unlabelled = self.task is Task.ANOMALY
+        for row, target in zip(rows, targets, strict=True):
+            outputs.append(self.predict_one(row))
+            if target is not None or learns_unlabelled:
+                self.learn_one(row, target)
+        return outputs
+
+    @abc.abstractmethod
+    def snapshot(self) -> bytes:
+        """Serialize the whole state (weights, preprocessing, per-entity buffers)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def restore(cls, data: bytes) -> Self:
+        """Rebuild a learner from :meth:`snapshot` bytes; raise :class:`SnapshotError` if they do not fit."""
+
+    @abc.abstractmethod
+    def clone(self) -> Self:
+        """An untrained copy with the same parameters."""
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """An estimate of the memory the model holds."""
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters worth showing in logs and docs."""
+        return {"kind": self.kind, "task": str(self.task)}

@@ -1,0 +1,204 @@
+"""Settings: frozen pydantic models read once at start-up from a YAML file plus ``STREAMLEARN_`` variables.
+
+Environment variables override the file; nested fields use ``__`` (``STREAMLEARN_KAFKA__BOOTSTRAP_SERVERS``).
+Secrets are ``SecretStr`` and print as ``**********`` in every dump and log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shared.learners.base import Task
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Frozen):
+    """Topic names (all configurable)."""
+
+    events: str = "events"
+    labels: str = "labels"
+    predictions: str = "predictions"
+    shadow_predictions: str = "predictions.shadow"
+    dead_letters: str = "events.dlq"
+
+
+class KafkaSettings(_Frozen):
+    """How the worker talks to Kafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "streamlearn"
+    client_id: str = "streamlearn-worker"
+    topics: TopicSettings = TopicSettings()
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(500, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(100, ge=1, le=60_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
+    linger_ms: int = Field(5, ge=0, le=10_000)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    exactly_once: bool = False
+    transactional_id_prefix: str = "streamlearn"
+    #: stable and unique per worker instance (a pod name, say), so a restarted worker fences its old self
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(15_000, ge=1_000)
+
+
+class RedisSettings(_Frozen):
+    """Where the worker keeps its state."""
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = "streamlearn"
+
+
+class MetricsSettings(_Frozen):
+    """The HTTP endpoint for /metrics, /healthz and /ready."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    rolling_window: int = Field(1000, ge=10, le=1_000_000)
+    enabled: bool = True
+
+
+class LimitSettings(_Frozen):
+    """Bounds on what an event may be."""
+
+    max_payload_bytes: int = Field(64 * 1024, ge=64)
+    max_features: int = Field(512, ge=1)
+    max_id_length: int = Field(256, ge=1)
+    max_string_length: int = Field(1024, ge=1)
+
+
+class PiiSettings(_Frozen):
+    """Features whose values are masked before anything else sees them."""
+
+    drop: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+    #: mask e-mail addresses and long digit runs (card, phone numbers) found inside string values
+    scrub_strings: bool = True
+
+
+class CleaningSettings(_Frozen):
+    """What the clean step does to valid events."""
+
+    #: replace a missing (null) value of these features by a constant before featurization
+    defaults: dict[str, float | str | bool] = Field(default_factory=dict)
+    pii: PiiSettings = PiiSettings()
+
+
+class PreprocessingSettings(_Frozen):
+    """River online preprocessing put in front of every River model."""
+
+    scale_numbers: bool = True
+    one_hot_categories: bool = True
+    #: impute missing numeric values with their running mean (River ``StatImputer``)
+    impute_missing: bool = True
+
+
+class ModelSettings(_Frozen):
+    """One model of the stream. ``kind`` picks the learner family; ``estimator`` the River class."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str = "river"
+    estimator: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    task: Task | None = None
+
+
+class WorkerSettings(_Frozen):
+    """The worker's own knobs."""
+
+    seed: int = 42
+    commit_interval_s: float = Field(1.0, ge=0.0)
+    commit_every_events: int = Field(10_000, ge=1)
+    drain_timeout_s: float = Field(30.0, ge=0.0)
+    champion: str | None = None
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a worker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMLEARN_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    limits: LimitSettings = LimitSettings()
+    cleaning: CleaningSettings = CleaningSettings()
+    preprocessing: PreprocessingSettings = PreprocessingSettings()
+    models: tuple[ModelSettings, ...] = (
+        ModelSettings(name="logreg", estimator="river.linear_model.LogisticRegression"),
+    )
+    worker: WorkerSettings = WorkerSettings()
+    hmac_key: SecretStr = SecretStr("change-me")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_model_names(cls, models: tuple[ModelSettings, ...]) -> tuple[ModelSettings, ...]:
+        if not models:
+            raise ValueError("at least one model is required")
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(duplicates)}")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the YAML file passed as init arguments.
+        return env_settings, init_settings
+
+    def masked_dump(self) -> dict[str, Any]:
+        """A JSON-ready dump with every secret masked."""
+        return self.model_dump(mode="json")
+
+
+class SettingsError(Exception):
+    """The configuration is invalid; the message names each offending field."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any) and the environment into validated, frozen :class:`Settings`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {path} must hold a mapping at the top level")
+        data.update(loaded)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" in {path}" if path else ""
+        raise SettingsError(f"invalid configuration{source}: {problems}") from exc

@@ -1,0 +1,105 @@
+"""Predict with every model, then learn inline labels (prequential order), one model set per partition."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from shared.learners.base import Learner, Output, Row, Target
+from shared.settings import ModelSettings
+from shared.steps.batch import Batch, Record
+
+TopicPartition = tuple[str, int]
+LearnerFactory = Callable[[ModelSettings], Learner]
+
+
+def config_fingerprint(model: ModelSettings) -> str:
+    """A short stable hash of a model's configuration, part of ``model_version``."""
+    raw = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:8]
+
+
+@dataclass(slots=True)
+class ModelSet:
+    """The models that learn from one input partition, and how many examples each has learned."""
+
+    learners: dict[str, Learner]
+    learned: dict[str, int] = field(default_factory=dict)
+
+    def version(self, name: str, fingerprint: str) -> str:
+        """``<config hash>.<examples learned>``: changes whenever the model changes."""
+        return f"{fingerprint}.{self.learned.get(name, 0)}"
+
+
+class ModelStep:
+    """Runs every model on the valid records of a batch.
+
+    Records with an inline label are learned right after they are predicted; the others are marked
+    ``pending_label`` for the delayed-label join.
+    """
+
+    def __init__(self, models: Sequence[ModelSettings], factory: LearnerFactory) -> None:
+        self._models = list(models)
+        self._factory = factory
+        self.fingerprints = {m.name: config_fingerprint(m) for m in self._models}
+        self.sets: dict[TopicPartition, ModelSet] = {}
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self._models]
+
+    def fresh_set(self) -> ModelSet:
+        """Untrained models, built from the settings."""
+        return ModelSet({m.name: self._factory(m) for m in self._models})
+
+    def assign(self, tp: TopicPartition, model_set: ModelSet | None = None) -> None:
+        """Start serving a partition, with restored models or fresh ones."""
+        self.sets[tp] = model_set if model_set is not None else self.fresh_set()
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop serving partitions (after their state was checkpointed)."""
+        for tp in tps:
+            self.sets.pop(tp, None)
+
+    def process(self, batch: Batch) -> None:
+        by_partition: dict[TopicPartition, list[Record]] = {}
+        for record in batch.records:
+            if record.is_valid:
+                by_partition.setdefault((record.topic, record.partition), []).append(record)
+        for tp, records in by_partition.items():
+            model_set = self.sets.get(tp)
+            if model_set is None:
+                model_set = self.sets[tp] = self.fresh_set()
+            self._run(model_set, records)
+
+    def _run(self, model_set: ModelSet, records: list[Record]) -> None:
+        rows = [Row(r.features or {}, r.event.key if r.event else None) for r in records]
+        targets: list[Target | None] = [r.event.label if r.event else None for r in records]
+        n_labelled = sum(t is not None for t in targets)
+        for record, target in zip(records, targets, strict=True):
+            record.pending_label = target is None
+        for name, learner in model_set.learners.items():
+            outputs: list[Output] = learner.process(rows, targets)
+            for record, output in zip(records, outputs, strict=True):
+                record.outputs[name] = output
+            model_set.learned[name] = model_set.learned.get(name, 0) + n_labelled
+
+    def learn_delayed(self, tp: TopicPartition, rows: Sequence[Row], targets: Sequence[Target]) -> None:
+        """Learn examples whose labels arrived late (from the delayed-label join)."""
+        model_set = self.sets.get(tp)
+        if model_set is None:
+            return
+        for name, learner in model_set.learners.items():
+            learner.learn_many(rows, targets)
+            model_set.learned[name] = model_set.learned.get(name, 0) + len(rows)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Per model name, the memory held over all partitions."""
+        totals = {name: 0 for name in self.model_names}
+        for model_set in self.sets.values():
+            for name, learner in model_set.learners.items():
+                totals[name] += learner.memory_bytes()
+        return totals

@@ -1,0 +1,105 @@
+"""Helpers for integration tests: run a worker in a thread, read topics to the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from services.worker import Worker
+from shared.settings import Settings, load_settings
+
+
+def make_settings(kafka_bootstrap: str, unique_name: Callable[[str], str], **overrides: Any) -> Settings:
+    """Settings for one test: unique topics and group, metrics on a free port."""
+    topics = {
+        "events": unique_name("events"), "labels": unique_name("labels"),
+        "predictions": unique_name("predictions"), "shadow_predictions": unique_name("shadow"),
+        "dead_letters": unique_name("dlq"),
+    }
+    kafka = {"bootstrap_servers": kafka_bootstrap, "group_id": unique_name("group"), "topics": topics,
+             "max_poll_records": 200, **overrides.pop("kafka", {})}
+    metrics = {"port": 0, **overrides.pop("metrics", {})}
+    return load_settings(None, kafka=kafka, metrics=metrics, **overrides)
+
+
+@contextmanager
+def running_worker(settings: Settings, registry: CollectorRegistry | None = None) -> Iterator[Worker]:
+    """A worker polling in a background thread; stopped (and drained) on exit."""
+    worker = Worker(settings, registry=registry)
+    worker.start()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # surfaced in the test thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "worker did not drain within 60 s"
+        if errors:
+            raise errors[0]
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
+    """Read committed records from the start of ``topic`` until ``expected`` arrived or time is up."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
+        auto_offset_reset="earliest", consumer_timeout_ms=1000,
+    )
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    consumer.seek_to_beginning()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    # one more short poll: anything beyond ``expected`` is a duplicate the test must see
+    for batch in consumer.poll(timeout_ms=1000).values():
+        records.extend(batch)
+    consumer.close()
+    return records
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send raw (key, value) pairs and wait for them to be acknowledged."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for key, value in items:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def sample_value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample of a metric in the worker's registry."""
+    return registry.get_sample_value(name, labels or {})
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
