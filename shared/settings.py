@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.learners.base import Task
@@ -117,6 +117,19 @@ class ModelSettings(_Frozen):
     task: Task | None = None
 
 
+class ChampionSettings(_Frozen):
+    """Which model's predictions go to the predictions topic."""
+
+    #: always this model (no automatic switching)
+    pinned: str | None = None
+    #: the rolling metric that ranks models; for error metrics (mae, rmse, log_loss) lower is better
+    metric: Literal["accuracy", "f1", "roc_auc", "log_loss", "mae", "rmse", "r2"] = "accuracy"
+    #: a challenger must beat the champion by this much (absolute) to take over
+    margin: float = Field(0.02, ge=0.0)
+    #: labels scored since the last switch before another switch may happen
+    min_labels: int = Field(500, ge=1)
+
+
 class WorkerSettings(_Frozen):
     """The worker's own knobs."""
 
@@ -124,7 +137,6 @@ class WorkerSettings(_Frozen):
     commit_interval_s: float = Field(1.0, ge=0.0)
     commit_every_events: int = Field(10_000, ge=1)
     drain_timeout_s: float = Field(30.0, ge=0.0)
-    champion: str | None = None
 
 
 class Settings(BaseSettings):
@@ -144,6 +156,7 @@ class Settings(BaseSettings):
         ModelSettings(name="logreg", estimator="river.linear_model.LogisticRegression"),
     )
     worker: WorkerSettings = WorkerSettings()
+    champion: ChampionSettings = ChampionSettings()
     hmac_key: SecretStr = SecretStr("change-me")
 
     @field_validator("models")
@@ -156,6 +169,13 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"model names must be unique, repeated: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _pinned_champion_exists(self) -> Settings:
+        pinned = self.champion.pinned
+        if pinned is not None and pinned not in {m.name for m in self.models}:
+            raise ValueError(f"champion.pinned names {pinned!r}, which is not one of the models")
+        return self
 
     @classmethod
     def settings_customise_sources(

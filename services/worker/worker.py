@@ -21,6 +21,7 @@ from shared.learners.base import Learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
 from shared.steps.batch import Batch, Record, Step
+from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
 from shared.steps.decode import DecodeStep
 from shared.steps.models import ModelStep
@@ -106,7 +107,7 @@ class Worker:
         self.model_step = ModelStep(settings.models, factory)
         probe = self.model_step.fresh_set()
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
-        self.champion = settings.worker.champion or settings.models[0].name
+        self.champion_selector = ChampionSelector(self.model_step.model_names, settings.champion)
         self._pending_offsets: dict[TP, int] = {}
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
@@ -167,8 +168,7 @@ class Worker:
             self.score_step,
             publish,
         ]
-        for name in self.model_step.model_names:
-            self.metrics.champion.labels(name).set(1 if name == self.champion else 0)
+        self._export_champion()
         self.consumer.subscribe([kafka.topics.events], listener=_Rebalance(self))
         log.info("worker subscribed to %s as group %s", kafka.topics.events, kafka.group_id)
 
@@ -204,10 +204,28 @@ class Worker:
         for step in self.steps:
             step.process(batch)
         self.score_step.export()
+        self._update_champion()
         self._pending_offsets.update(batch.next_offsets())
         self._events_since_commit += len(batch.records)
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
+
+    @property
+    def champion(self) -> str:
+        """The model whose predictions go to the predictions topic."""
+        return self.champion_selector.current
+
+    def _update_champion(self) -> None:
+        labelled = self.score_step.take_labelled()
+        if labelled and len(self.model_step.model_names) > 1:
+            rolling = self.score_step.rolling(self.settings.champion.metric)
+            if self.champion_selector.observe(labelled, rolling) is not None:
+                self.metrics.champion_switches.inc()
+                self._export_champion()
+
+    def _export_champion(self) -> None:
+        for name in self.model_step.model_names:
+            self.metrics.champion.labels(name).set(1 if name == self.champion else 0)
 
     def _maybe_commit(self, force: bool = False) -> None:
         due = (

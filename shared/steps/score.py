@@ -20,6 +20,22 @@ class ScoreStep:
         supervised = [t for t in tasks.values() if t is not Task.ANOMALY]
         self.baselines = Baselines(supervised[0], rolling_window) if supervised else None
         self._dirty = False
+        #: labels scored since the last call of :meth:`take_labelled`
+        self._labelled = 0
+
+    def take_labelled(self) -> int:
+        """How many labels were scored since the last call (for the champion's hysteresis)."""
+        count, self._labelled = self._labelled, 0
+        return count
+
+    def rolling(self, metric: str) -> dict[str, float]:
+        """Each model's rolling value of ``metric``, for the models that have one."""
+        result: dict[str, float] = {}
+        for name, board in self.scoreboards.items():
+            value = board.values().get((metric, "rolling"))
+            if value is not None:
+                result[name] = value
+        return result
 
     def process(self, batch: Batch) -> None:
         outcomes: Counter[str] = Counter()
@@ -62,6 +78,7 @@ class ScoreStep:
                 board.update(label, output.prediction, output.proba or None)
         if self.baselines is not None:
             self.baselines.update(label)
+        self._labelled += 1
         self._dirty = True
 
     def export(self) -> None:
