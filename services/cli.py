@@ -51,7 +51,10 @@ def _replay(args: argparse.Namespace) -> int:
 def _stack(args: argparse.Namespace) -> int:
     from services.stack import run_stack_command
 
-    return run_stack_command(args.action, state_dir=args.state_dir)
+    return run_stack_command(
+        args.action, state_dir=args.state_dir, kafka_port=args.kafka_port, controller_port=args.controller_port,
+        redis_port=args.redis_port, prometheus_port=args.prometheus_port, scrape_interval_s=args.scrape_interval,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--state-dir", default=None, help="where the servers keep data (default .streamlearn/stack)")
+    stack.add_argument("--kafka-port", type=int, default=None, help="default 9092")
+    stack.add_argument("--controller-port", type=int, default=None, help="KRaft controller, default 9093")
+    stack.add_argument("--redis-port", type=int, default=None, help="default 6379")
+    stack.add_argument("--prometheus-port", type=int, default=None, help="default 9090")
+    stack.add_argument("--scrape-interval", type=float, default=None, help="Prometheus scrape interval, seconds")
     stack.set_defaults(func=_stack)
 
     worker = sub.add_parser("worker", help="run a worker of the consumer group")
