@@ -130,6 +130,18 @@ class ChampionSettings(_Frozen):
     min_labels: int = Field(500, ge=1)
 
 
+class CheckpointSettings(_Frozen):
+    """Model snapshots with the offsets they reflect, saved to Redis."""
+
+    enabled: bool = True
+    every_events: int = Field(5_000, ge=1)
+    every_seconds: float = Field(10.0, ge=0.0)
+    max_backoff_s: float = Field(30.0, ge=1.0)
+    #: Redis holds no checkpoint although Kafka has committed offsets: start fresh models from the committed
+    #: offsets, or rebuild them by learning again (without publishing) from the earliest retained offsets
+    on_state_lost: Literal["fresh", "rebuild"] = "fresh"
+
+
 class WorkerSettings(_Frozen):
     """The worker's own knobs."""
 
@@ -157,6 +169,7 @@ class Settings(BaseSettings):
     )
     worker: WorkerSettings = WorkerSettings()
     champion: ChampionSettings = ChampionSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
     hmac_key: SecretStr = SecretStr("change-me")
 
     @field_validator("models")

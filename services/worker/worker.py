@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 from shared.learners.registry import build_learner
+from shared.state.checkpoints import CheckpointStore
 
+from services.worker.checkpointing import Checkpointer, Restored
 from services.worker.http import EndpointServer
 from shared.kafka.clients import build_consumer, build_producer
 from shared.learners.base import Learner
@@ -109,6 +112,11 @@ class Worker:
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
         self.champion_selector = ChampionSelector(self.model_step.model_names, settings.champion)
         self._pending_offsets: dict[TP, int] = {}
+        #: per partition, the next offset to process (what a checkpoint taken now reflects)
+        self._processed: dict[TP, int] = {}
+        #: per partition, records below this offset were published before a restart: learn only
+        self._replay_until: dict[TP, int] = {}
+        self.checkpointer: Checkpointer | None = None
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         self.consumer: KafkaConsumer | None = None
@@ -141,6 +149,8 @@ class Worker:
     def _readiness(self) -> tuple[bool, str]:
         if not self._ready:
             return False, "not ready: waiting for partition assignment"
+        if self.checkpointer is not None and not self.checkpointer.healthy:
+            return False, "degraded: Redis unavailable, checkpoints are being retried (still predicting)"
         return True, "ready"
 
     def start(self) -> None:
@@ -152,6 +162,15 @@ class Worker:
                 self._healthy, self._readiness,
             )
             self.endpoint.start()
+        if self.settings.checkpoint.enabled:
+            client = redis.Redis.from_url(
+                self.settings.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
+            )
+            store = CheckpointStore(
+                client, self.settings.redis.namespace, kafka.group_id,
+                self.settings.hmac_key.get_secret_value().encode("utf-8"),
+            )
+            self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
         self.consumer = build_consumer(kafka)
         producer = build_producer(kafka, transactional=kafka.exactly_once)
         self.committer = (
@@ -201,12 +220,20 @@ class Worker:
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""
         started = time.perf_counter()
+        if self._replay_until:
+            for record in batch.records:
+                if record.offset < self._replay_until.get((record.topic, record.partition), 0):
+                    record.already_published = True
         for step in self.steps:
             step.process(batch)
         self.score_step.export()
         self._update_champion()
-        self._pending_offsets.update(batch.next_offsets())
+        next_offsets = batch.next_offsets()
+        self._pending_offsets.update(next_offsets)
+        self._processed.update(next_offsets)
         self._events_since_commit += len(batch.records)
+        if self.checkpointer is not None:
+            self.checkpointer.account(len(batch.records))
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
 
@@ -236,13 +263,18 @@ class Worker:
         if due and (self._pending_offsets or force):
             self.commit()
 
-    def commit(self) -> None:
-        """Deliver everything sent so far, then commit the processed offsets."""
+    def commit(self, *, checkpoint: bool = False) -> None:
+        """Deliver everything sent so far, commit the processed offsets, then checkpoint when due."""
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
         self.committer.commit(offsets)
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
+        if self.checkpointer is not None:
+            if checkpoint or self.checkpointer.due():
+                assigned = self.model_step.sets
+                self.checkpointer.save({tp: self._processed[tp] for tp in assigned if tp in self._processed})
+            self.checkpointer.export_age()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -262,23 +294,43 @@ class Worker:
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     def on_assigned(self, tps: Sequence[TP]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
         for tp in tps:
-            self.model_step.assign(tp)
+            if self.checkpointer is None:
+                self.model_step.assign(tp)
+                continue
+            kafka_tp = TopicPartition(*tp)
+            committed = consumer.committed(kafka_tp)
+            restored = _with_retries(lambda tp=tp, c=committed: self.checkpointer.restore(tp, c))  # type: ignore[union-attr]
+            self.model_step.assign(tp, restored.model_set)
+            if restored.seek_to == -1:
+                consumer.seek_to_beginning(kafka_tp)
+            elif restored.seek_to is not None:
+                consumer.seek(kafka_tp, restored.seek_to)
+            start = restored.seek_to if restored.seek_to is not None and restored.seek_to >= 0 else committed
+            if start is not None:
+                self._processed[tp] = start
+            if restored.replay_until > (start or 0):
+                self._replay_until[tp] = restored.replay_until
         self._ready = True
         self.metrics.ready.set(1)
         log.info("assigned %s", sorted(tps))
 
     def on_revoked(self, tps: Sequence[TP]) -> None:
         if self.committer is not None:
-            self.commit()
+            self.commit(checkpoint=True)
         self.model_step.revoke(tps)
+        for tp in tps:
+            self._processed.pop(tp, None)
+            self._replay_until.pop(tp, None)
         log.info("revoked %s", sorted(tps))
 
     def close(self) -> None:
         """Drain: commit what was processed, close the clients and the endpoint."""
         try:
             if self.committer is not None and self.consumer is not None:
-                self.commit()
+                self.commit(checkpoint=True)
         finally:
             self._ready = False
             self.metrics.ready.set(0)
@@ -303,6 +355,21 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._worker.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+
+
+def _with_retries(action: Callable[[], Restored], attempts: int = 6) -> Restored:
+    """Restoring needs Redis: retry briefly with backoff, then fail loudly rather than guess."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except redis.RedisError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("restore failed (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
 
 
 def _to_batch(polled: dict) -> Batch:
