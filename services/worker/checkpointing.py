@@ -13,10 +13,9 @@ import time
 from dataclasses import dataclass
 
 from shared.learners.registry import restore_learner
-from shared.state.checkpoints import CheckpointStore, PartitionCheckpoint, SnapshotRejected
-
 from shared.monitoring.metrics import Metrics
 from shared.settings import CheckpointSettings
+from shared.state.checkpoints import CheckpointStore, PartitionCheckpoint, SnapshotRejected
 from shared.steps.models import ModelSet, ModelStep
 
 log = logging.getLogger("streamlearn.checkpoint")

@@ -11,18 +11,18 @@ from types import FrameType
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
-from shared.learners.registry import build_learner
-from shared.state.checkpoints import CheckpointStore
 
 from services.worker.checkpointing import Checkpointer, Restored
 from services.worker.http import EndpointServer
 from shared.kafka.clients import build_consumer, build_producer
 from shared.learners.base import Learner
+from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
+from shared.state.checkpoints import CheckpointStore
 from shared.steps.batch import Batch, Record, Step
 from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
@@ -49,7 +49,16 @@ class _Committer:
     def commit(self, offsets: dict[TP, int]) -> None:
         self._producer.flush()
         if offsets:
-            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            self._consumer.commit(_kafka_offsets(offsets))
+
+    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
+        """The same commit from inside a rebalance listener, which runs on the consumer's IO thread.
+
+        kafka-python 3 forbids blocking consumer calls there, so the offset commit is awaited instead.
+        """
+        self._producer.flush()
+        if offsets:
+            await self._consumer.commit_async(_kafka_offsets(offsets))
 
     def close(self) -> None:
         self._producer.close()
@@ -76,12 +85,13 @@ class _TransactionalCommitter(_Committer):
             self._producer.begin_transaction()
             self._open = True
         if offsets:
-            self._producer.send_offsets_to_transaction(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
-                self._consumer.group_metadata(),
-            )
+            self._producer.send_offsets_to_transaction(_kafka_offsets(offsets), self._consumer.group_metadata())
         self._producer.commit_transaction()
         self._open = False
+
+    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
+        """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""
+        self.commit(offsets)
 
 
 class Worker:
@@ -112,6 +122,8 @@ class Worker:
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
         self.champion_selector = ChampionSelector(self.model_step.model_names, settings.champion)
         self._pending_offsets: dict[TP, int] = {}
+        #: partitions assigned by the last rebalance, paused until the poll loop has restored them
+        self._to_restore: list[TP] = []
         #: per partition, the next offset to process (what a checkpoint taken now reflects)
         self._processed: dict[TP, int] = {}
         #: per partition, records below this offset were published before a restart: learn only
@@ -210,6 +222,8 @@ class Worker:
                     max_records=self.settings.kafka.max_poll_records,
                 )
                 self.metrics.kafka_up.set(1)
+                if self._to_restore:
+                    self.restore_assigned()
                 if polled:
                     last_data = time.monotonic()
                     self.process(_to_batch(polled))
@@ -272,10 +286,13 @@ class Worker:
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
             if checkpoint or self.checkpointer.due():
-                assigned = self.model_step.sets
-                self.checkpointer.save({tp: self._processed[tp] for tp in assigned if tp in self._processed})
+                self._checkpoint(list(self.model_step.sets))
             self.checkpointer.export_age()
         self._update_gauges()
+
+    def _checkpoint(self, tps: Sequence[TP]) -> None:
+        assert self.checkpointer is not None
+        self.checkpointer.save({tp: self._processed[tp] for tp in tps if tp in self._processed})
 
     def _update_gauges(self) -> None:
         for name, size in self.model_step.memory_bytes().items():
@@ -294,8 +311,20 @@ class Worker:
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     def on_assigned(self, tps: Sequence[TP]) -> None:
+        """Rebalance listener (IO thread): pause the new partitions until the loop has restored them."""
         consumer = self.consumer
         assert consumer is not None
+        if tps:
+            consumer.pause(*[TopicPartition(*tp) for tp in tps])
+            self._to_restore.extend(tp for tp in tps if tp not in self._to_restore)
+
+    def restore_assigned(self) -> None:
+        """Poll loop: restore each newly assigned partition's models, seek to where it resumes, resume it."""
+        consumer = self.consumer
+        assert consumer is not None
+        tps, self._to_restore = self._to_restore, []
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        tps = [tp for tp in tps if tp in assigned]
         for tp in tps:
             if self.checkpointer is None:
                 self.model_step.assign(tp)
@@ -313,18 +342,38 @@ class Worker:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
                 self._replay_until[tp] = restored.replay_until
+        if tps:
+            consumer.resume(*[TopicPartition(*tp) for tp in tps])
         self._ready = True
         self.metrics.ready.set(1)
         log.info("assigned %s", sorted(tps))
 
-    def on_revoked(self, tps: Sequence[TP]) -> None:
+    async def on_revoked(self, tps: Sequence[TP]) -> None:
+        """Rebalance listener (IO thread): commit what was processed, checkpoint, then let the partitions go."""
+        self._to_restore = [tp for tp in self._to_restore if tp not in tps]
         if self.committer is not None:
-            self.commit(checkpoint=True)
+            offsets, self._pending_offsets = self._pending_offsets, {}
+            await self.committer.commit_in_listener(offsets)
+            self._events_since_commit = 0
+            self._last_commit = time.monotonic()
+            if self.checkpointer is not None:
+                self._checkpoint([tp for tp in tps if tp in self.model_step.sets])
+        self._forget(tps)
+        log.info("revoked %s", sorted(tps))
+
+    def on_lost(self, tps: Sequence[TP]) -> None:
+        """Rebalance listener: the group already gave these partitions away; drop their state uncommitted."""
+        self._to_restore = [tp for tp in self._to_restore if tp not in tps]
+        for tp in tps:
+            self._pending_offsets.pop(tp, None)
+        self._forget(tps)
+        log.warning("lost %s (the new owner resumes from the last commit and checkpoint)", sorted(tps))
+
+    def _forget(self, tps: Sequence[TP]) -> None:
         self.model_step.revoke(tps)
         for tp in tps:
             self._processed.pop(tp, None)
             self._replay_until.pop(tp, None)
-        log.info("revoked %s", sorted(tps))
 
     def close(self) -> None:
         """Drain: commit what was processed, close the clients and the endpoint."""
@@ -346,15 +395,24 @@ class Worker:
         log.info("worker stopped")
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread while the poll loop waits in ``poll()``: no blocking consumer calls."""
+
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self._worker.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._worker.on_revoked([(tp.topic, tp.partition) for tp in revoked])
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._worker.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+
+    async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        self._worker.on_lost([(tp.topic, tp.partition) for tp in lost])
+
+
+def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
 
 def _with_retries(action: Callable[[], Restored], attempts: int = 6) -> Restored:

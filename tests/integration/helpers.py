@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -17,8 +17,14 @@ from services.worker import Worker
 from shared.settings import Settings, load_settings
 
 
-def make_settings(kafka_bootstrap: str, unique_name: Callable[[str], str], **overrides: Any) -> Settings:
-    """Settings for one test: unique topics and group, metrics on a free port."""
+def make_settings(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], *, redis_url: str | None = None, **overrides: Any
+) -> Settings:
+    """Settings for one test: unique topics, group and Redis namespace, metrics on a free port.
+
+    Without ``redis_url`` checkpoints are off (a test of pure Kafka behaviour); with it, state goes to the
+    session's real Redis under a namespace of this test's own.
+    """
     topics = {
         "events": unique_name("events"), "labels": unique_name("labels"),
         "predictions": unique_name("predictions"), "shadow_predictions": unique_name("shadow"),
@@ -27,6 +33,10 @@ def make_settings(kafka_bootstrap: str, unique_name: Callable[[str], str], **ove
     kafka = {"bootstrap_servers": kafka_bootstrap, "group_id": unique_name("group"), "topics": topics,
              "max_poll_records": 200, **overrides.pop("kafka", {})}
     metrics = {"port": 0, **overrides.pop("metrics", {})}
+    if redis_url is not None:
+        overrides.setdefault("redis", {"url": redis_url, "namespace": unique_name("ns")})
+    else:
+        overrides.setdefault("checkpoint", {"enabled": False})
     return load_settings(None, kafka=kafka, metrics=metrics, **overrides)
 
 
@@ -103,3 +113,13 @@ def sample_value(registry: CollectorRegistry, name: str, labels: dict[str, str] 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
+
+
+def committed_total(bootstrap: str, group_id: str, topic: str) -> int:
+    """The sum over ``topic``'s partitions of the offsets ``group_id`` has committed (0 when none)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets({group_id: None}).get(group_id, {})
+    finally:
+        admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset >= 0)

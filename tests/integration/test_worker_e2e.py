@@ -14,16 +14,16 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from kafka import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 from river import evaluate, metrics
-from shared.kafka.admin import ensure_topics
-from shared.learners.registry import build_river_pipeline
 
 from services.replayer import replay
 from shared.datasets import iter_source
+from shared.kafka.admin import ensure_topics
+from shared.learners.registry import build_river_pipeline
 from shared.settings import Settings
 from tests.integration.helpers import (
+    committed_total,
     make_settings,
     produce,
     read_topic,
@@ -44,11 +44,11 @@ def _create_topics(bootstrap: str, settings: Settings, partitions: int = 1) -> N
 
 
 def test_phishing_predictions_equal_river_progressive_val_score(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
 ) -> None:
     n = 2000
     settings = make_settings(
-        kafka_bootstrap, unique_name, models=[LOGREG],
+        kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG],
         preprocessing={"scale_numbers": True, "one_hot_categories": True, "impute_missing": True},
     )
     _create_topics(kafka_bootstrap, settings)
@@ -88,12 +88,7 @@ def test_phishing_predictions_equal_river_progressive_val_score(
 
 
 def _committed(bootstrap: str, settings: Settings) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_consumer_group_offsets(settings.kafka.group_id)
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events)
+    return committed_total(bootstrap, settings.kafka.group_id, settings.kafka.topics.events)
 
 
 MALFORMED_KINDS: list[tuple[str, bytes | None]] = [
