@@ -70,7 +70,6 @@ class TorchOptions(BaseModel):
     kernel_size: int = Field(3, ge=1, le=64)
     num_layers: int | None = Field(None, ge=1, le=8)
     seq_len: int = Field(8, ge=1, le=1024)
-    label_lag: int = Field(8, ge=0, le=1024)
     max_keys: int = Field(10_000, ge=1, le=10_000_000)
 
     @field_validator("hidden_sizes")
@@ -96,7 +95,7 @@ COMMON_OPTIONS = frozenset({
     "max_classes", "bottleneck", "device", "numeric_slots", "category_slots", "missing_indicators",
     "standardize", "one_hot", "clip",
 })
-SEQUENCE_OPTIONS = frozenset({"seq_len", "label_lag", "max_keys", "num_layers"})
+SEQUENCE_OPTIONS = frozenset({"seq_len", "max_keys", "num_layers"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,7 +213,9 @@ class TorchLearner(Learner):
 
     def learn_one(self, row: Row, target: Target | None) -> None:
         now = self._clock()
-        if self._enqueue(self._learn_input(row), target, now):
+        inputs = self._predict_input(row)
+        self._observe(row, inputs)
+        if self._enqueue(inputs, target, now):
             self._train_pending()
 
     def process(self, rows: Sequence[Row], targets: Sequence[Target | None]) -> list[Output]:
@@ -238,6 +239,7 @@ class TorchLearner(Learner):
             if target is None and not unsupervised:
                 continue
             now = self._clock()
+            self._observe(row, inputs)
             if self._adds_class(target):
                 flush()
             if self._enqueue(inputs, target, now):
@@ -266,10 +268,6 @@ class TorchLearner(Learner):
 
     # -- inputs and per-entity histories ------------------------------------------------------------------
 
-    @property
-    def _history_capacity(self) -> int:
-        return self.options.seq_len + self.options.label_lag
-
     def _sequence(self, events: Sequence[np.ndarray]) -> np.ndarray:
         """The last ``seq_len`` events, left-padded with zeros; the extra last column marks real events."""
         seq_len, raw_width = self.options.seq_len, self.vectorizer.raw_width
@@ -281,43 +279,30 @@ class TorchLearner(Learner):
             out[start + offset, raw_width] = 1.0
         return out
 
-    def _remember(self, key: str, raw: np.ndarray) -> None:
-        history = self.histories.get(key)
+    def _predict_input(self, row: Row) -> np.ndarray:
+        """The network input of a row: its encoding, or for sequence models the entity's learned events
+        followed by this one. Reads state only: predicting a row twice gives the same input."""
+        raw = self.vectorizer.encode(row.features)
+        if not self.sequential:
+            return raw
+        history = self.histories.get(row.key) if row.key is not None else None
+        recent = list(history)[-(self.options.seq_len - 1):] if history and self.options.seq_len > 1 else []
+        return self._sequence([*recent, raw])
+
+    def _observe(self, row: Row, inputs: np.ndarray) -> None:
+        """Append a learned row's event (the last step of ``inputs``) to its entity's history, evicting the
+        least recently seen entity beyond ``max_keys``."""
+        if not self.sequential or row.key is None:
+            return
+        raw = inputs[-1, : self.vectorizer.raw_width].copy()
+        history = self.histories.get(row.key)
         if history is None:
-            history = self.histories[key] = deque(maxlen=self._history_capacity)
+            history = self.histories[row.key] = deque(maxlen=max(1, self.options.seq_len - 1))
             while len(self.histories) > self.options.max_keys:
                 self.histories.popitem(last=False)
         else:
-            self.histories.move_to_end(key)
+            self.histories.move_to_end(row.key)
         history.append(raw)
-
-    def _predict_input(self, row: Row) -> np.ndarray:
-        raw = self.vectorizer.encode(row.features)
-        if not self.sequential:
-            return raw
-        if row.key is None:
-            return self._sequence([raw])
-        history = self.histories.get(row.key)
-        recent = list(history)[-(self.options.seq_len - 1):] if history and self.options.seq_len > 1 else []
-        self._remember(row.key, raw)
-        return self._sequence([*recent, raw])
-
-    def _learn_input(self, row: Row) -> np.ndarray:
-        """The input a row is learned from: for sequence models the history ending at the row's event, found
-        by its encoding among the entity's kept events; an event not found is appended to the history."""
-        raw = self.vectorizer.encode(row.features)
-        if not self.sequential:
-            return raw
-        if row.key is None:
-            return self._sequence([raw])
-        history = self.histories.get(row.key)
-        if history:
-            events = list(history)
-            for position in range(len(events) - 1, -1, -1):
-                if np.array_equal(events[position], raw):
-                    self.histories.move_to_end(row.key)
-                    return self._sequence(events[: position + 1])
-        return self._predict_input(row)
 
     def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.sequential:
@@ -537,9 +522,9 @@ class TorchLearner(Learner):
         lengths = [int(length) for length in state["history_lengths"]]
         if sum(lengths) != len(events) or len(lengths) != len(state["history_keys"]):
             raise SnapshotError("the snapshot's histories are inconsistent")
-        offset = 0
+        offset, capacity = 0, max(1, self.options.seq_len - 1)
         for key, length in zip(state["history_keys"], lengths, strict=True):
-            history: deque[np.ndarray] = deque(events[offset : offset + length], maxlen=self._history_capacity)
+            history: deque[np.ndarray] = deque(events[offset : offset + length], maxlen=capacity)
             self.histories[str(key)] = history
             offset += length
         self._generator.set_state(state["generator"])

@@ -6,6 +6,7 @@ is 1 for a real event and 0 for left padding) and return ``(batch, encoder.out_f
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -62,7 +63,7 @@ class CNNEncoder(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         sizes = [width + 1] + [channels] * num_layers
-        self.convs = nn.ModuleList(nn.Conv1d(a, b, kernel_size) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, kernel_size) for a, b in itertools.pairwise(sizes))
         self.out_features = 2 * channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,8 @@ RIVER_CASES = [
     _river("river-arf-regression", "forest.ARFRegressor", Task.REGRESSION, n_models=3),
     _river("river-hst-anomaly", "anomaly.HalfSpaceTrees", Task.ANOMALY, n_trees=5, height=5, window_size=50),
 ]
-#: kinds other than "river" are checked on every supervised task with their default options
-GENERIC_TASKS = (Task.BINARY, Task.MULTICLASS, Task.REGRESSION)
+#: kinds other than "river" are checked on every task (anomaly scoring included) with their default options
+GENERIC_TASKS = (Task.BINARY, Task.MULTICLASS, Task.REGRESSION, Task.ANOMALY)
 
 
 def _cases_of(kind: str) -> list[Case]:
