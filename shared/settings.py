@@ -142,6 +142,37 @@ class CheckpointSettings(_Frozen):
     on_state_lost: Literal["fresh", "rebuild"] = "fresh"
 
 
+class DataDriftSettings(_Frozen):
+    """Per-feature, label and prediction drift between a reference window and the recent window."""
+
+    enabled: bool = True
+    reference_size: int = Field(default=1000, ge=2)
+    recent_size: int = Field(default=1000, ge=2)
+    bins: int = Field(default=10, ge=2, le=100)
+    #: at most this many feature names are tracked (the first seen); bounds memory and label cardinality
+    max_features: int = Field(default=100, ge=1, le=10_000)
+    #: export the gauges of the ``top_k`` features with the highest PSI
+    top_k: int = Field(default=10, ge=1, le=1000)
+    #: replace the reference by the recent window every this many values (None: keep the first reference)
+    refresh_every: int | None = Field(default=None, ge=2)
+
+
+class DriftSettings(_Frozen):
+    """Concept drift on each model's error stream, the reaction to it, and data drift (see docs/drift.md)."""
+
+    enabled: bool = True
+    detector: Literal["adwin", "page_hinkley", "hddm_a", "ddm", "kswin"] = "adwin"
+    #: detector parameters, over the defaults of shared/monitoring/drift.py
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: only a rise in error is a drift
+    rise_only: bool = True
+    #: none; reset the drifted model; or make the best challenger champion when the champion drifts
+    reaction: Literal["none", "reset", "promote"] = "none"
+    #: scores and gauges are recomputed at most this often
+    export_interval_s: float = Field(default=5.0, ge=0.0)
+    data: DataDriftSettings = DataDriftSettings()
+
+
 class WorkerSettings(_Frozen):
     """The worker's own knobs."""
 
@@ -170,6 +201,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     champion: ChampionSettings = ChampionSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
+    drift: DriftSettings = DriftSettings()
     hmac_key: SecretStr = SecretStr("change-me")
 
     @field_validator("models")

@@ -27,6 +27,7 @@ from shared.steps.batch import Batch, Record, Step
 from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
 from shared.steps.decode import DecodeStep
+from shared.steps.drift import DriftStep
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
@@ -135,6 +136,8 @@ class Worker:
         self.committer: _Committer | None = None
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window)
+        self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
+                                    self.score_step.rolling, settings.champion.metric)
         self.endpoint: EndpointServer | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class Worker:
             CleanStep(self.settings.cleaning),
             self.model_step,
             self.score_step,
+            self.drift_step,
             publish,
         ]
         self._export_champion()

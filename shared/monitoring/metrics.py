@@ -82,7 +82,7 @@ class Metrics:
             ["model", "reaction"], registry=r)
         self.feature_drift = Gauge(
             "streamlearn_feature_drift", "Data drift of a feature between the reference and the recent "
-            "window (statistic: psi, ks, chi2).", ["feature", "statistic"], registry=r)
+            "window, top-K features by PSI (statistic: psi, ks).", ["feature", "statistic"], registry=r)
         self.distribution_drift = Gauge(
             "streamlearn_distribution_drift", "Drift of the label or prediction distribution "
             "(distribution: label, prediction).", ["distribution", "statistic"], registry=r)

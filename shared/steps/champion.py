@@ -46,3 +46,13 @@ class ChampionSelector:
         self._labels_since_switch = 0
         self.switches += 1
         return best
+
+    def promote(self, name: str) -> bool:
+        """Make ``name`` champion now (a drift reaction); ``False`` if pinned, unknown or already champion."""
+        if self._settings.pinned or name not in self._models or name == self.current:
+            return False
+        log.info("champion promoted after drift: %s -> %s", self.current, name)
+        self.current = name
+        self._labels_since_switch = 0
+        self.switches += 1
+        return True
