@@ -96,12 +96,28 @@ class PrometheusServer(ManagedServer):
 
     def query(self, expression: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Evaluate an instant PromQL query; the ``result`` list of the API answer."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"
+        return self._api("query", {"query": expression}, timeout_s)
+
+    def query_range(self, expression: str, start: float, end: float, step_s: float,
+                    timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Evaluate a PromQL range query (Unix-time ``start``/``end``); the ``result`` list (each has ``values``)."""
+        params = {"query": expression, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+        return self._api("query_range", params, timeout_s)
+
+    def alerts(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """The active (pending or firing) alerts, as ``/api/v1/alerts`` lists them."""
+        url = f"{self.url}/api/v1/alerts"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            alerts: list[dict[str, Any]] = json.load(response)["data"]["alerts"]
+        return alerts
+
+    def _api(self, endpoint: str, params: dict[str, str], timeout_s: float) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 answer = json.load(response)
         except urllib.error.HTTPError as exc:
-            raise StackError(f"prometheus rejected the query {expression!r}: {exc.read().decode()}") from exc
+            raise StackError(f"prometheus rejected the {endpoint} {params['query']!r}: {exc.read().decode()}") from exc
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
