@@ -110,6 +110,18 @@ class Learner(abc.ABC):
     def memory_bytes(self) -> int:
         """An estimate of the memory the model holds."""
 
+    def train_if_due(self) -> bool:
+        """Train work that waited too long (a torch model's partial mini-batch); whether anything trained.
+
+        The worker calls it on every loop iteration, so that a quiet stream still trains. Learners that
+        train on every ``learn_one`` have nothing to do.
+        """
+        return False
+
+    def sequence_keys(self) -> int:
+        """Entities whose recent events the model keeps (0 for models that read only the current event)."""
+        return 0
+
     def describe(self) -> dict[str, Any]:
         """Parameters worth showing in logs and docs."""
         return {"kind": self.kind, "task": str(self.task)}

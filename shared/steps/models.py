@@ -96,6 +96,20 @@ class ModelStep:
             learner.learn_many(rows, targets)
             model_set.learned[name] = model_set.learned.get(name, 0) + len(rows)
 
+    def train_if_due(self) -> int:
+        """Let every model train work that waited too long (see :meth:`Learner.train_if_due`); how many did."""
+        return sum(
+            learner.train_if_due() for model_set in self.sets.values() for learner in model_set.learners.values()
+        )
+
+    def sequence_keys(self) -> dict[str, int]:
+        """Per model name, the entities whose recent events it keeps, over all partitions."""
+        totals = {name: 0 for name in self.model_names}
+        for model_set in self.sets.values():
+            for name, learner in model_set.learners.items():
+                totals[name] += learner.sequence_keys()
+        return totals
+
     def memory_bytes(self) -> dict[str, int]:
         """Per model name, the memory held over all partitions."""
         totals = {name: 0 for name in self.model_names}

@@ -1,0 +1,152 @@
+"""Backpressure for the poll loop: process a polled batch in time-bounded chunks, and pause the partitions
+while a backlog is held, so that slow training never keeps the loop from calling ``poll()`` within
+``max.poll.interval.ms``. Nothing here sleeps.
+
+The loop hands each polled batch to :meth:`Backpressure.submit` and calls :meth:`Backpressure.process_next`
+once per iteration. ``process_next`` runs the oldest held records through the worker's ``process`` function,
+as many as the measured cost per record lets fit in the time budget (at least one). While records are still
+held, :meth:`Backpressure.apply` pauses the consumer's assigned partitions (only those it was not asked to
+pause by someone else) and the loop keeps polling with no wait: the group sees a live member, no new records
+arrive, and the held ones are processed next. When the backlog is empty the paused partitions are resumed.
+Chunks are prefixes of the batch, so every committed offset still follows processed records only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from shared.steps.batch import Batch, Record
+
+TP = tuple[str, int]
+Clock = Callable[[], float]
+
+#: the share of ``max.poll.interval.ms`` one chunk may take, and the upper bound of a chunk's time
+BUDGET_FRACTION = 0.1
+MAX_BUDGET_S = 1.0
+#: weight of the newest measurement in the running cost per record
+SMOOTHING = 0.3
+
+
+class PausableConsumer(Protocol):
+    """The part of ``kafka.KafkaConsumer`` that backpressure uses (its ``TopicPartition`` objects)."""
+
+    def assignment(self) -> set: ...
+    def paused(self) -> set: ...
+    def pause(self, *partitions: object) -> None: ...
+    def resume(self, *partitions: object) -> None: ...
+
+
+class GaugeLike(Protocol):
+    """A Prometheus gauge without labels."""
+
+    def set(self, value: float) -> None: ...
+
+
+class Backpressure:
+    """Holds the records polled but not yet processed, and decides how many to process per loop iteration.
+
+    ``budget_s`` bounds the time of one :meth:`process_next` call (from the measured cost per record; a
+    single record is always processed, however slow). ``max_poll_interval_ms`` gives the default budget:
+    a tenth of it, at most one second.
+    """
+
+    def __init__(
+        self,
+        max_poll_interval_ms: int,
+        *,
+        budget_s: float | None = None,
+        clock: Clock = time.perf_counter,
+        paused_gauge: GaugeLike | None = None,
+    ) -> None:
+        default = min(MAX_BUDGET_S, BUDGET_FRACTION * max_poll_interval_ms / 1000.0)
+        self.budget_s = default if budget_s is None else budget_s
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        self._clock = clock
+        self._gauge = paused_gauge
+        self._held: deque[Record] = deque()
+        self._polled_at = 0.0
+        #: running estimate of the seconds one record costs (None until measured)
+        self.seconds_per_record: float | None = None
+        #: partitions this object paused (and will resume)
+        self._paused: set[object] = set()
+
+    @property
+    def backlog(self) -> int:
+        """Records polled and not processed yet."""
+        return len(self._held)
+
+    @property
+    def paused(self) -> int:
+        """Partitions currently paused by backpressure."""
+        return len(self._paused)
+
+    def submit(self, batch: Batch) -> None:
+        """Hold a polled batch's records (after any still held) until they are processed."""
+        self._held.extend(batch.records)
+        self._polled_at = batch.polled_at
+
+    def chunk_size(self) -> int:
+        """How many held records the next :meth:`process_next` takes."""
+        if not self._held:
+            return 0
+        if self.seconds_per_record is None or self.seconds_per_record <= 0:
+            # first chunk: measure on a small one rather than risk a whole slow batch
+            return min(len(self._held), 16)
+        return max(1, min(len(self._held), int(self.budget_s / self.seconds_per_record)))
+
+    def process_next(self, process: Callable[[Batch], None]) -> int:
+        """Run the next chunk of held records through ``process``; return how many it took (0: none held)."""
+        size = self.chunk_size()
+        if size == 0:
+            return 0
+        records = [self._held.popleft() for _ in range(size)]
+        started = self._clock()
+        process(Batch(records=records, polled_at=self._polled_at))
+        per_record = max(0.0, self._clock() - started) / size
+        previous = self.seconds_per_record
+        self.seconds_per_record = (
+            per_record if previous is None else SMOOTHING * per_record + (1.0 - SMOOTHING) * previous
+        )
+        return size
+
+    def apply(self, consumer: PausableConsumer) -> None:
+        """Pause the assigned partitions while a backlog is held; resume the ones paused here once it is gone."""
+        if self._held:
+            assigned = set(consumer.assignment())
+            already = set(consumer.paused())
+            self._paused &= assigned
+            to_pause = assigned - already - self._paused
+            if to_pause:
+                consumer.pause(*sorted(to_pause, key=_order))
+                self._paused |= to_pause
+        elif self._paused:
+            to_resume = self._paused & set(consumer.assignment())
+            if to_resume:
+                consumer.resume(*sorted(to_resume, key=_order))
+            self._paused.clear()
+        if self._gauge is not None:
+            self._gauge.set(len(self._paused))
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Drop the held records of revoked or lost partitions (the next owner reads them again)."""
+        gone = set(tps)
+        if not gone:
+            return
+        self._held = deque(r for r in self._held if (r.topic, r.partition) not in gone)
+        self._paused = {tp for tp in self._paused if _key(tp) not in gone}
+
+    def held(self) -> Sequence[Record]:
+        """The records held, oldest first (for tests and diagnostics)."""
+        return list(self._held)
+
+
+def _key(tp: object) -> TP:
+    return (str(tp.topic), int(tp.partition))  # type: ignore[attr-defined]
+
+
+def _order(tp: object) -> TP:
+    return _key(tp)

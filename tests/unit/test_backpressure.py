@@ -1,0 +1,157 @@
+"""Backpressure: time-bounded chunks, partitions paused while a backlog is held, resumed after, no sleeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from kafka.structs import TopicPartition
+
+from shared.steps.backpressure import Backpressure
+from shared.steps.batch import Batch, Record
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingConsumer:
+    """Only the pause/resume bookkeeping of a consumer (the real one is exercised by the integration tests)."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = set(assigned)
+        self._paused: set[TopicPartition] = set()
+        self.calls: list[tuple[str, tuple[TopicPartition, ...]]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.calls.append(("pause", partitions))
+        self._paused |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.calls.append(("resume", partitions))
+        self._paused -= set(partitions)
+
+
+@dataclass
+class Gauge:
+    value: float = -1.0
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+def _batch(partition: int, offsets: range, topic: str = "events") -> Batch:
+    records = [Record(topic, partition, o, None, b"{}", 0) for o in offsets]
+    return Batch(records=records, polled_at=123.0)
+
+
+def test_default_budget_is_a_tenth_of_the_poll_interval_capped_at_one_second() -> None:
+    assert Backpressure(10_000).budget_s == pytest.approx(1.0)
+    assert Backpressure(300_000).budget_s == pytest.approx(1.0)
+    assert Backpressure(5_000).budget_s == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="budget_s"):
+        Backpressure(10_000, budget_s=0.0)
+
+
+def test_slow_processing_is_split_into_chunks_within_the_budget() -> None:
+    clock = FakeClock()
+    bp = Backpressure(300_000, budget_s=0.5, clock=clock)
+    bp.submit(_batch(0, range(100)))
+    seen: list[list[int]] = []
+
+    def slow(batch: Batch) -> None:  # 0.1 s a record
+        seen.append([r.offset for r in batch.records])
+        clock.now += 0.1 * len(batch.records)
+        assert batch.polled_at == 123.0
+
+    assert bp.process_next(slow) == 16, "the first chunk is small: the cost is not known yet"
+    assert bp.seconds_per_record == pytest.approx(0.1)
+    assert bp.process_next(slow) == 5, "0.5 s budget / 0.1 s a record"
+    while bp.backlog:
+        before = clock.now
+        bp.process_next(slow)
+        assert clock.now - before <= 0.5 + 1e-9
+    assert [o for chunk in seen for o in chunk] == list(range(100)), "every record once, in order"
+    assert bp.process_next(slow) == 0
+
+
+def test_a_single_record_is_processed_even_when_it_exceeds_the_budget() -> None:
+    clock = FakeClock()
+    bp = Backpressure(300_000, budget_s=0.01, clock=clock)
+    bp.submit(_batch(0, range(18)))
+
+    def very_slow(batch: Batch) -> None:
+        clock.now += 1.0 * len(batch.records)
+
+    assert bp.process_next(very_slow) == 16
+    assert bp.process_next(very_slow) == 1
+    assert bp.process_next(very_slow) == 1
+    assert bp.process_next(very_slow) == 0
+
+
+def test_fast_processing_takes_whole_batches() -> None:
+    clock = FakeClock()
+    bp = Backpressure(300_000, budget_s=1.0, clock=clock)
+    bp.submit(_batch(0, range(16)))
+    bp.process_next(lambda b: setattr(clock, "now", clock.now + 0.0001 * len(b.records)))
+    bp.submit(_batch(0, range(16, 516)))
+    assert bp.process_next(lambda b: None) == 500
+
+
+def test_partitions_are_paused_while_a_backlog_is_held_and_resumed_after() -> None:
+    clock = FakeClock()
+    gauge = Gauge()
+    tp0, tp1, restoring = (TopicPartition("events", p) for p in (0, 1, 2))
+    consumer = RecordingConsumer({tp0, tp1, restoring})
+    consumer.pause(restoring)  # paused by someone else (a partition being restored): left alone
+    consumer.calls.clear()
+    bp = Backpressure(300_000, budget_s=0.2, clock=clock, paused_gauge=gauge)
+    bp.submit(_batch(0, range(50)))
+
+    def slow(batch: Batch) -> None:
+        clock.now += 0.1 * len(batch.records)
+
+    bp.process_next(slow)
+    bp.apply(consumer)
+    assert consumer.paused() == {tp0, tp1, restoring}
+    assert consumer.calls == [("pause", (tp0, tp1))]
+    assert bp.paused == 2 and gauge.value == 2
+    bp.apply(consumer)
+    assert len(consumer.calls) == 1, "already paused: not paused again"
+
+    while bp.backlog:
+        bp.process_next(slow)
+    bp.apply(consumer)
+    assert consumer.calls[-1] == ("resume", (tp0, tp1))
+    assert consumer.paused() == {restoring}, "a partition paused by someone else stays paused"
+    assert bp.paused == 0 and gauge.value == 0
+
+
+def test_forget_drops_the_records_of_revoked_partitions() -> None:
+    clock = FakeClock()
+    bp = Backpressure(300_000, budget_s=1.0, clock=clock)
+    bp.submit(_batch(0, range(5)))
+    bp.submit(_batch(1, range(5)))
+    tp0, tp1 = TopicPartition("events", 0), TopicPartition("events", 1)
+    consumer = RecordingConsumer({tp0, tp1})
+    bp.apply(consumer)
+    assert bp.paused == 2
+    bp.forget([("events", 0)])
+    assert [(r.partition, r.offset) for r in bp.held()] == [(1, o) for o in range(5)]
+    consumer.assigned = {tp1}
+    processed: list[int] = []
+    while bp.backlog:
+        bp.process_next(lambda b: processed.extend(r.partition for r in b.records))
+    bp.apply(consumer)
+    assert processed == [1] * 5
+    assert consumer.calls[-1] == ("resume", (tp1,)), "a revoked partition is not resumed"
