@@ -1,0 +1,57 @@
+"""A flood of invalid events (a bad deploy upstream) stops the worker loudly instead of filling the DLQ."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.worker import Worker
+from shared.kafka.admin import ensure_topics
+from shared.steps.dead_letters import DeadLetterLimitExceeded
+from tests.integration.helpers import committed_total, make_settings, produce, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_stops_when_the_invalid_ratio_passes_its_limit(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    settings = make_settings(
+        kafka_bootstrap, unique_name,
+        models=[{"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}],
+        limits={"dead_letter_max_ratio": 0.5, "dead_letter_window": 100},
+        kafka={"max_poll_records": 50},
+    )
+    t = settings.kafka.topics
+    ensure_topics(kafka_bootstrap, {t.events: 1, t.labels: 1, t.predictions: 1, t.shadow_predictions: 1,
+                                    t.dead_letters: 1})
+    good = [(f"g{i}".encode(), orjson.dumps({"id": f"g{i}", "features": {"x": float(i)}, "label": i % 2 == 0}))
+            for i in range(200)]
+    garbage = [(f"b{i}".encode(), b"{not json") for i in range(300)]
+    produce(kafka_bootstrap, t.events, good + garbage)
+
+    worker = Worker(settings, registry=CollectorRegistry())
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(max_seconds=90)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the worker should have stopped by itself"
+    assert len(errors) == 1 and isinstance(errors[0], DeadLetterLimitExceeded), errors
+    assert "dead_letter_max_ratio=0.5" in str(errors[0])
+    # every valid event before the flood was predicted; the batch that crossed the limit was not committed
+    assert len(read_topic(kafka_bootstrap, t.predictions, 200, timeout_s=20)) == 200
+    committed = committed_total(kafka_bootstrap, settings.kafka.group_id, t.events)
+    assert 200 <= committed < 200 + 300
+    dead = read_topic(kafka_bootstrap, t.dead_letters, 300, timeout_s=5)
+    assert len(dead) == committed - 200, "dead letters only for the committed part of the flood"
