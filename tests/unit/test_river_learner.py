@@ -92,8 +92,22 @@ def test_without_one_hot_strings_reach_the_estimator_unchanged() -> None:
     settings = PreprocessingSettings(scale_numbers=True, one_hot_categories=False, impute_missing=True)
     pipeline = build_river_pipeline("river.tree.HoeffdingTreeClassifier", {}, settings, seed=1)
     pipeline.learn_one({"n": 1.0, "color": "red"}, True)
-    assert pipeline.transform_one({"n": 1.0, "color": "red"}) == {"n": 0.0, "color": "red"}
+    assert pipeline.transform_one({"n": 1.0, "color": "red"}) == {"n": 1.0, "color": "red"}, "trees: unscaled"
     assert pipeline.predict_one({"n": 1.0, "color": "red"}) is True
+
+
+def test_trees_and_forests_get_numbers_unscaled_other_estimators_scaled() -> None:
+    for path in ("river.tree.HoeffdingAdaptiveTreeClassifier", "river.forest.ARFClassifier",
+                 "river.forest.ARFRegressor"):
+        pipeline = build_river_pipeline(path, {"n_models": 2} if "forest" in path else {}, ALL_ON, seed=1)
+        for x in ({"n": 1.0}, {"n": 3.0}):
+            pipeline.learn_one(x, True if "Classifier" in path else 1.0)
+        assert pipeline.transform_one({"n": 2.0}) == {"n": 2.0}, path
+    for path in (LOGREG, "river.naive_bayes.GaussianNB", "river.linear_model.LinearRegression"):
+        pipeline = build_river_pipeline(path, {}, ALL_ON, seed=1)
+        for x in ({"n": 1.0}, {"n": 3.0}):
+            pipeline.learn_one(x, 1.0 if "Regression" in path and "Logistic" not in path else True)
+        assert pipeline.transform_one({"n": 2.0}) == {"n": 0.0}, path
 
 
 def test_without_any_preprocessing_only_cleaning_remains() -> None:
