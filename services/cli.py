@@ -25,7 +25,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from services.replayer import replay
+    from services.replayer import DelayedLabelPlan, replay
     from shared.datasets import SOURCES
 
     if args.list:
@@ -36,10 +36,13 @@ def _replay(args: argparse.Namespace) -> int:
         print("streamlearn replay: a SOURCE is required (see --list)", file=sys.stderr)
         return 2
     try:
+        plan = DelayedLabelPlan(max_delay=args.max_delay, window=min(50, args.max_delay)) \
+            if args.labels == "delayed" else None
         stats = replay(
             args.source, bootstrap_servers=args.bootstrap, topic=args.topic, rate=args.rate,
             limit=args.limit, seed=args.seed, drift_at=args.drift_at,
-            labels="none" if args.no_labels else "inline", progress=not args.quiet,
+            labels="none" if args.no_labels else args.labels, labels_topic=args.labels_topic, delayed=plan,
+            progress=not args.quiet,
         )
     except ValueError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
@@ -93,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=42)
     rep.add_argument("--drift-at", type=int, default=None, help="position of the concept drift (drift sources)")
     rep.add_argument("--no-labels", action="store_true", help="leave the label out of the events")
+    rep.add_argument("--labels", choices=["inline", "none", "delayed"], default="inline",
+                     help="delayed: events without labels, labels on --labels-topic 1 to --max-delay events later")
+    rep.add_argument("--labels-topic", default="labels")
+    rep.add_argument("--max-delay", type=int, default=500, help="delayed labels: at most this many events late")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_replay)
 

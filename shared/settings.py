@@ -173,6 +173,65 @@ class DriftSettings(_Frozen):
     data: DataDriftSettings = DataDriftSettings()
 
 
+class DedupSettings(_Frozen):
+    """Events whose id was already seen within ``window_s`` are neither predicted nor learned (state in Redis)."""
+
+    enabled: bool = True
+    #: counted from an id's first sighting; a repeat does not extend it
+    window_s: float = Field(3600.0, gt=0)
+    #: ids kept at most (oldest dropped first): bounds Redis memory
+    max_entries: int = Field(1_000_000, ge=1)
+
+
+class EntitySettings(_Frozen):
+    """Rolling aggregates per entity (the event's ``key``) added to the features (state in Redis).
+
+    Features: ``<prefix>count``, ``<prefix>count_total``, ``<prefix>seconds_since_last`` and, per field in
+    ``fields``, ``<prefix><field>_mean`` / ``_min`` / ``_max`` over the last ``last_n`` events and/or those of
+    the last ``last_seconds`` seconds, as of before the event (docs/state.md).
+    """
+
+    enabled: bool = False
+    fields: tuple[str, ...] = ()
+    last_n: int | None = Field(None, ge=1)
+    last_seconds: float | None = Field(None, gt=0)
+    #: entities kept at most (least recently updated evicted first)
+    max_entities: int = Field(100_000, ge=1)
+    #: events kept per entity (default ``2 * last_n``, or 1000 for a time window alone)
+    max_history: int | None = Field(None, ge=1)
+    prefix: str = Field("entity_", min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _window_set(self) -> EntitySettings:
+        if self.enabled and self.last_n is None and self.last_seconds is None:
+            raise ValueError("entities: set last_n, last_seconds or both")
+        if self.max_history is not None and self.max_history < (self.last_n or 1):
+            raise ValueError("entities: max_history must be at least last_n")
+        return self
+
+
+class LabelSettings(_Frozen):
+    """The delayed-label join: predictions of unlabelled events wait in Redis for a label on the labels topic."""
+
+    enabled: bool = True
+    #: how long a prediction waits for its label; a label after that is counted late
+    ttl_s: float = Field(3600.0, gt=0)
+    #: predictions waiting at most (oldest evicted first; their labels then count as late)
+    max_entries: int = Field(100_000, ge=1)
+    #: how long a label that arrives before its event is held
+    early_label_ttl_s: float = Field(30.0, gt=0)
+    #: labels held at most (default ``max_entries``)
+    max_held: int | None = Field(None, ge=1)
+    #: joined records kept for duplicate detection and one replay after a crash (default ``ttl_s``)
+    joined_marker_ttl_s: float | None = Field(None, gt=0)
+    #: how long a "prediction was made" marker tells a late label from an orphan (default ``4 * ttl_s``)
+    late_marker_ttl_s: float | None = Field(None, gt=0)
+    #: joined records kept at most (default ``max_entries``)
+    max_joined: int | None = Field(None, ge=1)
+    #: "prediction was made" markers kept at most (default ``4 * max_entries``)
+    max_seen: int | None = Field(None, ge=1)
+
+
 class WorkerSettings(_Frozen):
     """The worker's own knobs."""
 
@@ -202,6 +261,9 @@ class Settings(BaseSettings):
     champion: ChampionSettings = ChampionSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     drift: DriftSettings = DriftSettings()
+    dedup: DedupSettings = DedupSettings()
+    entities: EntitySettings = EntitySettings()
+    labels: LabelSettings = LabelSettings()
     hmac_key: SecretStr = SecretStr("change-me")
 
     @field_validator("models")

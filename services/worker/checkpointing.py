@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from shared.learners.registry import restore_learner
 from shared.monitoring.metrics import Metrics
@@ -32,6 +34,8 @@ class Restored:
     seek_to: int | None
     #: records below this offset were already published: learn them, publish nothing
     replay_until: int
+    #: the restored checkpoint's ``extra`` (e.g. ``label_offsets``: the label partitions' next offsets)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Checkpointer:
@@ -62,8 +66,10 @@ class Checkpointer:
         return (self._events_since >= self._settings.every_events
                 or now - self._last_attempt >= self._settings.every_seconds)
 
-    def save(self, offsets: dict[TP, int]) -> bool:
+    def save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> bool:
         """Snapshot the model sets of ``offsets``' partitions (next offsets to process) in one transaction.
+
+        ``extra`` adds small JSON-ready state per partition (the worker's label-partition offsets).
 
         Returns ``False`` (and backs off) when Redis is unavailable; the worker keeps predicting.
         """
@@ -76,7 +82,7 @@ class Checkpointer:
             states[tp] = PartitionCheckpoint(
                 models={name: (learner.kind, learner.snapshot()) for name, learner in model_set.learners.items()},
                 next_offset=offset,
-                extra={"learned": dict(model_set.learned)},
+                extra={**(extra or {}).get(tp, {}), "learned": dict(model_set.learned)},
             )
         if not states:
             return True
@@ -120,7 +126,8 @@ class Checkpointer:
                 model_set = ModelSet(learners, dict(checkpoint.extra.get("learned", {})))
                 replay_until = committed if committed is not None else checkpoint.next_offset
                 log.info("restored %s at offset %d (committed %s)", tp, checkpoint.next_offset, committed)
-                return Restored(model_set, checkpoint.next_offset, max(replay_until, checkpoint.next_offset))
+                return Restored(model_set, checkpoint.next_offset, max(replay_until, checkpoint.next_offset),
+                                dict(checkpoint.extra))
             log.error("checkpoint of %s holds models %s but the settings declare %s: starting fresh models",
                       tp, sorted(learners), sorted(expected))
         if committed is None:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
@@ -23,11 +24,17 @@ from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
 from shared.state.checkpoints import CheckpointStore
+from shared.state.dedup import DedupWindow
+from shared.state.entities import EntityStore
+from shared.state.label_join import LabelJoin
 from shared.steps.batch import Batch, Record, Step
 from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
 from shared.steps.decode import DecodeStep
+from shared.steps.dedup import DedupStep
 from shared.steps.drift import DriftStep
+from shared.steps.entities import EntityFeaturesStep, entity_spec
+from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
@@ -139,6 +146,8 @@ class Worker:
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
                                     self.score_step.rolling, settings.champion.metric)
         self.endpoint: EndpointServer | None = None
+        #: the delayed-label join (event side is a step; the worker feeds it the label records)
+        self.delayed_labels: DelayedLabels | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -195,17 +204,47 @@ class Worker:
         publish = PublishStep(
             self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
         )
-        self.steps = [
-            DecodeStep(self.settings.limits),
-            CleanStep(self.settings.cleaning),
-            self.model_step,
-            self.score_step,
-            self.drift_step,
-            publish,
-        ]
+        self.steps = self._build_steps(publish)
         self._export_champion()
-        self.consumer.subscribe([kafka.topics.events], listener=_Rebalance(self))
-        log.info("worker subscribed to %s as group %s", kafka.topics.events, kafka.group_id)
+        topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
+
+    def _build_steps(self, publish: PublishStep) -> list[Step]:
+        """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
+
+        Dedup, entity features and the delayed-label join keep their state in Redis (docs/state.md); each is
+        left out when its settings section is disabled.
+        """
+        s = self.settings
+        namespace, group = s.redis.namespace, s.kafka.group_id
+        client: redis.Redis | None = None
+        if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
+            client = redis.Redis.from_url(s.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
+        steps: list[Step] = [DecodeStep(s.limits)]
+        if client is not None and s.dedup.enabled:
+            window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
+            steps.append(DedupStep(window, self.metrics))
+        steps.append(CleanStep(s.cleaning))
+        if client is not None and s.entities.enabled:
+            store = EntityStore(client, namespace, group, entity_spec(s.entities))
+            steps.append(EntityFeaturesStep(store, self.metrics))
+        steps.append(self.model_step)
+        if client is not None and s.labels.enabled:
+            lb = s.labels
+            join = LabelJoin(
+                client, namespace, group, lb.ttl_s, lb.max_entries, lb.early_label_ttl_s, max_held=lb.max_held,
+                joined_marker_ttl_s=lb.joined_marker_ttl_s, late_marker_ttl_s=lb.late_marker_ttl_s,
+                max_joined=lb.max_joined, max_seen=lb.max_seen,
+            )
+            assert self.committer is not None
+            self.delayed_labels = DelayedLabels(
+                join, self.model_step, self.score_step, self.metrics, observe=self.drift_step.observe,
+                send=self.committer.send, dead_letter_topic=s.kafka.topics.dead_letters,
+            )
+            steps.append(self.delayed_labels)
+        steps += [self.score_step, self.drift_step, publish]
+        return steps
 
     def run(self, *, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
         """Poll and process until stopped (or the optional limits pass), then drain and close."""
@@ -242,11 +281,18 @@ class Worker:
             for record in batch.records:
                 if record.offset < self._replay_until.get((record.topic, record.partition), 0):
                     record.already_published = True
+        labels_topic = self._labels_topic
+        label_records = [r for r in batch.records if r.topic == labels_topic] if labels_topic else []
+        events = Batch([r for r in batch.records if r.topic != labels_topic], batch.polled_at) if label_records \
+            else batch
         for step in self.steps:
-            step.process(batch)
+            step.process(events)
+        next_offsets = events.next_offsets()
+        if self.delayed_labels is not None:
+            # labels after the events of the same poll: a label never waits for an event it came with
+            next_offsets.update(self.delayed_labels.resolve(label_records))
         self.score_step.export()
         self._update_champion()
-        next_offsets = batch.next_offsets()
         self._pending_offsets.update(next_offsets)
         self._processed.update(next_offsets)
         self._events_since_commit += len(batch.records)
@@ -296,7 +342,63 @@ class Worker:
 
     def _checkpoint(self, tps: Sequence[TP]) -> None:
         assert self.checkpointer is not None
-        self.checkpointer.save({tp: self._processed[tp] for tp in tps if tp in self._processed})
+        self.checkpointer.save({tp: self._processed[tp] for tp in tps if tp in self._processed},
+                               extra=self._label_offsets(tps))
+
+    # --- the labels topic (co-partitioned with the events topic; docs/contract.md) --------------------
+    @property
+    def _labels_topic(self) -> str | None:
+        return self.settings.kafka.topics.labels if self.delayed_labels is not None else None
+
+    def _label_offsets(self, tps: Sequence[TP]) -> dict[TP, dict[str, Any]]:
+        """Per events partition p, the next offset of labels partition p, checkpointed with p's models."""
+        labels = self._labels_topic
+        if labels is None:
+            return {}
+        extra: dict[TP, dict[str, Any]] = {}
+        for tp in tps:
+            offset = self._processed.get((labels, tp[1]))
+            if offset is not None:
+                extra[tp] = {"label_offsets": {f"{labels}:{tp[1]}": offset}}
+        return extra
+
+    def _restore_label_partitions(self, tps: Sequence[TP], restored: dict[TP, Restored]) -> None:
+        """Seek each assigned label partition to the offset checkpointed with its events partition's models.
+
+        Labels read after that offset were learned after the checkpoint, so the restored models learn them
+        again (the join hands each out once more, docs/state.md); those below the committed offset are not
+        counted again. Without a checkpointed offset the partition resumes from its committed offset; when the
+        models are rebuilt from the earliest offset, so are the labels.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        starts: dict[TP, int] = {}
+        rebuild: set[int] = set()
+        for event_tp, result in restored.items():
+            if result.seek_to == -1:
+                rebuild.add(event_tp[1])
+            for name, offset in (result.extra.get("label_offsets") or {}).items():
+                topic, _, partition = name.rpartition(":")
+                starts[(topic, int(partition))] = int(offset)
+        for tp in tps:
+            kafka_tp = TopicPartition(*tp)
+            committed = consumer.committed(kafka_tp)
+            start: int | None = committed
+            if tp[1] in rebuild:
+                consumer.seek_to_beginning(kafka_tp)
+                start = None
+            elif tp in starts:
+                start = starts[tp]
+                consumer.seek(kafka_tp, start)
+            if start is None:
+                try:
+                    start = consumer.position(kafka_tp, timeout_ms=5000)
+                except Exception as exc:  # unknown yet: the next processed batch sets it
+                    log.warning("position of %s unknown (%s)", tp, exc)
+            if start is not None:
+                self._processed[tp] = start
+            if committed is not None and committed > (start or 0):
+                self._replay_until[tp] = committed
 
     def _update_gauges(self) -> None:
         for name, size in self.model_step.memory_bytes().items():
@@ -329,13 +431,18 @@ class Worker:
         tps, self._to_restore = self._to_restore, []
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         tps = [tp for tp in tps if tp in assigned]
+        label_tps = [tp for tp in tps if tp[0] == self._labels_topic]
+        restored_by_tp: dict[TP, Restored] = {}
         for tp in tps:
+            if tp[0] == self._labels_topic:
+                continue
             if self.checkpointer is None:
                 self.model_step.assign(tp)
                 continue
             kafka_tp = TopicPartition(*tp)
             committed = consumer.committed(kafka_tp)
             restored = _with_retries(lambda tp=tp, c=committed: self.checkpointer.restore(tp, c))  # type: ignore[union-attr]
+            restored_by_tp[tp] = restored
             self.model_step.assign(tp, restored.model_set)
             if restored.seek_to == -1:
                 consumer.seek_to_beginning(kafka_tp)
@@ -346,6 +453,8 @@ class Worker:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
                 self._replay_until[tp] = restored.replay_until
+        if label_tps:
+            self._restore_label_partitions(label_tps, restored_by_tp)
         if tps:
             consumer.resume(*[TopicPartition(*tp) for tp in tps])
         self._ready = True
@@ -375,6 +484,8 @@ class Worker:
 
     def _forget(self, tps: Sequence[TP]) -> None:
         self.model_step.revoke(tps)
+        if self.delayed_labels is not None:
+            self.delayed_labels.forget(tps)
         for tp in tps:
             self._processed.pop(tp, None)
             self._replay_until.pop(tp, None)

@@ -18,7 +18,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 #: outcome label values of ``streamlearn_events_total``
 EVENT_OUTCOMES = ("valid", "invalid", "duplicate")
 #: outcome label values of ``streamlearn_labels_total``
-LABEL_OUTCOMES = ("joined", "held", "late", "orphan", "duplicate", "invalid")
+LABEL_OUTCOMES = ("joined", "held", "late", "orphan", "duplicate", "invalid", "misrouted")
 
 
 @dataclass(frozen=True, slots=True)

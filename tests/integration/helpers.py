@@ -37,6 +37,9 @@ def make_settings(
         overrides.setdefault("redis", {"url": redis_url, "namespace": unique_name("ns")})
     else:
         overrides.setdefault("checkpoint", {"enabled": False})
+        # dedup and the delayed-label join keep their state in Redis too
+        overrides.setdefault("dedup", {"enabled": False})
+        overrides.setdefault("labels", {"enabled": False})
     return load_settings(None, kafka=kafka, metrics=metrics, **overrides)
 
 
