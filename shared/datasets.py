@@ -95,6 +95,20 @@ def keyed_sequence(seed: int, drift_at: int | None = None, n_keys: int = 50) -> 
         yield Sample({"x": round(value, 6), "noise": round(noise, 6)}, sum(past) > 0.0, key)
 
 
+def label_flip(seed: int, drift_at: int | None = None) -> Iterator[Sample]:
+    """Two uniform features; the label is ``x1 + x2 > 1`` until ``drift_at`` (default 2,000), then its opposite.
+
+    An abrupt concept drift that models with long memory (naive Bayes' running class statistics) follow slowly
+    and incremental linear models follow quickly: a stream on which the champion has to change.
+    """
+    rng = random.Random(seed)
+    position = 2_000 if drift_at is None else drift_at
+    for index in itertools.count():
+        x1, x2 = rng.random(), rng.random()
+        label = x1 + x2 > 1.0
+        yield Sample({"x1": round(x1, 6), "x2": round(x2, 6)}, label if index < position else not label)
+
+
 SOURCES: dict[str, tuple[SourceInfo, Callable[[int, int | None], Iterator[Sample]]]] = {
     "phishing": (SourceInfo("phishing", "binary", "River's Phishing websites (1,250 rows, cycled)"),
                  _river(datasets.Phishing)),
@@ -114,6 +128,8 @@ SOURCES: dict[str, tuple[SourceInfo, Callable[[int, int | None], Iterator[Sample
     "keyed-sequence": (SourceInfo("keyed-sequence", "binary",
                                   "keyed stream whose label depends on the entity's last 3 events"),
                        keyed_sequence),
+    "label-flip": (SourceInfo("label-flip", "binary",
+                              "x1 + x2 > 1, the label inverted from --drift-at (default 2,000)"), label_flip),
 }
 
 
@@ -121,7 +137,9 @@ def source_names() -> list[str]:
     return sorted(SOURCES)
 
 
-def iter_source(name: str, *, seed: int = 42, limit: int | None = None, drift_at: int | None = None) -> Iterator[Sample]:
+def iter_source(
+    name: str, *, seed: int = 42, limit: int | None = None, drift_at: int | None = None
+) -> Iterator[Sample]:
     """The samples of a named source, at most ``limit`` of them."""
     try:
         _, make = SOURCES[name]
