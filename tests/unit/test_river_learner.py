@@ -96,17 +96,17 @@ def test_without_one_hot_strings_reach_the_estimator_unchanged() -> None:
     assert pipeline.predict_one({"n": 1.0, "color": "red"}) is True
 
 
-def test_trees_and_forests_get_numbers_unscaled_other_estimators_scaled() -> None:
-    for path in ("river.tree.HoeffdingAdaptiveTreeClassifier", "river.forest.ARFClassifier",
+def test_tree_and_forest_classifiers_get_numbers_unscaled_other_estimators_scaled() -> None:
+    for path in ("river.tree.HoeffdingAdaptiveTreeClassifier", "river.forest.ARFClassifier"):
+        pipeline = build_river_pipeline(path, {"n_models": 2} if "forest" in path else {}, ALL_ON, seed=1)
+        for x in ({"n": 1.0}, {"n": 3.0}):
+            pipeline.learn_one(x, True)
+        assert pipeline.transform_one({"n": 2.0}) == {"n": 2.0}, path
+    for path in (LOGREG, "river.naive_bayes.GaussianNB", "river.linear_model.LinearRegression",
                  "river.forest.ARFRegressor"):
         pipeline = build_river_pipeline(path, {"n_models": 2} if "forest" in path else {}, ALL_ON, seed=1)
         for x in ({"n": 1.0}, {"n": 3.0}):
-            pipeline.learn_one(x, True if "Classifier" in path else 1.0)
-        assert pipeline.transform_one({"n": 2.0}) == {"n": 2.0}, path
-    for path in (LOGREG, "river.naive_bayes.GaussianNB", "river.linear_model.LinearRegression"):
-        pipeline = build_river_pipeline(path, {}, ALL_ON, seed=1)
-        for x in ({"n": 1.0}, {"n": 3.0}):
-            pipeline.learn_one(x, 1.0 if "Regression" in path and "Logistic" not in path else True)
+            pipeline.learn_one(x, True if path in (LOGREG, "river.naive_bayes.GaussianNB") else 1.0)
         assert pipeline.transform_one({"n": 2.0}) == {"n": 0.0}, path
 
 
