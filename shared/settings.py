@@ -49,11 +49,18 @@ class KafkaSettings(_Frozen):
     fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
     linger_ms: int = Field(5, ge=0, le=10_000)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
-    exactly_once: bool = False
+    #: predictions, dead letters and consumer offsets in one Kafka transaction per commit (worker.commit_*)
+    exactly_once: bool = True
     transactional_id_prefix: str = "streamlearn"
     #: stable and unique per worker instance (a pod name, say), so a restarted worker fences its old self
     transactional_id: str | None = None
-    transaction_timeout_ms: int = Field(15_000, ge=1_000)
+    #: reconnect to a broker that went away at most this long apart (kafka-python's default is 30 s)
+    reconnect_backoff_max_ms: int = Field(1_000, ge=50, le=60_000)
+    #: the broker aborts a transaction left open this long (a worker that died and did not come back)
+    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    #: how long one transactional step (offsets, commit, init) may wait before the worker gives the
+    #: transaction up, builds a new producer and rewinds to the committed offsets (exactly-once mode)
+    transaction_op_timeout_ms: int = Field(30_000, ge=1_000)
 
 
 class RedisSettings(_Frozen):

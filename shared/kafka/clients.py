@@ -11,8 +11,11 @@ from shared.settings import KafkaSettings
 
 
 def security_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Security keyword arguments shared by consumers and producers."""
-    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    """Keyword arguments shared by consumers and producers: security and reconnection."""
+    options: dict[str, Any] = {
+        "security_protocol": settings.security_protocol,
+        "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms,
+    }
     if settings.sasl_mechanism:
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username

@@ -1,0 +1,161 @@
+"""Issue 4, acceptance 2: the worker process is SIGKILLed three times mid-stream and restarted each time.
+
+Exactly-once mode on: a read-committed consumer of the predictions sees exactly one prediction per event, each
+equal to the prediction of an uninterrupted in-process run, and the final checkpoint's model predicts a probe
+set exactly as the uninterrupted model does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import yaml
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from services.replayer import replay
+from shared.datasets import iter_source
+from shared.kafka.admin import ensure_topics
+from shared.learners.base import Row
+from shared.learners.registry import build_learner, restore_learner
+from shared.settings import ModelSettings, Settings
+from shared.state.checkpoints import CheckpointStore
+from tests.integration.helpers import make_settings, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
+N_EVENTS = 20_000
+N_PROBE = 500
+SEED = 11
+KILL_SEED = 20260425
+HMAC_KEY = "recovery-test-key"
+RESTORED = re.compile(r"restored \('[^']+', 0\) at offset (\d+) \(committed (\d+)\)")
+
+
+def _write_config(settings: Settings, redis_url: str, path: Path) -> None:
+    data = settings.model_dump(mode="json")
+    data["redis"]["url"] = redis_url
+    data["hmac_key"] = HMAC_KEY
+    path.write_text(yaml.safe_dump(data))
+
+
+def _start(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    log_file = log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    finally:
+        log_file.close()
+
+
+def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
+    try:
+        offsets = admin.list_group_offsets({settings.kafka.group_id: None}).get(settings.kafka.group_id, {})
+    except KafkaError:  # the group (or __consumer_offsets) does not exist yet
+        return 0
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events and o.offset >= 0)
+
+
+def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    settings = make_settings(
+        kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
+        kafka={"exactly_once": True, "session_timeout_ms": 6000, "max_poll_records": 500},
+        worker={"commit_interval_s": 0.5, "commit_every_events": 1500},
+        checkpoint={"every_events": 4000, "every_seconds": 3.0},
+    )
+    topics = settings.kafka.topics
+    ensure_topics(kafka_bootstrap, {topics.events: 1, topics.labels: 1, topics.predictions: 1,
+                                    topics.shadow_predictions: 1, topics.dead_letters: 1})
+    stats = replay("agrawal", bootstrap_servers=kafka_bootstrap, topic=topics.events, limit=N_EVENTS, seed=SEED,
+                   progress=False)
+    assert stats.sent == N_EVENTS
+    config, log_path = tmp_path / "worker.yaml", tmp_path / "worker.log"
+    _write_config(settings, redis_url, config)
+
+    rng = random.Random(KILL_SEED)
+    kill_points = sorted(rng.sample(range(1_000, N_EVENTS - 2_000), 3))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    killed_at: list[int] = []
+    process = _start(config, log_path)
+    try:
+        for point in kill_points:
+            deadline = time.monotonic() + 60
+            while _committed(admin, settings) < point:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"no progress to offset {point}: {log_path.read_text()[-3000:]}"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.4))  # land anywhere inside the next transaction
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            killed_at.append(_committed(admin, settings))
+            process = _start(config, log_path)
+        wait_for(lambda: _committed(admin, settings) == N_EVENTS, 90, f"{N_EVENTS} committed offsets")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        finally:
+            admin.close()
+    output = log_path.read_text()
+    assert process.returncode == 0, output[-3000:]
+    assert output.count("worker stopped") == 1, "only the last run drained; the others were killed"
+
+    records = read_topic(kafka_bootstrap, topics.predictions, N_EVENTS, timeout_s=90)
+    payloads = [orjson.loads(r.value) for r in records]
+    counts = Counter(p["id"] for p in payloads)
+    expected_ids = [f"agrawal-{SEED}-{i:09d}" for i in range(N_EVENTS)]
+    lost = sum(1 for i in expected_ids if i not in counts)
+    duplicated = sum(c - 1 for c in counts.values() if c > 1)
+    print(f"\nkill points (committed offsets at SIGKILL): {killed_at}; lost={lost} duplicated={duplicated}")
+    restores = [(int(a), int(b)) for a, b in RESTORED.findall(output)]
+    print(f"restores (checkpoint offset, committed offset): {restores}")
+    assert lost == 0 and duplicated == 0
+    assert len(payloads) == N_EVENTS and set(counts) == set(expected_ids)
+    assert [p["id"] for p in payloads] == expected_ids, "in order"
+    assert len(restores) == 3, output[-3000:]
+    assert any(k < c for k, c in restores), "at least one restart replayed a gap learn-only"
+
+    # The uninterrupted run: the same learner, in-process, over the same stream.
+    samples = list(iter_source("agrawal", seed=SEED, limit=N_EVENTS + N_PROBE))
+    stream, probe = samples[:N_EVENTS], samples[N_EVENTS:]
+    reference = build_learner(ModelSettings(**LOGREG), settings.preprocessing, settings.worker.seed)
+    outputs = reference.process([Row(s.features, s.key) for s in stream], [s.label for s in stream])
+    mismatched = sum(1 for p, o in zip(payloads, outputs, strict=True) if p["prediction"] != o.prediction)
+    print(f"published predictions different from the uninterrupted run: {mismatched} of {N_EVENTS}")
+    assert mismatched == 0
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = CheckpointStore(client, settings.redis.namespace, settings.kafka.group_id, HMAC_KEY.encode())
+        checkpoint = store.load(topics.events, 0)
+    finally:
+        client.close()
+    assert checkpoint is not None and checkpoint.next_offset == N_EVENTS
+    kind, data = checkpoint.models["logreg"]
+    final = restore_learner(kind, data)
+    agree = sum(
+        1 for s in probe
+        if final.predict_one(Row(s.features, s.key)) == reference.predict_one(Row(s.features, s.key))
+    )
+    print(f"probe-set agreement with the uninterrupted model: {agree}/{N_PROBE}; "
+          f"test took {time.monotonic() - started:.1f} s")
+    assert agree == N_PROBE
+    assert checkpoint.extra["learned"] == {"logreg": N_EVENTS}
