@@ -1,7 +1,7 @@
 """PyTorch learners trained by mini-batch gradient descent as labels arrive: ``torch.linear``, ``torch.mlp``,
 ``torch.gru`` and ``torch.cnn`` (the last two over each entity's recent events).
 
-Semantics, options and the snapshot format are in ``docs/models-torch.md``.
+Semantics, options and the snapshot format are in ``docs/models.md``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Encoding is split in two so that batching never changes a result:
   :meth:`Vectorizer.learn` (called by the learner when it trains a mini-batch).
 
 Names get slots first come, first served up to a fixed capacity, then by a stable hash (blake2b) of the name,
-so the width never grows. See ``docs/models-torch.md``.
+so the width never grows. See ``docs/models.md``.
 """
 
 from __future__ import annotations
