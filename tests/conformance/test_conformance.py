@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,17 @@ def _cases_of(kind: str) -> list[Case]:
 
 CASES = [case for kind in known_kinds() for case in _cases_of(kind)]
 KIND_PAIRS = list(itertools.permutations(known_kinds(), 2))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """The torch cases' tiny networks run fastest on one thread (and far faster on a loaded machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=CASES, ids=[c.id for c in CASES])
