@@ -66,15 +66,15 @@ def _stationary(gen: Callable[[int], Iterator[tuple[dict, object]]]) -> Callable
 
 
 def _agrawal(function: int) -> Callable[[int], Iterator[tuple[dict, object]]]:
-    return lambda seed: iter(synth.Agrawal(classification_function=function, seed=seed))  # type: ignore[arg-type]
+    return lambda seed: iter(synth.Agrawal(classification_function=function, seed=seed))
 
 
 def _sea(variant: int) -> Callable[[int], Iterator[tuple[dict, object]]]:
-    return lambda seed: iter(synth.SEA(variant=variant, seed=seed))  # type: ignore[arg-type]
+    return lambda seed: iter(synth.SEA(variant=variant, seed=seed))
 
 
 def _friedman(seed: int) -> Iterator[tuple[dict, object]]:
-    return iter(synth.Friedman(seed=seed))  # type: ignore[arg-type]
+    return iter(synth.Friedman(seed=seed))
 
 
 def keyed_sequence(seed: int, drift_at: int | None = None, n_keys: int = 50) -> Iterator[Sample]:

@@ -114,7 +114,6 @@ class TorchLearner(Learner):
     the batch it is predicted in.
     """
 
-    kind: ClassVar[str] = ""
     #: the network reads the entity's recent events, not only the current one
     sequential: ClassVar[bool] = False
     kind_options: ClassVar[frozenset[str]] = frozenset()

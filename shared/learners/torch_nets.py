@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class Network(nn.Module):
                  nonlinear: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
-        in_features = int(encoder.out_features)
+        in_features = int(cast(int, encoder.out_features))
         if reconstruct:
             layers: list[nn.Module] = [nn.Linear(in_features, bottleneck)]
             if nonlinear:
