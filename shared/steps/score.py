@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.learners.base import Task
+from shared.learners.base import Output, Target, Task
 from shared.monitoring.metrics import Metrics
 from shared.monitoring.quality import Baselines, Scoreboard
 from shared.steps.batch import Batch
@@ -70,7 +70,7 @@ class ScoreStep:
         for name, n in learned.items():
             m.learned.labels(name).inc(n)
 
-    def score(self, outputs: dict, label: object) -> None:
+    def score(self, outputs: dict[str, Output], label: Target) -> None:
         """Score each model's output, and the baselines, on one label."""
         for name, output in outputs.items():
             board = self.scoreboards.get(name)

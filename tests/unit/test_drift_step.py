@@ -12,7 +12,7 @@ from shared.contract import Event
 from shared.learners.base import Output, Task
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
-from shared.settings import ChampionSettings, DriftSettings, ModelSettings, PreprocessingSettings
+from shared.settings import ChampionSettings, DataDriftSettings, DriftSettings, ModelSettings, PreprocessingSettings
 from shared.steps.batch import Batch, Record
 from shared.steps.champion import ChampionSelector
 from shared.steps.drift import DriftStep, prediction_error
@@ -41,7 +41,7 @@ def _step(settings: DriftSettings, *, rolling: dict[str, float] | None = None,
           tasks: dict[str, Task] | None = None) -> tuple[DriftStep, Metrics, ModelStep, ChampionSelector, FakeClock]:
     metrics = Metrics(CollectorRegistry())
     model_step = _model_step()
-    champion = ChampionSelector(["a", "b"], ChampionSettings())
+    champion = ChampionSelector(["a", "b"], ChampionSettings.model_validate({}))
     clock = FakeClock()
     step = DriftStep(settings, metrics, model_step, tasks or {"a": Task.BINARY, "b": Task.BINARY}, champion,
                      lambda metric: dict(rolling or {}), "accuracy", clock=clock, monotonic=clock)
@@ -154,7 +154,8 @@ def test_selectable_detectors_and_a_binary_detector_refused_for_regression() -> 
 
 
 def test_data_drift_gauges_rise_on_the_drifted_features_only_and_keep_top_k() -> None:
-    settings = DriftSettings(export_interval_s=0.0, data={"reference_size": 500, "recent_size": 500, "top_k": 2})
+    settings = DriftSettings(export_interval_s=0.0,
+                             data=DataDriftSettings(reference_size=500, recent_size=500, top_k=2))
     step, metrics, *_ = _step(settings)
     rng = random.Random(3)
     records = []
