@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ from shared.learners.base import Output, Row, Target
 from shared.monitoring.metrics import Metrics
 from shared.state.label_join import JoinedLabel, LabelJoin, PendingPrediction
 from shared.steps.batch import Batch, Record, Rejection
-from shared.steps.models import ModelStep
+from shared.steps.models import ModelSet, ModelStep
 from shared.steps.score import ScoreStep
 
 log = logging.getLogger("streamlearn.labels")
@@ -104,6 +105,7 @@ class DelayedLabels:
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         gauge_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.join = join
@@ -118,6 +120,11 @@ class DelayedLabels:
         self._max_backoff_s = max_backoff_s
         self._gauge_interval_s = gauge_interval_s
         self._monotonic = monotonic
+        #: must be the join's clock (``joined_at`` is compared with it)
+        self._clock = clock
+        #: per partition, its current model set and when it was first seen (see _note_model_sets)
+        self._set_ids: dict[TopicPartition, ModelSet] = {}
+        self._since: dict[TopicPartition, float] = {}
         self._last_gauge = -float("inf")
         #: pending predictions whose put failed (Redis down): retried before the next put, bounded
         self._retry: list[PendingPrediction] = []
@@ -132,6 +139,7 @@ class DelayedLabels:
     # --- event side -------------------------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         """Put the batch's unlabelled predictions in the join; learn the ones whose label was held."""
+        self._note_model_sets()
         items = [self._pending(r) for r in batch.records if r.is_valid and r.pending_label and r.event is not None]
         if self._retry:
             items, self._retry = self._retry + items, []
@@ -195,6 +203,7 @@ class DelayedLabels:
                                       label.ts, record.already_published))
         offsets = _next_offsets(records)
         todo, self._deferred = self._deferred + fresh, []
+        self._note_model_sets()
         if todo and self._monotonic() >= self.retry_at:
             try:
                 result = self.join.resolve_labels([(r.event_id, r.label, r.label_ts) for r in todo],
@@ -256,6 +265,22 @@ class DelayedLabels:
         self._send(self._dead_letter_topic, record.value or b"", record.key, headers)
 
     # --- both sides -------------------------------------------------------------------------------
+    def _note_model_sets(self) -> None:
+        """Remember when each partition's current model set was first seen (restored or created).
+
+        A join handed out again (``replayed_joined_at``) is learned only if it was made before that time: by the
+        worker's previous life, whose models were lost. A join these models made themselves may be handed out
+        again when its other side is read again (an event replayed after its label came); they learned it once.
+        Called before every join script runs, so a join these models make is never older than their time.
+        """
+        sets = self._models.sets
+        for tp, model_set in sets.items():
+            if self._set_ids.get(tp) is not model_set:
+                self._set_ids[tp] = model_set
+                self._since[tp] = self._clock()
+        for tp in [tp for tp in self._set_ids if tp not in sets]:
+            del self._set_ids[tp], self._since[tp]
+
     def _apply(self, joined: Sequence[JoinedLabel]) -> None:
         """Score (first joins only) and learn each join, in order, into its event partition's model set."""
         if not joined:
@@ -272,6 +297,8 @@ class DelayedLabels:
                             "not learned (produce labels with the event's key; docs/contract.md)",
                             pending.event_id, pending.topic, pending.partition)
                 continue
+            if item.replayed_joined_at is not None and item.replayed_joined_at >= self._since.get(tp, math.inf):
+                continue  # joined by these very models (after they were restored): learned already
             rows.setdefault(tp, []).append(Row(pending.features, pending.key))
             targets.setdefault(tp, []).append(item.label)
             if item.replayed_joined_at is None:

@@ -1,0 +1,161 @@
+"""Delayed labels across a crash (real Kafka + Redis): no label is learned twice, none is lost.
+
+Worker A learns from delayed labels, checkpointing now and then (the label partitions' offsets go into each
+checkpoint with the models). Checkpoints then stop, commits go on for a while, then stop too, and A dies without
+draining: its last joins are neither in a checkpoint nor (partly) committed. Worker B restores the checkpoints,
+re-reads events and labels from the checkpointed offsets and finishes the stream. The models' learned counts in
+B's final checkpoints must equal the number of distinct labelled events, and each event gets exactly one
+(committed) prediction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from services.replayer import DelayedLabelPlan, ScheduleWindow, delayed_schedule, event_record, label_record
+from services.worker import Worker
+from shared.datasets import iter_source
+from shared.kafka.admin import ensure_topics
+from shared.settings import Settings
+from shared.state.checkpoints import CheckpointStore
+from tests.integration.helpers import committed_total, make_settings, read_topic, sample_value, wait_for
+
+pytestmark = pytest.mark.integration
+
+LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
+PARTITIONS = 2
+
+
+@contextmanager
+def _worker(settings: Settings, registry: CollectorRegistry) -> Iterator[Worker]:
+    worker = Worker(settings, registry=registry)
+    worker.start()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "worker did not stop within 60 s"
+        if errors:
+            raise errors[0]
+
+
+def _crash(worker: Worker) -> None:
+    """From now on the worker neither commits nor checkpoints, not even when it stops: a crash, seen from outside."""
+    worker.commit = lambda **_: None  # type: ignore[method-assign]
+
+    async def revoked(tps: Any) -> None:
+        worker._forget(tps)
+
+    worker.on_revoked = revoked  # type: ignore[method-assign]
+
+
+def _processed(registry: CollectorRegistry) -> float:
+    return sum(sample_value(registry, "streamlearn_events_total", {"outcome": o}) or 0 for o in ("valid", "duplicate"))
+
+
+def _labels(registry: CollectorRegistry) -> float:
+    return sum(sample_value(registry, "streamlearn_labels_total", {"outcome": o}) or 0
+               for o in ("joined", "held", "late", "duplicate", "invalid", "misrouted"))
+
+
+def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+) -> None:
+    n = 3000
+    windows = delayed_schedule(n, DelayedLabelPlan(max_delay=300, window=50, duplicate_labels=0.01), seed=5)
+    samples = list(iter_source("phishing", limit=n))
+    ids = [f"c-{i:05d}" for i in range(n)]
+    settings = make_settings(
+        kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG],
+        kafka={"max_poll_records": 500, "poll_timeout_ms": 20, "fetch_max_wait_ms": 10, "exactly_once": True,
+               "transactional_id": unique_name("tx")},
+        checkpoint={"every_events": 400, "every_seconds": 3600},
+        worker={"commit_interval_s": 0.05},
+    )
+    t = settings.kafka.topics
+    ensure_topics(kafka_bootstrap, {t.events: PARTITIONS, t.labels: PARTITIONS, t.predictions: 1,
+                                    t.shadow_predictions: 1, t.dead_letters: 1})
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=0)
+
+    def send(window: ScheduleWindow, part: str) -> int:
+        for i in (window.events if part == "events" else window.labels):
+            key, value = event_record(samples[i], ids[i], with_label=False, ts=time.time()) if part == "events" \
+                else label_record(ids[i].encode(), ids[i], samples[i].label, ts=time.time())
+            producer.send(t.events if part == "events" else t.labels, key=key, value=value)
+        producer.flush()
+        return len(window.events if part == "events" else window.labels)
+
+    # --- worker A: 20 windows with checkpoints, 10 more committed only, 5 more neither; then it dies ---------
+    registry_a = CollectorRegistry()
+    events_sent = labels_sent = 0
+    with _worker(settings, registry_a) as a:
+        for index, window in enumerate(windows[:35]):
+            if index == 20:
+                assert a.checkpointer is not None
+                a.checkpointer.due = lambda: False  # type: ignore[method-assign]
+            if index == 30:
+                _crash(a)
+            events_sent += send(window, "events")
+            wait_for(lambda s=events_sent: _processed(registry_a) == s, 30, "events", interval_s=0.01)
+            labels_sent += send(window, "labels")
+            wait_for(lambda s=labels_sent: _labels(registry_a) == s, 30, "labels", interval_s=0.01)
+    learned_by_a = sample_value(registry_a, "streamlearn_learned_total", {"model": "logreg"})
+
+    store = CheckpointStore(redis.Redis.from_url(redis_url), settings.redis.namespace, settings.kafka.group_id,
+                            settings.hmac_key.get_secret_value().encode())
+    label_offsets = {}
+    for p in range(PARTITIONS):
+        checkpoint = store.load(t.events, p)
+        assert checkpoint is not None
+        label_offsets.update(checkpoint.extra["label_offsets"])
+    committed_labels = committed_total(kafka_bootstrap, settings.kafka.group_id, t.labels)
+    checkpointed_labels = sum(label_offsets.values())
+    assert checkpointed_labels < committed_labels < labels_sent, "labels to replay from the checkpoint and beyond"
+
+    # --- worker B: restores, re-reads the gap, finishes the stream (free-running) -------------------------
+    for window in windows[35:]:
+        events_sent += send(window, "events")
+        labels_sent += send(window, "labels")
+    producer.close()
+    registry_b = CollectorRegistry()
+    with _worker(settings, registry_b):
+        wait_for(lambda: committed_total(kafka_bootstrap, settings.kafka.group_id, t.events) == events_sent
+                 and committed_total(kafka_bootstrap, settings.kafka.group_id, t.labels) == labels_sent,
+                 90, "the whole stream committed")
+
+    labelled = {ids[i] for w in windows for i in w.labels}
+    learned = 0
+    for p in range(PARTITIONS):
+        checkpoint = store.load(t.events, p)
+        assert checkpoint is not None
+        learned += checkpoint.extra["learned"]["logreg"]
+    print(f"\nA learned {learned_by_a:.0f} before dying; checkpointed label offsets {checkpointed_labels}, "
+          f"committed {committed_labels}, sent {labels_sent}; final models learned {learned} "
+          f"for {len(labelled)} labelled events")
+    assert learned == len(labelled), "each labelled event learned exactly once across the crash"
+    assert sample_value(registry_b, "streamlearn_labels_total", {"outcome": "misrouted"}) == 0
+
+    predictions = read_topic(kafka_bootstrap, t.predictions, n)
+    got = [orjson.loads(r.value)["id"] for r in predictions]
+    assert len(got) == n and set(got) == set(ids), "one committed prediction per event"
