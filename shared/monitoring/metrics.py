@@ -115,6 +115,9 @@ class Metrics:
         self.join_entries = Gauge(
             "streamlearn_label_join_entries", "Predictions waiting for their label in the join buffer.",
             registry=r)
+        self.join_held = Gauge(
+            "streamlearn_label_join_held", "Labels held in the join buffer until their event comes (bounded by "
+            "labels.max_held).", registry=r)
         self.join_evictions = Counter(
             "streamlearn_label_join_evictions", "Join entries dropped to keep the buffer within its bound.",
             registry=r)

@@ -324,10 +324,12 @@ class DelayedLabels:
             return
         self._last_gauge = now
         with contextlib.suppress(redis.RedisError):
-            self._metrics.join_entries.set(self.join.size())
+            sizes = self.join.sizes()
+            self._metrics.join_entries.set(sizes.pending)
+            self._metrics.join_held.set(sizes.held)
 
     def export_size(self) -> None:
-        """Refresh the join-size gauge now (one ZCARD)."""
+        """Refresh the join-size gauges now (pending predictions and held labels, one round trip)."""
         self._last_gauge = -float("inf")
         self._export_size()
 

@@ -57,6 +57,9 @@ def test_early_late_orphan_duplicate_and_invalid_labels_are_counted_and_never_cr
         # 1. labels before their events: held; "early-a" then joins when its event comes
         produce(kafka_bootstrap, topics.labels, [_label("early-a", True), _label("early-b", False)])
         wait_for(lambda: _outcome(registry, "held") == 2, 30, "2 held labels")
+        assert worker.delayed_labels is not None
+        worker.delayed_labels.export_size()
+        assert sample_value(registry, "streamlearn_label_join_held") == 2
         produce(kafka_bootstrap, topics.events, [_event("early-a", 1.0), _event("on-time", -1.0)])
         wait_for(lambda: _outcome(registry, "joined") == 1, 30, "the held label joined by its event")
         assert sample_value(registry, "streamlearn_learned_total", {"model": "logreg"}) == 1

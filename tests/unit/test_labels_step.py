@@ -20,7 +20,7 @@ from shared.learners.base import Output, Task
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, PreprocessingSettings
-from shared.state.label_join import JoinedLabel, JoinResult, PendingPrediction, PutResult
+from shared.state.label_join import JoinedLabel, JoinResult, JoinSizes, PendingPrediction, PutResult
 from shared.steps.batch import Batch, Record
 from shared.steps.labels import DelayedLabels, decode_label, outputs_from_json, outputs_to_json
 from shared.steps.models import ModelStep
@@ -60,8 +60,8 @@ class StubJoin:
         joined, self.joined = self.joined, []
         return JoinResult(joined, [], [], [], 0, 0, 0)
 
-    def size(self) -> int:
-        return 0
+    def sizes(self) -> JoinSizes:
+        return JoinSizes(0, 0)
 
 
 def _setup() -> tuple[DelayedLabels, StubJoin, ModelStep, CollectorRegistry, Clock]:
