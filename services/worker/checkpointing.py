@@ -103,6 +103,15 @@ class Checkpointer:
         self.healthy = True
         return True
 
+    def probe(self) -> bool:
+        """Ping Redis and export the answer (``streamlearn_redis_up``, :attr:`healthy`); used at start-up."""
+        up = self._store.ping()
+        self._metrics.redis_up.set(1 if up else 0)
+        self.healthy = up
+        if not up:
+            log.warning("Redis does not answer; predictions go on, checkpoints will be retried")
+        return up
+
     def export_age(self) -> None:
         """Refresh the checkpoint-age gauge."""
         if self._last_success is not None:

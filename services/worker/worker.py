@@ -11,12 +11,13 @@ from types import FrameType
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.worker.checkpointing import Checkpointer, Restored
+from services.worker.committing import Committer, TransactionalCommitter, TransactionFailed
 from services.worker.http import EndpointServer
 from shared.kafka.clients import build_consumer, build_producer
 from shared.learners.base import Learner
@@ -42,64 +43,6 @@ from shared.steps.score import ScoreStep
 log = logging.getLogger("streamlearn.worker")
 
 TP = tuple[str, int]
-
-
-class _Committer:
-    """Makes a batch's side effects durable and then commits its offsets (at-least-once)."""
-
-    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        self._consumer = consumer
-        self._producer = producer
-
-    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
-        self._producer.send(topic, value=value, key=key, headers=headers)
-
-    def commit(self, offsets: dict[TP, int]) -> None:
-        self._producer.flush()
-        if offsets:
-            self._consumer.commit(_kafka_offsets(offsets))
-
-    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
-        """The same commit from inside a rebalance listener, which runs on the consumer's IO thread.
-
-        kafka-python 3 forbids blocking consumer calls there, so the offset commit is awaited instead.
-        """
-        self._producer.flush()
-        if offsets:
-            await self._consumer.commit_async(_kafka_offsets(offsets))
-
-    def close(self) -> None:
-        self._producer.close()
-
-
-class _TransactionalCommitter(_Committer):
-    """Exactly-once: predictions and consumer offsets go out in one Kafka transaction."""
-
-    def __init__(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
-        super().__init__(consumer, producer)
-        producer.init_transactions()
-        self._open = False
-
-    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
-        if not self._open:
-            self._producer.begin_transaction()
-            self._open = True
-        self._producer.send(topic, value=value, key=key, headers=headers)
-
-    def commit(self, offsets: dict[TP, int]) -> None:
-        if not offsets and not self._open:
-            return
-        if not self._open:
-            self._producer.begin_transaction()
-            self._open = True
-        if offsets:
-            self._producer.send_offsets_to_transaction(_kafka_offsets(offsets), self._consumer.group_metadata())
-        self._producer.commit_transaction()
-        self._open = False
-
-    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
-        """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""
-        self.commit(offsets)
 
 
 class Worker:
@@ -140,7 +83,10 @@ class Worker:
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         self.consumer: KafkaConsumer | None = None
-        self.committer: _Committer | None = None
+        self.committer: Committer | None = None
+        #: exactly-once: why the open transaction must be given up (set by a rebalance listener)
+        self._rewind_reason: str | None = None
+        self._kafka_ok = True
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
@@ -171,9 +117,13 @@ class Worker:
         return time.monotonic() - self._last_loop < max(60.0, self.settings.kafka.max_poll_interval_ms / 1000)
 
     def _readiness(self) -> tuple[bool, str]:
+        if not self._kafka_ok:
+            return False, "degraded: Kafka coordinator unreachable, reconnecting"
         if not self._ready:
             return False, "not ready: waiting for partition assignment"
-        if self.checkpointer is not None and not self.checkpointer.healthy:
+        if self.checkpointer is not None and (
+            not self.checkpointer.healthy or self.registry.get_sample_value("streamlearn_redis_up") == 0
+        ):
             return False, "degraded: Redis unavailable, checkpoints are being retried (still predicting)"
         return True, "ready"
 
@@ -195,11 +145,12 @@ class Worker:
                 self.settings.hmac_key.get_secret_value().encode("utf-8"),
             )
             self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
+            self.checkpointer.probe()
         self.consumer = build_consumer(kafka)
-        producer = build_producer(kafka, transactional=kafka.exactly_once)
         self.committer = (
-            _TransactionalCommitter(self.consumer, producer) if kafka.exactly_once
-            else _Committer(self.consumer, producer)
+            TransactionalCommitter(self.consumer, lambda: build_producer(kafka, transactional=True),
+                                   op_timeout_ms=kafka.transaction_op_timeout_ms)
+            if kafka.exactly_once else Committer(self.consumer, build_producer(kafka))
         )
         publish = PublishStep(
             self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
@@ -264,13 +215,20 @@ class Worker:
                     timeout_ms=self.settings.kafka.poll_timeout_ms,
                     max_records=self.settings.kafka.max_poll_records,
                 )
-                self.metrics.kafka_up.set(1)
+                self._kafka_ok = _coordinator_known(self.consumer)
+                self.metrics.kafka_up.set(1 if self._kafka_ok else 0)
+                if self._rewind_reason is not None:
+                    self._rewind(self._rewind_reason)
+                    polled = {}  # read before the rewind: the partitions are read again from their checkpoints
                 if self._to_restore:
                     self.restore_assigned()
-                if polled:
-                    last_data = time.monotonic()
-                    self.process(_to_batch(polled))
-                self._maybe_commit()
+                try:
+                    if polled:
+                        last_data = time.monotonic()
+                        self.process(_to_batch(polled))
+                    self._maybe_commit()
+                except TransactionFailed as exc:
+                    self._rewind(str(exc))
         finally:
             self.close()
 
@@ -464,13 +422,18 @@ class Worker:
     async def on_revoked(self, tps: Sequence[TP]) -> None:
         """Rebalance listener (IO thread): commit what was processed, checkpoint, then let the partitions go."""
         self._to_restore = [tp for tp in self._to_restore if tp not in tps]
-        if self.committer is not None:
+        if self.committer is not None and self._rewind_reason is None:
             offsets, self._pending_offsets = self._pending_offsets, {}
-            await self.committer.commit_in_listener(offsets)
-            self._events_since_commit = 0
-            self._last_commit = time.monotonic()
-            if self.checkpointer is not None:
-                self._checkpoint([tp for tp in tps if tp in self.model_step.sets])
+            try:
+                await self.committer.commit_in_listener(offsets)
+            except TransactionFailed as exc:
+                # nothing of the open transaction is visible; the new owner resumes from the last commit
+                self._rewind_reason = f"{exc} (on revoke)"
+            else:
+                self._events_since_commit = 0
+                self._last_commit = time.monotonic()
+                if self.checkpointer is not None:
+                    self._checkpoint([tp for tp in tps if tp in self.model_step.sets])
         self._forget(tps)
         log.info("revoked %s", sorted(tps))
 
@@ -480,7 +443,40 @@ class Worker:
         for tp in tps:
             self._pending_offsets.pop(tp, None)
         self._forget(tps)
+        if self.settings.kafka.exactly_once and self._rewind_reason is None:
+            # the open transaction holds outputs of the lost partitions, which their new owner publishes again
+            self._rewind_reason = f"partitions {sorted(tps)} lost"
         log.warning("lost %s (the new owner resumes from the last commit and checkpoint)", sorted(tps))
+
+    def _rewind(self, reason: str) -> None:
+        """Exactly-once: give up the open transaction and start every assigned partition again, as on a restart.
+
+        A new producer fences the old one (its open transaction is aborted); each partition's models are restored
+        from their checkpoint and the records up to the committed offset are learned again without being published.
+        """
+        consumer, committer = self.consumer, self.committer
+        assert consumer is not None and committer is not None
+        log.error("transaction given up (%s): new producer, partitions rewound to their checkpoints", reason)
+        self.metrics.kafka_up.set(0)
+        self._kafka_ok = False
+        self._rewind_reason = None
+        self._ready = False
+        committer.reset(lambda: self._stop.is_set())
+        tps = sorted({(tp.topic, tp.partition) for tp in consumer.assignment()} | set(self._to_restore))
+        self._pending_offsets = {}
+        self._events_since_commit = 0
+        self._last_commit = time.monotonic()
+        self._forget(tps)
+        self._to_restore = list(tps)
+        if tps:
+            consumer.pause(*[TopicPartition(*tp) for tp in tps])
+            for tp in tps:
+                if self.checkpointer is None or tp[0] == self._labels_topic:
+                    committed = consumer.committed(TopicPartition(*tp))
+                    if committed is not None:
+                        consumer.seek(TopicPartition(*tp), committed)
+        self._kafka_ok = True
+        self.metrics.kafka_up.set(1)
 
     def _forget(self, tps: Sequence[TP]) -> None:
         self.model_step.revoke(tps)
@@ -526,8 +522,13 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         self._worker.on_lost([(tp.topic, tp.partition) for tp in lost])
 
 
-def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+def _coordinator_known(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer has a live connection to its group coordinator (kafka-python keeps no public flag)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        return coordinator is None or not coordinator.coordinator_unknown()
+    except Exception:  # a probe for a gauge; never let it stop the loop
+        return True
 
 
 def _with_retries(action: Callable[[], Restored], attempts: int = 6) -> Restored:

@@ -274,6 +274,13 @@ class CheckpointStore:
             versions=self._versions,
         )
 
+    def ping(self) -> bool:
+        """Whether Redis answers (``False`` rather than an exception when it does not)."""
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
     def delete(self, topic: str, partition: int) -> None:
         """Remove one partition's checkpoint."""
         pipe = self._client.pipeline(transaction=True)
