@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from river import metrics
 
@@ -36,6 +37,14 @@ pytestmark = pytest.mark.integration
 
 LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
 PARTITIONS = 2
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """Committed offsets summed over ``topic``; -1 while the group coordinator is not answering yet."""
+    try:
+        return committed_total(bootstrap, group, topic)
+    except KafkaError:
+        return -1
 
 
 def _create_topics(bootstrap: str, settings: Settings, partitions: int) -> None:
@@ -101,7 +110,7 @@ def test_delayed_labels_accuracy_equals_offline_and_each_label_is_learned_once(
             labels_sent += len(window.labels)
             wait_for(lambda sent=labels_sent: _label_total(registry) == sent, 30, f"{labels_sent} labels read",
                      interval_s=0.01)
-        wait_for(lambda: committed_total(kafka_bootstrap, settings.kafka.group_id, topics.labels) == labels_sent,
+        wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, topics.labels) == labels_sent,
                  30, "the label offsets to be committed")
     producer.close()
     elapsed = time.monotonic() - started
@@ -197,3 +206,40 @@ def test_join_buffer_stays_within_its_bound_under_a_flood_of_unlabelled_events(
 
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
+
+
+def test_replayer_delayed_mode_with_a_free_running_worker(
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+) -> None:
+    """Events and labels interleaved however Kafka delivers them: still each labelled event learned once, and the
+    accuracy the worker reports is the accuracy of the predictions it published on the labels it received."""
+    n = 1500
+    settings = make_settings(kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG])
+    topics = settings.kafka.topics
+    _create_topics(kafka_bootstrap, settings, PARTITIONS)
+    plan = DelayedLabelPlan(max_delay=200, window=20, duplicate_labels=0.02)
+    registry = CollectorRegistry()
+    with running_worker(settings, registry):
+        stats = replay("phishing", bootstrap_servers=kafka_bootstrap, topic=topics.events, limit=n, seed=9,
+                       labels="delayed", labels_topic=topics.labels, delayed=plan, id_prefix="fr", progress=False)
+        windows = delayed_schedule(n, plan, seed=9)
+        assert stats.sent == sum(len(w.events) for w in windows)
+        assert stats.labels == sum(len(w.labels) for w in windows)
+        wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, topics.labels) == stats.labels
+                 and _committed(kafka_bootstrap, settings.kafka.group_id, topics.events) == stats.sent,
+                 90, "events and labels committed")
+    samples = list(iter_source("phishing", limit=n, seed=9))
+    labelled = {i for w in windows for i in w.labels}
+    assert sample_value(registry, "streamlearn_learned_total", {"model": "logreg"}) == len(labelled)
+    assert sample_value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == len(labelled)
+    assert (sample_value(registry, "streamlearn_labels_total", {"outcome": "duplicate"})
+            == stats.labels - len(labelled))
+    predictions = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"]
+                   for r in read_topic(kafka_bootstrap, topics.predictions, n)}
+    assert len(predictions) == n
+    accuracy = metrics.Accuracy()
+    for i in sorted(labelled):
+        accuracy.update(samples[i].label, predictions[f"fr-{i:09d}"])
+    gauge = sample_value(registry, "streamlearn_model_metric",
+                         {"model": "logreg", "metric": "accuracy", "window": "cumulative"})
+    assert gauge is not None and abs(gauge - accuracy.get()) <= 1e-12

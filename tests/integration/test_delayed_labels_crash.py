@@ -20,6 +20,7 @@ import orjson
 import pytest
 import redis
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.replayer import DelayedLabelPlan, ScheduleWindow, delayed_schedule, event_record, label_record
@@ -58,6 +59,14 @@ def _worker(settings: Settings, registry: CollectorRegistry) -> Iterator[Worker]
         assert not thread.is_alive(), "worker did not stop within 60 s"
         if errors:
             raise errors[0]
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """Committed offsets summed over ``topic``; -1 while the group coordinator is not answering yet."""
+    try:
+        return committed_total(bootstrap, group, topic)
+    except KafkaError:
+        return -1
 
 
 def _crash(worker: Worker) -> None:
@@ -129,7 +138,8 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
         checkpoint = store.load(t.events, p)
         assert checkpoint is not None
         label_offsets.update(checkpoint.extra["label_offsets"])
-    committed_labels = committed_total(kafka_bootstrap, settings.kafka.group_id, t.labels)
+    wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, t.labels) >= 0, 30, "the coordinator")
+    committed_labels = _committed(kafka_bootstrap, settings.kafka.group_id, t.labels)
     checkpointed_labels = sum(label_offsets.values())
     assert checkpointed_labels < committed_labels < labels_sent, "labels to replay from the checkpoint and beyond"
 
@@ -140,8 +150,8 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
     producer.close()
     registry_b = CollectorRegistry()
     with _worker(settings, registry_b):
-        wait_for(lambda: committed_total(kafka_bootstrap, settings.kafka.group_id, t.events) == events_sent
-                 and committed_total(kafka_bootstrap, settings.kafka.group_id, t.labels) == labels_sent,
+        wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, t.events) == events_sent
+                 and _committed(kafka_bootstrap, settings.kafka.group_id, t.labels) == labels_sent,
                  90, "the whole stream committed")
 
     labelled = {ids[i] for w in windows for i in w.labels}
