@@ -47,7 +47,8 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
         return 2
-    print(f"sent {stats.sent} events in {stats.seconds:.1f} s ({stats.rate:,.0f}/s)", file=sys.stderr)
+    labels = f" and {stats.labels} delayed labels" if stats.labels else ""
+    print(f"sent {stats.sent} events{labels} in {stats.seconds:.1f} s ({stats.rate:,.0f}/s)", file=sys.stderr)
     return 0
 
 
