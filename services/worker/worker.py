@@ -402,11 +402,15 @@ class Worker:
             restored = _with_retries(lambda tp=tp, c=committed: self.checkpointer.restore(tp, c))  # type: ignore[union-attr]
             restored_by_tp[tp] = restored
             self.model_step.assign(tp, restored.model_set)
-            if restored.seek_to == -1:
+            start: int | None
+            if restored.seek_to == -1:  # rebuild: from wherever the retained log begins
                 consumer.seek_to_beginning(kafka_tp)
+                start = None
             elif restored.seek_to is not None:
                 consumer.seek(kafka_tp, restored.seek_to)
-            start = restored.seek_to if restored.seek_to is not None and restored.seek_to >= 0 else committed
+                start = restored.seek_to
+            else:
+                start = committed
             if start is not None:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
