@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 import redis
 
+from services.stack import RedisServer
 from shared.state.checkpoints import CheckpointStore, PartitionCheckpoint, SnapshotRejected, library_versions
 
 pytestmark = pytest.mark.integration
@@ -153,3 +155,20 @@ def test_delete_removes_one_partition(redis_client: redis.Redis) -> None:
     assert store.load("events", 0) is None
     assert store.load("events", 1) is not None
     assert set(store.saved_partitions()) == {("events", 1)}
+
+
+def test_a_checkpoint_survives_a_redis_crash(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """Append-only persistence (deploy/redis/redis-local.conf): a checkpoint older than 1 s survives SIGKILL."""
+    assert redis_client.config_get("appendonly") == {"appendonly": "yes"}
+    assert redis_client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    store = _store(redis_client)
+    store.save({("events", 0): _state(42, b"d")})
+    time.sleep(1.5)  # appendfsync everysec
+    assert redis_server.kill()
+    redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        loaded = _store(client).load("events", 0)
+    finally:
+        client.close()
+    assert loaded is not None and loaded.next_offset == 42 and loaded.models == _state(42, b"d").models
