@@ -40,6 +40,8 @@ class Record:
     duplicate: bool = False
     features: Features | None = None
     outputs: dict[str, Output] = field(default_factory=dict)
+    #: per model, the examples it had learned when it predicted this record (the ``model_version`` published)
+    learned_before: dict[str, int] = field(default_factory=dict)
     #: learning was deferred to the delayed-label join (no inline label)
     pending_label: bool = False
     #: replayed after a crash: already published (committed offset), so it must not be published again

@@ -79,13 +79,20 @@ class ModelStep:
         rows = [Row(r.features or {}, r.event.key if r.event else None) for r in records]
         targets: list[Target | None] = [r.event.label if r.event else None for r in records]
         n_labelled = sum(t is not None for t in targets)
+        # labelled examples learned before each record, within this batch (a batch predicts as one by one would)
+        before: list[int] = []
+        count = 0
         for record, target in zip(records, targets, strict=True):
             record.pending_label = target is None
+            before.append(count)
+            count += target is not None
         for name, learner in model_set.learners.items():
             outputs: list[Output] = learner.process(rows, targets)
-            for record, output in zip(records, outputs, strict=True):
+            learned = model_set.learned.get(name, 0)
+            for record, output, k in zip(records, outputs, before, strict=True):
                 record.outputs[name] = output
-            model_set.learned[name] = model_set.learned.get(name, 0) + n_labelled
+                record.learned_before[name] = learned + k
+            model_set.learned[name] = learned + n_labelled
 
     def learn_delayed(self, tp: TopicPartition, rows: Sequence[Row], targets: Sequence[Target]) -> None:
         """Learn examples whose labels arrived late (from the delayed-label join)."""

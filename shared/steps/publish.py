@@ -67,6 +67,7 @@ class PublishStep:
         now = time.time()
         champion = self._champion()
         end_to_end = self._metrics.end_to_end_seconds
+        fingerprints = self._models.fingerprints
         for record in batch.records:
             if record.rejection is not None:
                 self._dead_letter(record)
@@ -74,9 +75,12 @@ class PublishStep:
             if not record.is_valid or record.already_published or record.event is None:
                 continue
             key = record.event.kafka_key.encode("utf-8")
-            model_set = self._models.sets[(record.topic, record.partition)]
+            learned_before = record.learned_before
             for name, output in record.outputs.items():
-                version = model_set.version(name, self._models.fingerprints[name])
+                learned = learned_before.get(name)
+                if learned is None:  # outputs set by another step: the model as it is now
+                    learned = self._models.sets[(record.topic, record.partition)].learned.get(name, 0)
+                version = f"{fingerprints[name]}.{learned}"
                 value = prediction_payload(record, name, version, output, now, batch.polled_at)
                 topic = self._topics.predictions if name == champion else self._topics.shadow_predictions
                 self._send(topic, value, key, None)
