@@ -1,0 +1,446 @@
+"""The benchmark's plan (:class:`Config`), its results (:class:`Outcome`) and the markdown report.
+
+``docs/benchmarks.md`` is generated between two markers; the text after the end marker (the analysis written
+by people, from the figures of a run) is kept when the report is written again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.common import MODEL_TITLES, SOURCE
+from bench.suite import Bench, LatencyResult, Measured, MemoryResult, ScaleResult, log
+
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+
+TARGET_LOGREG_VS_PLAIN = 1.5
+TARGET_ARF_VS_BARE = 0.9
+TARGET_P99_MS = 25.0
+TARGET_SCALE = 1.6
+#: "flat": RSS at the end at most this much above RSS after the first 10% of the run
+FLAT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """How many events each scenario uses (defaults: a full run of a few minutes on 2 cores)."""
+
+    logreg_events: int = 20_000
+    arf_events: int = 3_000
+    mlp_events: int = 10_000
+    latency_seconds: float = 10.0
+    scale_events: int = 20_000
+    memory_events: int = 100_000
+    profile_events: int = 10_000
+    repeat: int = 1
+    quick: bool = False
+    stages: tuple[str, ...] = ("throughput", "latency", "scale", "memory", "profile")
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """The ``--quick`` plan: every scenario, with few events."""
+        return cls(logreg_events=1_000, arf_events=200, mlp_events=640, latency_seconds=2.0, scale_events=1_000,
+                   memory_events=2_000, profile_events=1_000, quick=True)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def events(self, model: str) -> int:
+        return {"logreg": self.logreg_events, "arf": self.arf_events, "mlp": self.mlp_events}[model]
+
+
+#: contender key -> what the tables call it
+CONTENDERS = {
+    "a": "(a) bare model loop, no Kafka",
+    "b": "(b) plain kafka-python + River loop",
+    "c": "(c) streamlearn worker, exactly-once",
+    "c-alos": "(c) streamlearn worker, at-least-once",
+}
+MODELS_IN_ORDER = ("logreg", "arf", "mlp")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything one run measured, and where and how."""
+
+    config: Config
+    command: str
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    started_utc: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seconds: float = 0.0
+    #: model -> contender key -> runs
+    throughput: dict[str, dict[str, list[Measured]]] = field(default_factory=dict)
+    latency: dict[str, LatencyResult] = field(default_factory=dict)
+    scale: list[ScaleResult] = field(default_factory=list)
+    memory: MemoryResult | None = None
+    profile: dict[str, str] = field(default_factory=dict)
+    profiled: Measured | None = None
+
+    # --- running --------------------------------------------------------------------------------------------
+
+    def run(self, bench: Bench) -> None:
+        """Every stage of the plan, in order."""
+        stages = self.config.stages
+        if "throughput" in stages:
+            for model in MODELS_IN_ORDER:
+                self._throughput(bench, model, ("a", "b", "c", "c-alos") if model == "logreg" else ("a", "b", "c"))
+        if "latency" in stages:
+            if "logreg" not in self.throughput:
+                self._throughput(bench, "logreg", ("b", "c", "c-alos"))
+            self._latency(bench)
+        if "scale" in stages:
+            self._scale(bench)
+        if "memory" in stages:
+            n = self.config.memory_events
+            log(f"memory: one worker (logreg) over {n:,} events, produced while it runs")
+            self.memory = bench.memory("logreg", n)
+        if "profile" in stages:
+            self._profile(bench)
+
+    def _throughput(self, bench: Bench, model: str, keys: tuple[str, ...]) -> None:
+        n = self.config.events(model)
+        topic, _ = bench.topics()
+        log(f"throughput {model}: producing {n:,} events")
+        bench.produce(topic, n)
+        runs = self.throughput.setdefault(model, {})
+        for _ in range(self.config.repeat):
+            for key in keys:
+                label = CONTENDERS[key]
+                if key == "a":
+                    measured = bench.bare(model, n)
+                else:
+                    contender = "plain" if key == "b" else "worker"
+                    measured = bench.kafka_contender(contender, model, topic, n, label=label,
+                                                     at_least_once=key == "c-alos")
+                runs.setdefault(key, []).append(measured)
+                log(f"  {model} {label}: {measured.rate:,.0f} events/s, {measured.cpu_per_1k:.3f} CPU s/1k, "
+                    f"peak RSS {measured.usage.peak_rss_mib:.0f} MiB")
+
+    def rate(self, model: str, key: str) -> float | None:
+        runs = self.throughput.get(model, {}).get(key)
+        return statistics.median(r.rate for r in runs) if runs else None
+
+    def _latency(self, bench: Bench) -> None:
+        seconds = self.config.latency_seconds
+        plans = [
+            ("b", "plain", CONTENDERS["b"], True, None),
+            ("c-alos", "worker", CONTENDERS["c-alos"], True, None),
+            ("c", "worker", CONTENDERS["c"] + " (commit_interval_s 1.0, default)", False, None),
+            ("c-100ms", "worker", CONTENDERS["c"] + " (commit_interval_s 0.1)", False, 0.1),
+        ]
+        for key, contender, label, at_least_once, interval in plans:
+            max_rate = self.rate("logreg", "c" if key == "c-100ms" else key)
+            assert max_rate is not None
+            rate = 0.5 * max_rate
+            log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
+            result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
+                                 commit_interval_s=interval)
+            self.latency[key] = result
+            log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} read)")
+
+    def _scale(self, bench: Bench) -> None:
+        n = self.config.scale_events
+        topic, _ = bench.topics(partitions=4)
+        log(f"scale: producing {n:,} events on a 4-partition topic")
+        bench.produce(topic, n)
+        for workers in (1, 2):
+            result = bench.scale("logreg", topic, workers)
+            self.scale.append(result)
+            log(f"  {workers} worker(s): {result.rate:,.0f} events/s")
+
+    def _profile(self, bench: Bench) -> None:
+        import json
+        import tempfile
+
+        n = self.config.profile_events
+        topic, _ = bench.topics()
+        log(f"profile: the worker (logreg, exactly-once) under pyinstrument over {n:,} events")
+        bench.produce(topic, n)
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=bench.work_dir) as handle:
+            path = Path(handle.name)
+        self.profiled = bench.kafka_contender("worker", "logreg", topic, n, label="profiled worker", profile=path)
+        self.profile = json.loads(path.read_text())
+
+    def finish(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.load_after = os.getloadavg()
+
+
+# --- environment --------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count and model, memory, kernel."""
+    cpu_model = "unknown"
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
+            "kernel": platform.release()}
+
+
+def versions() -> dict[str, str]:
+    """Python, the libraries that matter here, the broker and Redis."""
+    from services.stack.kafka_server import kafka_version
+
+    found = {"python": platform.python_version()}
+    for package in ("river", "torch", "kafka-python", "orjson", "pydantic", "redis", "prometheus-client"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    try:
+        found["Kafka broker"] = kafka_version()
+    except Exception as exc:
+        found["Kafka broker"] = f"unknown ({exc})"
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+        found["Redis server"] = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip())
+    except OSError:
+        found["Redis server"] = "unknown"
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+# --- markdown -----------------------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base <= 0:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("**met**" if met else "**missed**")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def targets(outcome: Outcome) -> list[list[str]]:
+    """The issue's five targets: what was measured, as a ratio of the same run, and whether it is met."""
+    rows: list[list[str]] = []
+    worker, plain = outcome.rate("logreg", "c"), outcome.rate("logreg", "b")
+    if worker is not None and plain is not None:
+        ratio = worker / plain
+        rows.append(["1. logreg: worker (exactly-once, everything on) vs plain loop (b)",
+                     f">= {TARGET_LOGREG_VS_PLAIN}x",
+                     f"{ratio:.2f}x ({worker:,.0f} vs {plain:,.0f} events/s; one worker: {worker:,.0f} events/s)",
+                     _verdict(ratio >= TARGET_LOGREG_VS_PLAIN)])
+    arf_worker, arf_bare = outcome.rate("arf", "c"), outcome.rate("arf", "a")
+    if arf_worker is not None and arf_bare is not None:
+        ratio = arf_worker / arf_bare
+        rows.append(["2. ARF: worker vs bare River loop (a)", f">= {TARGET_ARF_VS_BARE}x",
+                     f"{ratio:.2f}x ({arf_worker:,.0f} vs {arf_bare:,.0f} events/s)",
+                     _verdict(ratio >= TARGET_ARF_VS_BARE)])
+    alos = outcome.latency.get("c-alos")
+    if alos is not None:
+        rows.append(["3. p99 end-to-end latency, logreg, at-least-once, at half max throughput",
+                     f"<= {TARGET_P99_MS:.0f} ms", f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s",
+                     _verdict(alos.p99_ms <= TARGET_P99_MS)])
+    for key in ("c", "c-100ms"):
+        eos = outcome.latency.get(key)
+        if eos is not None:
+            interval = eos.commit_interval_s if eos.commit_interval_s is not None else 1.0
+            rows.append([f"3. p99 with exactly-once, transaction interval {interval:g} s",
+                         "report vs the interval",
+                         f"{eos.p99_ms:.0f} ms = {eos.p99_ms / (1000 * interval):.2f}x the interval",
+                         "reported"])
+    if len(outcome.scale) == 2:
+        one, two = outcome.scale
+        ratio = two.rate / one.rate
+        rows.append(["4. 2 workers vs 1 worker, 4 partitions", f">= {TARGET_SCALE}x",
+                     f"{ratio:.2f}x ({two.rate:,.0f} vs {one.rate:,.0f} events/s)", _verdict(ratio >= TARGET_SCALE)])
+    if outcome.memory is not None:
+        first, last, peak, growth = memory_summary(outcome.memory)
+        events = outcome.memory.result.events
+        flat = growth <= FLAT_TOLERANCE
+        note = "" if events >= 1_000_000 else f" (over {events:,} events, not 1,000,000)"
+        rows.append(["5. resident memory flat over a long run", f"flat (<= {FLAT_TOLERANCE:.0%} growth)",
+                     f"{first:.0f} -> {last:.0f} MiB (max {peak:.0f}), {growth:+.1%}{note}",
+                     _verdict(flat) if events >= 1_000_000 else _verdict(flat) + " (shorter run)"])
+    return rows
+
+
+def memory_summary(memory: MemoryResult) -> tuple[float, float, float, float]:
+    """RSS after the first 10% of the run, at the end, the maximum, and the growth from first to last."""
+    steady = memory.steady()
+    if not steady:
+        return (float("nan"),) * 4  # type: ignore[return-value]
+    first, last, peak = steady[0], steady[-1], max(steady)
+    return first, last, peak, (last - first) / first
+
+
+def render(outcome: Outcome) -> str:
+    """The generated part of docs/benchmarks.md, between the markers."""
+    c = outcome.config
+    m, v = outcome.machine, outcome.versions
+    out: list[str] = [BEGIN, ""]
+    out += ["## The run", ""]
+    kind = "a **--quick smoke run** (too few events for stable figures)" if c.quick else "a full run"
+    out += [f"- **When**: {outcome.started_utc}, {kind}, {outcome.seconds / 60:.1f} minutes including the "
+            "start and stop of Kafka and Redis.",
+            f"- **Command**: `{outcome.command}` (`make bench` runs `.venv/bin/python -m bench`).",
+            f"- **Machine**: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB memory, Linux "
+            f"{m['kernel']}. Kafka (one KRaft node, 1 GiB heap), Redis, the contender and the load generator "
+            "all share these CPUs.",
+            f"- **Load**: load average {outcome.load_before[0]:.2f} (1 min) when the run started, "
+            f"{outcome.load_after[0]:.2f} when it ended.",
+            "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+            f"- **Events**: the `{SOURCE}` source (River's Phishing, 9 numeric features, inline labels), the same "
+            "events for every contender of a model.", ""]
+    rows = targets(outcome)
+    if rows:
+        out += ["## Targets (issue 6), as ratios measured in this run", ""]
+        out += [*_table(["target", "goal", "measured", "verdict"], rows), ""]
+    if outcome.throughput:
+        out += ["## Throughput", "",
+                "Events per second from the first event received to the last one processed with its output "
+                "durable (flushed and committed, or the transaction committed). CPU seconds are the contender "
+                "process's own (all threads) within that window; the broker's CPU in the same window is shown "
+                "apart. Peak RSS is the process's maximum resident set (`os.wait4`). "
+                + (f"Median of {c.repeat} runs per contender." if c.repeat > 1 else "One run per contender."), ""]
+        for model in MODELS_IN_ORDER:
+            runs = outcome.throughput.get(model)
+            if not runs:
+                continue
+            bare, plain = outcome.rate(model, "a"), outcome.rate(model, "b")
+            out += [f"### {MODEL_TITLES[model]} ({runs[next(iter(runs))][0].result.events:,} events)", ""]
+            table_rows = []
+            for key, measured in runs.items():
+                rate = outcome.rate(model, key)
+                cpu = statistics.median(r.cpu_per_1k for r in measured)
+                broker = statistics.median(r.broker_cpu_per_1k for r in measured)
+                rss = max(r.usage.peak_rss_mib for r in measured)
+                table_rows.append([CONTENDERS[key], f"{rate:,.0f}", _ratio(rate, bare), _ratio(rate, plain),
+                                   f"{cpu:.3f}", "-" if key == "a" else f"{broker:.3f}", f"{rss:.0f}"])
+            header = ["contender", "events/s", "vs (a)", "vs (b)", "CPU s / 1k events", "broker CPU s / 1k",
+                      "peak RSS MiB"]
+            out += [*_table(header, table_rows), ""]
+    if outcome.latency:
+        out += ["## End-to-end latency (logreg)", "",
+                "A paced producer sends events at half the contender's maximum throughput of this run (measured "
+                "above); latency runs from just before `send()` to the moment a `read_committed` consumer of the "
+                f"predictions topic receives the prediction. Each run lasts {c.latency_seconds:g} s; the first 5% "
+                "of events are warm-up and left out. The two right-hand columns split each latency at the "
+                "prediction record's timestamp (when the contender called `send()` for it).", ""]
+        lrows = [[r.label, f"{r.rate:,.0f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+                  f"{r.max_ms:.1f}", f"{r.to_send_p50_ms:.1f} / {r.to_send_p99_ms:.1f}",
+                  f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}"] for r in outcome.latency.values()]
+        out += _table(["contender", "rate (events/s)", "predictions read", "p50 ms", "p99 ms", "max ms",
+                       "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms"], lrows)
+        out += ["", "With exactly-once on, a prediction is readable only once its transaction commits; the "
+                "worker commits every `worker.commit_interval_s` seconds or `worker.commit_every_events` "
+                "events, whichever comes first, so p99 follows the interval.", ""]
+    if outcome.scale:
+        base = outcome.scale[0].rate
+        out += ["## Horizontal scale (logreg, exactly-once, 4-partition topic)", "",
+                f"{c.scale_events:,} events already on the topic; the workers of one group keep their partitions "
+                "paused until the group has formed and split the partitions, then start together. Events/s from "
+                "the first event processed by any worker to the last one processed and committed.", ""]
+        srows = [[str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}", f"{s.rate:,.0f}", _ratio(s.rate, base),
+                  "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
+                            for r in s.reports)] for s in outcome.scale]
+        out += _table(["workers", "events", "seconds", "events/s", "vs 1 worker", "per worker"], srows)
+        out += ["", f"This machine has {m['nproc']} CPUs, shared by the workers, the broker and Redis.", ""]
+    if outcome.memory is not None:
+        mem = outcome.memory
+        first, last, peak, growth = memory_summary(mem)
+        out += ["## Resident memory over a long run (logreg, exactly-once)", "",
+                f"One worker over {mem.result.events:,} events ({mem.result.rate:,.0f} events/s while a producer "
+                "sends them), its RSS sampled every 0.5 s from `/proc`. `--memory-events 1000000` runs the "
+                "issue's million events.", ""]
+        total = mem.samples[-1][0] if mem.samples else 0.0
+        marks = []
+        for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
+            at = [rss for t, rss in mem.samples if t >= fraction * total]
+            marks.append(f"{at[0]:.0f}" if at else "n/a")
+        header = ["RSS (MiB) after 10% of the run", "25%", "50%", "75%", "end", "max (after 10%)", "growth"]
+        out += [*_table(header, [[*marks, f"{peak:.0f}", f"{growth:+.1%} ({last - first:+.1f} MiB)"]]), ""]
+    if outcome.profile:
+        prof = outcome.profiled
+        out += ["## Profile of the worker (logreg, exactly-once)", "",
+                f"pyinstrument, main thread (the poll loop and the steps; kafka-python's IO thread is not "
+                f"sampled) over {c.profile_events:,} events"
+                + (f" ({prof.rate:,.0f} events/s under the profiler)." if prof else "."), "",
+                "Functions by own time (top 25):", "", "```"]
+        out += [*_flat(outcome.profile.get("flat_self", ""), 25), "```", ""]
+        out += ["Functions by total time (top 30):", "", "```"]
+        out += [*_flat(outcome.profile.get("flat_total", ""), 30), "```", ""]
+    out += [END]
+    return "\n".join(out) + "\n"
+
+
+def _flat(text: str, top: int) -> list[str]:
+    """The first ``top`` entries of pyinstrument's flat listing, without its banner."""
+    body = [line.rstrip() for line in text.splitlines() if re.match(r"^\s*\d+\.\d+ ", line)]
+    return body[:top]
+
+
+TEMPLATE_HEAD = """# Benchmarks
+
+`make bench` (that is, `.venv/bin/python -m bench`) measures, in one run and on the same events:
+
+- **(a)** the bare model loop, no Kafka: River `predict_one` then `learn_one` over the event dicts, or the torch
+  learner's own mini-batch loop (`TorchLearner.process`, chunks of 500 rows, batch size 64);
+- **(b)** a plain kafka-python + River loop as the tutorials write it: iterate a `KafkaConsumer`, `json.loads`,
+  `predict_one`, `learn_one`, `producer.send(json.dumps(...))`, then `producer.flush()` and `consumer.commit()`
+  every second or 10,000 events (the worker's default commit policy; same model, same prequential order);
+- **(c)** streamlearn's `Worker` (`services/worker/worker.py`) with its settings from `shared/settings.py`:
+  validation, cleaning, metrics endpoint, drift monitoring, checkpoints to Redis and exactly-once
+  transactions on (at-least-once where marked).
+
+Models: River `StandardScaler` + `LogisticRegression` (the worker's preprocessing prefix), River
+`ARFClassifier(n_models=10)`, and the torch MLP (`kind: torch.mlp`, batch size 64, CPU). The benchmark starts its
+own Kafka and Redis on free ports in a temporary directory (as the tests do) and stops them at the end; every
+contender is a separate process (`python -m bench.runner ...`). `--quick` is a smoke run of a few seconds per
+scenario; the event counts of each scenario are flags (`python -m bench --help`). Benchmarks are not tests:
+they report, and every number below comes from the run it describes.
+
+"""
+
+TEMPLATE_TAIL = """
+## Analysis
+
+(Written from the figures above after a run; kept when the results are regenerated.)
+"""
+
+
+def write_doc(path: Path, generated: str) -> None:
+    """Replace the generated part of ``path`` (or write the whole document the first time)."""
+    if path.exists() and BEGIN in (text := path.read_text()) and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        path.write_text(head + generated.rstrip("\n") + tail)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TEMPLATE_HEAD + generated + TEMPLATE_TAIL)

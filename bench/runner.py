@@ -1,0 +1,280 @@
+"""One contender of the benchmark in its own process: ``python -m bench.runner <contender> ...``.
+
+Contenders:
+
+* ``bare``: the model alone over the event dicts, no Kafka (River ``predict_one`` then ``learn_one``; the
+  torch learner's own mini-batch loop, ``process``, in chunks of ``max_poll_records``);
+* ``plain``: the loop a user writes from the kafka-python and River tutorials (iterate a ``KafkaConsumer``,
+  ``json.loads``, ``predict_one``, ``learn_one``, ``producer.send(json.dumps(...))``, flush then commit);
+* ``worker``: streamlearn's :class:`~services.worker.Worker` with its settings (validation, metrics,
+  checkpoints to Redis, exactly-once unless ``--at-least-once``).
+
+Each writes a :class:`~bench.common.RunResult` JSON to ``--result`` once its events are processed and their
+outputs durable: the wall-clock window from the first event received to then, and the CPU seconds of the
+process (all threads) in that window. The parent reads peak RSS and total CPU from ``os.wait4``.
+
+Coordination with the parent is by files: ``--ready-file`` (written once partitions are assigned),
+``--go-file`` (the worker keeps its partitions paused until it exists) and ``--stop-file`` (drain and exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import MODELS, RunResult, cpu_seconds, model_settings, samples, worker_settings
+from shared.settings import PreprocessingSettings, WorkerSettings
+
+#: the worker's default poll size, used as the torch bare loop's chunk
+CHUNK = 500
+
+
+def _river_or_torch(model: str) -> tuple[str, Any]:
+    """``("river", pipeline)`` or ``("torch", learner)``: the same model the worker builds."""
+    spec = MODELS[model]
+    seed = WorkerSettings().seed
+    if spec.get("kind", "river") == "river":
+        from shared.learners.registry import build_river_pipeline
+
+        return "river", build_river_pipeline(spec["estimator"], spec.get("params", {}), PreprocessingSettings(), seed)
+    from shared.learners.registry import build_learner
+
+    return "torch", build_learner(model_settings(model), PreprocessingSettings(), seed)
+
+
+def run_bare(args: argparse.Namespace) -> None:
+    """(a) The model's own loop over the event dicts."""
+    from shared.learners.base import Row
+
+    family, model = _river_or_torch(args.model)
+    data = [(s.features, s.label) for s in samples(args.n)]
+    result = RunResult("bare", args.model, events=len(data))
+    cpu0 = cpu_seconds()
+    result.started = time.time()
+    if family == "river":
+        for x, y in data:
+            model.predict_one(x)
+            model.learn_one(x, y)
+    else:
+        for i in range(0, len(data), CHUNK):
+            chunk = data[i:i + CHUNK]
+            model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
+    result.finished = time.time()
+    result.cpu_s = cpu_seconds() - cpu0
+    result.write(args.result)
+
+
+def run_plain(args: argparse.Namespace) -> None:
+    """(b) A plain kafka-python + River loop, as the tutorials write it (at-least-once)."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from shared.learners.base import Row
+
+    family, model = _river_or_torch(args.model)
+    consumer = KafkaConsumer(
+        args.topic, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", consumer_timeout_ms=200,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    consumer.partitions_for_topic(args.topic)  # metadata before the group join (see BenchWorker.start)
+    stop = _stop_flag(args.stop_file)
+    result = RunResult("plain", args.model)
+    count = 0
+    cpu0 = 0.0
+    last_commit = time.monotonic()
+    uncommitted = 0
+    reported = False
+    while not stop.is_set():
+        if args.ready_file and not args.ready_file.exists() and consumer.assignment():
+            args.ready_file.touch()
+        for message in consumer:
+            if count == 0:
+                result.started, cpu0 = time.time(), cpu_seconds()
+                if args.ready_file:
+                    args.ready_file.touch()
+            event = json.loads(message.value)
+            x, y = event["features"], event.get("label")
+            if family == "river":
+                y_pred = model.predict_one(x)
+                model.learn_one(x, y)
+            else:
+                y_pred = model.predict_one(Row(x)).prediction
+                model.learn_one(Row(x), y)
+            prediction = {"id": event["id"], "prediction": y_pred}
+            producer.send(args.predictions, key=message.key, value=json.dumps(prediction).encode("utf-8"))
+            count += 1
+            uncommitted += 1
+            if uncommitted >= 10_000 or time.monotonic() - last_commit >= 1.0:
+                producer.flush()
+                consumer.commit()
+                uncommitted, last_commit = 0, time.monotonic()
+            if args.result and args.n and count >= args.n and not reported:
+                producer.flush()
+                consumer.commit()
+                uncommitted = 0
+                result.events, result.finished, result.cpu_s = count, time.time(), cpu_seconds() - cpu0
+                result.write(args.result)
+                reported = True
+            if stop.is_set():
+                break
+        if uncommitted:
+            producer.flush()
+            consumer.commit()
+            uncommitted, last_commit = 0, time.monotonic()
+    consumer.close()
+    producer.close()
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """(c) streamlearn's worker, stopped by the parent once it has reported."""
+    settings = worker_settings(
+        bootstrap=args.bootstrap, model=args.model, events_topic=args.topic, predictions_topic=args.predictions,
+        group_id=args.group, redis_url=args.redis_url, exactly_once=not args.at_least_once,
+        commit_interval_s=args.commit_interval, transactional_id=args.transactional_id,
+    )
+    worker = _bench_worker(settings, args)
+    stop = _stop_flag(args.stop_file, on_stop=worker.stop)
+    try:
+        worker.run()
+    finally:
+        stop.set()
+
+
+def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
+    """A :class:`Worker` that times its window and reports it; imported here so the bare loop stays lean."""
+    from services.worker import Worker
+
+    class BenchWorker(Worker):
+        def __init__(self) -> None:
+            super().__init__(settings)
+            self.result = RunResult("worker", args.model)
+            self._cpu0 = 0.0
+            self._reported = args.result is None
+            self._ends: dict[tuple[str, int], int] | None = None
+            self._share = ""
+            self._profiler: Any = None
+            if args.profile is not None:
+                from pyinstrument import Profiler
+
+                self._profiler = Profiler(interval=0.0005)
+
+        def start(self) -> None:
+            super().start()
+            # kafka-python may join the group before it has the subscribed topics' metadata, and then stays
+            # without partitions until the next metadata refresh (dpkp/kafka-python#2377): fetch it first
+            assert self.consumer is not None
+            for topic in sorted(self.consumer.subscription() or ()):
+                self.consumer.partitions_for_topic(topic)
+
+        def restore_assigned(self) -> None:
+            # keep new partitions paused until the parent says go (all workers of the group have joined)
+            if args.go_file is not None and not args.go_file.exists():
+                self._report_share()
+                return
+            super().restore_assigned()
+            self._ends = None
+            if args.go_file is None:
+                self._report_share()
+
+        def _report_share(self) -> None:
+            """Write the partitions this worker is assigned to ``--ready-file`` (when they changed)."""
+            if args.ready_file is None or self.consumer is None:
+                return
+            share = json.dumps(sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == args.topic))
+            if share != "[]" and share != self._share:
+                tmp = args.ready_file.with_suffix(".tmp")
+                tmp.write_text(share)
+                tmp.replace(args.ready_file)
+                self._share = share
+
+        def process(self, batch: Any) -> None:
+            if self.result.events == 0 and batch.records:
+                self.result.started, self._cpu0 = batch.polled_at, cpu_seconds()
+                if self._profiler is not None:
+                    self._profiler.start()
+            super().process(batch)
+            self.result.events += len(batch.records)
+            if not self._reported and self._done():
+                self.commit(checkpoint=True)
+                self.result.finished = time.time()
+                self.result.cpu_s = cpu_seconds() - self._cpu0
+                self.result.extra["partitions"] = sorted(tp[1] for tp in self.model_step.sets)
+                self.result.write(args.result)
+                self._reported = True
+                if self._profiler is not None:
+                    self._profiler.stop()
+                    _write_profile(self._profiler, args.profile)
+
+        def _done(self) -> bool:
+            if args.n:
+                return self.result.events >= args.n
+            if self._ends is None:
+                assert self.consumer is not None
+                ends = self.consumer.end_offsets([tp for tp in self.consumer.assignment() if tp.topic == args.topic])
+                self._ends = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+            return all(self._processed.get(tp, 0) >= end for tp, end in self._ends.items())
+
+    return BenchWorker()
+
+
+def _write_profile(profiler: Any, path: Path) -> None:
+    """The profile as JSON: the call tree and flat listings by own and by total time."""
+    path.write_text(json.dumps({
+        "tree": profiler.output_text(unicode=False, color=False, show_all=False),
+        "flat_self": profiler.output_text(unicode=False, color=False, flat=True, flat_time="self"),
+        "flat_total": profiler.output_text(unicode=False, color=False, flat=True, flat_time="total"),
+    }))
+
+
+def _stop_flag(path: Path | None, on_stop: Any = None) -> threading.Event:
+    """An event set when ``path`` appears (checked every 20 ms by a daemon thread)."""
+    flag = threading.Event()
+
+    def watch() -> None:
+        while not flag.is_set():
+            if path is not None and path.exists():
+                flag.set()
+                break
+            time.sleep(0.02)
+        if on_stop is not None:
+            on_stop()
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+    return flag
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n")[0])
+    parser.add_argument("contender", choices=["bare", "plain", "worker"])
+    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--result", type=Path, help="where to report (none: a paced run, never reports)")
+    parser.add_argument("--n", type=int, default=0, help="events to process (0: up to the end offsets at start)")
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--topic")
+    parser.add_argument("--predictions")
+    parser.add_argument("--group")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--at-least-once", action="store_true")
+    parser.add_argument("--commit-interval", type=float)
+    parser.add_argument("--transactional-id")
+    parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--go-file", type=Path)
+    parser.add_argument("--stop-file", type=Path)
+    parser.add_argument("--profile", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    {"bare": run_bare, "plain": run_plain, "worker": run_worker}[args.contender](args)
+
+
+if __name__ == "__main__":
+    main()
