@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from shared.learners.registry import restore_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import CheckpointSettings
@@ -112,6 +114,10 @@ class Checkpointer:
             log.warning("Redis does not answer; predictions go on, checkpoints will be retried")
         return up
 
+    def _redis_answered(self) -> None:
+        self._metrics.redis_up.set(1)
+        self.healthy = True
+
     def export_age(self) -> None:
         """Refresh the checkpoint-age gauge."""
         if self._last_success is not None:
@@ -121,11 +127,18 @@ class Checkpointer:
         """The model set for a newly assigned partition, and where to resume reading it."""
         try:
             checkpoint = self._store.load(*tp)
+        except redis.RedisError:
+            self._metrics.redis_up.set(0)
+            self.healthy = False
+            raise
         except SnapshotRejected as exc:
+            self._redis_answered()
             self._metrics.snapshots_rejected.labels(exc.reason).inc()
             log.error("checkpoint of %s refused (%s): %s; applying on_state_lost=%s",
                       tp, exc.reason, exc, self._settings.on_state_lost)
             checkpoint = None
+        else:
+            self._redis_answered()
         if checkpoint is not None:
             learners = {
                 name: restore_learner(kind, data) for name, (kind, data) in checkpoint.models.items()

@@ -84,6 +84,9 @@ class Worker:
         self._last_commit = time.monotonic()
         self.consumer: KafkaConsumer | None = None
         self.committer: Committer | None = None
+        #: partitions whose restore waits for Redis are retried from this time on, with a growing delay
+        self._restore_not_before = 0.0
+        self._restore_backoff_s = 1.0
         #: exactly-once: why the open transaction must be given up (set by a rebalance listener)
         self._rewind_reason: str | None = None
         self._kafka_ok = True
@@ -220,7 +223,7 @@ class Worker:
                 if self._rewind_reason is not None:
                     self._rewind(self._rewind_reason)
                     polled = {}  # read before the rewind: the partitions are read again from their checkpoints
-                if self._to_restore:
+                if self._to_restore and time.monotonic() >= self._restore_not_before:
                     self.restore_assigned()
                 try:
                     if polled:
@@ -391,6 +394,7 @@ class Worker:
         tps = [tp for tp in tps if tp in assigned]
         label_tps = [tp for tp in tps if tp[0] == self._labels_topic]
         restored_by_tp: dict[TP, Restored] = {}
+        deferred: list[TP] = []
         for tp in tps:
             if tp[0] == self._labels_topic:
                 continue
@@ -399,7 +403,12 @@ class Worker:
                 continue
             kafka_tp = TopicPartition(*tp)
             committed = consumer.committed(kafka_tp)
-            restored = _with_retries(lambda tp=tp, c=committed: self.checkpointer.restore(tp, c))  # type: ignore[union-attr]
+            try:
+                restored = self.checkpointer.restore(tp, committed)
+            except redis.RedisError as exc:  # Redis down: keep the partition paused and try again later
+                log.warning("cannot restore %s yet (Redis: %s); retrying in %.0f s", tp, exc, self._restore_backoff_s)
+                deferred.append(tp)
+                continue
             restored_by_tp[tp] = restored
             self.model_step.assign(tp, restored.model_set)
             start: int | None
@@ -415,6 +424,16 @@ class Worker:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
                 self._replay_until[tp] = restored.replay_until
+        if deferred:
+            # a label partition follows its events partition (co-partitioned): both wait
+            deferred += [tp for tp in label_tps if tp[1] in {d[1] for d in deferred}]
+            tps = [tp for tp in tps if tp not in deferred]
+            label_tps = [tp for tp in label_tps if tp not in deferred]
+            self._to_restore.extend(tp for tp in deferred if tp not in self._to_restore)
+            self._restore_not_before = time.monotonic() + self._restore_backoff_s
+            self._restore_backoff_s = min(self._restore_backoff_s * 2, self.settings.checkpoint.max_backoff_s)
+        else:
+            self._restore_backoff_s = 1.0
         if label_tps:
             self._restore_label_partitions(label_tps, restored_by_tp)
         if tps:
@@ -465,6 +484,7 @@ class Worker:
         self._kafka_ok = False
         self._rewind_reason = None
         self._ready = False
+        self._restore_not_before = 0.0
         committer.reset(lambda: self._stop.is_set())
         tps = sorted({(tp.topic, tp.partition) for tp in consumer.assignment()} | set(self._to_restore))
         self._pending_offsets = {}
@@ -533,21 +553,6 @@ def _coordinator_known(consumer: KafkaConsumer) -> bool:
         return coordinator is None or not coordinator.coordinator_unknown()
     except Exception:  # a probe for a gauge; never let it stop the loop
         return True
-
-
-def _with_retries(action: Callable[[], Restored], attempts: int = 6) -> Restored:
-    """Restoring needs Redis: retry briefly with backoff, then fail loudly rather than guess."""
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except redis.RedisError as exc:
-            if attempt == attempts:
-                raise
-            log.warning("restore failed (%s); retrying in %.1f s", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")
 
 
 def _to_batch(polled: dict) -> Batch:

@@ -175,3 +175,31 @@ def test_redis_restart_mid_stream(
           f"{failed:.0f}+ failed checkpoints while down; first checkpoint {t_recovered - t_started:.1f} s after "
           f"Redis was back; lost={lost} duplicated={duplicated}")
     assert lost == 0 and duplicated == 0
+
+
+def test_a_partition_assigned_while_redis_is_down_waits_for_it(
+    redis_server: RedisServer, kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+) -> None:
+    """Restoring needs Redis: the partition stays paused (no prediction from untrained models), /ready says why,
+    and the worker restores it by itself once Redis is back."""
+    n = 300
+    settings = _settings(kafka_bootstrap, redis_url, unique_name)
+    replay("agrawal", bootstrap_servers=kafka_bootstrap, topic=settings.kafka.topics.events, limit=n, seed=3,
+           progress=False)
+    redis_server.stop()
+    registry = CollectorRegistry()
+    with running_worker(settings, registry) as worker:
+        assert worker.endpoint is not None
+        port = worker.endpoint.port
+        wait_for(lambda: _ready(port)[0] == 503 and "Redis" in _ready(port)[1], 30, "/ready to report Redis")
+        time.sleep(3.0)
+        assert _events(registry) == 0, "nothing predicted before the partition's state is restored"
+        redis_server.start()
+        t_started = time.monotonic()
+        wait_for(lambda: _committed(kafka_bootstrap, settings) == n, 60, f"{n} committed offsets", interval_s=0.1)
+        t_done = time.monotonic()
+        assert _ready(port)[0] == 200
+    lost, duplicated = _exactly_one_prediction_each(kafka_bootstrap, settings, n)
+    print(f"\nassigned while Redis was down: all {n} events committed {t_done - t_started:.1f} s after Redis was "
+          f"back; lost={lost} duplicated={duplicated}")
+    assert lost == 0 and duplicated == 0
