@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from bench.common import MODELS
 from bench.report import Config, Outcome, machine_info, render, versions, write_doc
 from bench.suite import Bench, log, started_stack, temp_dir
 
@@ -34,6 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale-events", type=int, help="events on the 4-partition topic of the scale runs")
     parser.add_argument("--memory-events", type=int, help="events of the long memory run (the issue asks 1,000,000)")
     parser.add_argument("--profile-events", type=int, help="events of the profiled worker run")
+    parser.add_argument("--models", default="logreg,arf,mlp", help="comma-separated models of the throughput stage")
     parser.add_argument("--repeat", type=int, default=1, help="throughput runs per contender (the median is kept)")
     parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {', '.join(STAGES)}")
     parser.add_argument("--output", type=Path, help=f"the markdown report (default {DOC.relative_to(ROOT)}; "
@@ -53,7 +55,10 @@ def config_from(args: argparse.Namespace) -> Config:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise SystemExit(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
-    return base.replace(quick=args.quick, repeat=max(1, args.repeat), stages=stages,
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if set(models) - set(MODELS):
+        raise SystemExit(f"unknown model(s) in --models; known: {', '.join(MODELS)}")
+    return base.replace(quick=args.quick, repeat=max(1, args.repeat), stages=stages, models=models,
                         **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -1,0 +1,77 @@
+"""The benchmark's report: ratios against baselines of the same run, verdicts, and a kept analysis section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.common import RunResult
+from bench.report import BEGIN, END, Config, Outcome, render, targets, write_doc
+from bench.suite import LatencyResult, Measured, MemoryResult, ScaleResult, Usage, percentile
+
+
+def _measured(contender: str, model: str, events: int, seconds: float, cpu_s: float = 1.0) -> Measured:
+    result = RunResult(contender, model, events=events, started=100.0, finished=100.0 + seconds, cpu_s=cpu_s)
+    return Measured(contender, result, Usage(0, cpu_s + 1.0, 150.0), broker_cpu_s=0.5)
+
+
+def _outcome() -> Outcome:
+    outcome = Outcome(config=Config(), command=".venv/bin/python -m bench", machine={
+        "nproc": 2, "cpu_model": "test CPU", "memory_gib": 8.0, "kernel": "test"}, versions={"python": "3.11"})
+    outcome.throughput["logreg"] = {
+        "a": [_measured("bare", "logreg", 10_000, 0.5)],
+        "b": [_measured("plain", "logreg", 10_000, 2.0)],
+        "c": [_measured("worker", "logreg", 10_000, 1.0)],
+    }
+    outcome.throughput["arf"] = {
+        "a": [_measured("bare", "arf", 1_000, 1.0)],
+        "c": [_measured("worker", "arf", 1_000, 1.25)],
+    }
+    outcome.latency["c-alos"] = LatencyResult("alos", 5_000.0, 1000, 1000, None, 5.0, 20.0, 30.0)
+    outcome.latency["c"] = LatencyResult("eos", 5_000.0, 1000, 1000, None, 500.0, 990.0, 1000.0)
+    outcome.scale = [
+        ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 1.0)], 0.0),
+        ScaleResult(2, [RunResult("worker", "logreg", 2_000, 0.0, 0.6), RunResult("worker", "logreg", 2_000, 0.1,
+                                                                                    0.65)], 0.0),
+    ]
+    samples = [(float(t), 100.0 + (5.0 if t > 1 else 0.0)) for t in range(20)]
+    outcome.memory = MemoryResult(RunResult("worker", "logreg", 1_000_000, 0.0, 100.0), samples, Usage(0, 1.0, 110))
+    return outcome
+
+
+def test_targets_are_ratios_of_the_same_run() -> None:
+    rows: dict[str, list[str]] = {}
+    for row in targets(_outcome()):
+        rows.setdefault(row[0][:2], row)  # the first row of each target
+    assert "2.00x" in rows["1."][2] and rows["1."][3] == "**met**"  # 5,000 vs 2,500 events/s
+    assert "0.80x" in rows["2."][2] and rows["2."][3] == "**missed**"  # 800 vs 1,000 events/s
+    assert "20.0 ms" in rows["3."][2] and rows["3."][3] == "**met**"
+    assert "1.54x" in rows["4."][2] and rows["4."][3] == "**missed**"  # 4,000 in 0.65 s vs 4,000 in 1 s
+    assert rows["5."][3] == "**met**"  # 105 -> 105 MiB after the first 10%
+    eos = [row for row in targets(_outcome()) if "exactly-once, transaction interval" in row[0]]
+    assert eos and "0.99x the interval" in eos[0][2]
+
+
+def test_render_has_every_section_between_the_markers() -> None:
+    markdown = render(_outcome())
+    assert markdown.startswith(BEGIN) and markdown.rstrip().endswith(END)
+    for heading in ("## Targets", "## Throughput", "## End-to-end latency", "## Horizontal scale",
+                    "## Resident memory"):
+        assert heading in markdown
+    assert "| (b) plain kafka-python + River loop | 5,000 |" in markdown
+    assert "test CPU" in markdown and "`.venv/bin/python -m bench`" in markdown
+
+
+def test_write_doc_keeps_the_text_after_the_results(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    write_doc(doc, f"{BEGIN}\nfirst\n{END}\n")
+    doc.write_text(doc.read_text().replace("(Written from the figures", "Our analysis. (Written from the figures"))
+    write_doc(doc, f"{BEGIN}\nsecond\n{END}\n")
+    text = doc.read_text()
+    assert "second" in text and "first" not in text and "Our analysis." in text and text.count(BEGIN) == 1
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
