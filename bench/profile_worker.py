@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import tempfile
 import time
 import uuid
@@ -73,11 +74,13 @@ class _CountingWorker(Worker):
         self.seen = 0
         self.started = 0.0
         self.finished = 0.0
+        self.cpu_s = 0.0
         self._profiler = profiler
 
     def process(self, batch: Any) -> None:
         if self.seen == 0 and batch.records:
             self.started = batch.polled_at
+            self.cpu_s = -cpu_seconds()
             if self._profiler is not None:
                 self._profiler.start()
         super().process(batch)
@@ -85,6 +88,7 @@ class _CountingWorker(Worker):
         if self.seen >= self.n and not self.finished:
             self.commit(checkpoint=True)
             self.finished = time.time()
+            self.cpu_s += cpu_seconds()
             if self._profiler is not None:
                 self._profiler.stop()
             self.stop()
@@ -104,7 +108,7 @@ def run_worker(args: argparse.Namespace, bootstrap: str, redis_url: str, events:
         raise SystemExit(f"worker processed {worker.seen} of {args.n} events within {args.timeout} s")
     seconds = worker.finished - worker.started
     return {"contender": "worker", "events": worker.seen, "seconds": seconds, "rate": worker.seen / seconds,
-            "profiler": profiler}
+            "cpu_s": worker.cpu_s, "profiler": profiler}
 
 
 def run_plain(args: argparse.Namespace, bootstrap: str, events: str) -> dict[str, Any]:
@@ -125,10 +129,10 @@ def run_plain(args: argparse.Namespace, bootstrap: str, events: str) -> dict[str
         consumer.poll(timeout_ms=100, max_records=1)  # joins the group; nothing is consumed before assignment
         if consumer.assignment():
             consumer.seek_to_beginning()
-    count, started, last_commit = 0, 0.0, time.monotonic()
+    count, started, last_commit, cpu0 = 0, 0.0, time.monotonic(), 0.0
     for message in consumer:
         if count == 0:
-            started = time.time()
+            started, cpu0 = time.time(), cpu_seconds()
         event = json.loads(message.value)
         x, y = event["features"], event.get("label")
         y_pred = model.predict_one(x)
@@ -144,10 +148,16 @@ def run_plain(args: argparse.Namespace, bootstrap: str, events: str) -> dict[str
             break
     producer.flush()
     consumer.commit()
-    seconds = time.time() - started
+    seconds, cpu_s = time.time() - started, cpu_seconds() - cpu0
     consumer.close()
     producer.close()
-    return {"contender": "plain", "events": count, "seconds": seconds, "rate": count / seconds}
+    return {"contender": "plain", "events": count, "seconds": seconds, "rate": count / seconds, "cpu_s": cpu_s}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads (steadier than wall time on a busy host)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -173,11 +183,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         results.append(run_worker(args, bootstrap, redis_url, events))
         mode = "at-least-once" if args.at_least_once else "exactly-once"
         for r in results:
-            print(f"{r['contender']:>6}: {r['events']} events in {r['seconds']:.2f} s = {r['rate']:,.0f} events/s"
+            print(f"{r['contender']:>6}: {r['events']} events in {r['seconds']:.2f} s = {r['rate']:,.0f} events/s, "
+                  f"{1000 * r['cpu_s'] / r['events']:.3f} CPU s per 1,000 events"
                   + (f" ({args.model}, {mode}, max_poll_records={args.max_poll_records})"
                      if r["contender"] == "worker" else f" ({args.model})"))
         if len(results) == 2 and results[0]["events"]:
-            print(f"worker / plain: {results[1]['rate'] / results[0]['rate']:.2f}x")
+            plain, worker = results
+            print(f"worker / plain: {worker['rate'] / plain['rate']:.2f}x events/s, "
+                  f"{(plain['cpu_s'] / plain['events']) / (worker['cpu_s'] / worker['events']):.2f}x by CPU per event")
         profiler = results[-1].get("profiler")
         if profiler is not None:
             flat = profiler.output_text(unicode=False, color=False, flat=True, flat_time="self")

@@ -102,51 +102,6 @@ class Event(_Message):
         return self.key if self.key is not None else self.id
 
 
-_EVENT_FIELDS = frozenset(("id", "ts", "key", "features", "label"))
-_FEATURE_TYPES = (bool, int, float, str, type(None))
-_LABEL_TYPES = (bool, int, float, str)
-#: integer timestamps beyond this go through the full validation (``float()`` of them is not exact)
-_EXACT_INT = 2**53
-
-
-def event_fast(data: dict[str, Any]) -> Event | None:
-    """The :class:`Event` that ``Event.model_validate(data)`` gives, for the common shapes only; else ``None``.
-
-    Checks exactly what the schema checks for plain JSON values (an id of 1 to 256 characters, not blank; a
-    finite numeric or absent ``ts``; a key of 1 to 256 characters; features of exact JSON scalar types, finite;
-    a finite scalar label) and builds the model without pydantic's per-field machinery. Anything else (ISO
-    timestamps, extra fields, anything invalid) returns ``None``, and the caller validates in full, so every
-    rejection and its reason stay those of :meth:`Event.model_validate`.
-    """
-    if not data.keys() <= _EVENT_FIELDS:
-        return None
-    event_id = data.get("id")
-    if type(event_id) is not str or not 0 < len(event_id) <= 256 or not event_id.strip():
-        return None
-    ts = data.get("ts")
-    if ts is not None:
-        kind = type(ts)
-        if kind is int and -_EXACT_INT < ts < _EXACT_INT:
-            ts = float(ts)
-        elif kind is not float or not math.isfinite(ts):
-            return None
-    key = data.get("key")
-    if key is not None and (type(key) is not str or not 0 < len(key) <= 256):
-        return None
-    features = data.get("features")
-    if type(features) is not dict:
-        return None
-    for name, value in features.items():
-        if type(name) is not str or type(value) not in _FEATURE_TYPES:
-            return None
-        if type(value) is float and not math.isfinite(value):
-            return None
-    label = data.get("label")
-    if label is not None and (type(label) not in _LABEL_TYPES or (type(label) is float and not math.isfinite(label))):
-        return None
-    return Event.model_construct(set(data), id=event_id, ts=ts, key=key, features=features, label=label)
-
-
 class Label(_Message):
     """A delayed label on the ``labels`` topic, produced with the event's Kafka key."""
 

@@ -118,6 +118,8 @@ class _Tally:
         self.loss_sum = 0.0
         self.loss_n = 0
         self._auc = auc
+        #: read on every update (an enum property costs more than the update's own arithmetic)
+        self.classification = task.is_classification
         if task.is_classification:
             self.cm = metrics.ConfusionMatrix()
             self.accuracy = metrics.Accuracy(cm=self.cm)
@@ -136,7 +138,7 @@ class _Tally:
 
     def update(self, item: _Scored) -> None:
         self.n += 1
-        if self.task.is_classification:
+        if self.classification:
             self.cm.update(item.y_true, item.y_pred)
             if item.loss is not None:
                 self.loss_sum += item.loss
@@ -151,7 +153,7 @@ class _Tally:
 
     def revert(self, item: _Scored) -> None:
         self.n -= 1
-        if self.task.is_classification:
+        if self.classification:
             self.cm.revert(item.y_true, item.y_pred)
             if item.loss is not None:
                 self.loss_sum -= item.loss
@@ -246,12 +248,12 @@ class Scoreboard:
         self._rolling.update(item)
         self._history.append(item)
         self._updates += 1
-        if self._updates % self.window == 0 and self.task.is_classification:
+        if self._updates % self.window == 0 and self._cumulative.classification:
             self._rolling.recompute_loss(self._history)
         self._cache = None
 
     def _score(self, y_true: Target, y_pred: Target, proba: dict[Target, float] | None) -> _Scored:
-        if not self.task.is_classification:
+        if not self._cumulative.classification:
             return _Scored(y_true, y_pred)
         y_true = self._bounded_class(y_true)
         y_pred = self._bounded_class(y_pred)

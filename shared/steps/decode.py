@@ -7,7 +7,7 @@ import json
 import orjson
 from pydantic import ValidationError
 
-from shared.contract import Event, event_fast
+from shared.contract import Event
 from shared.settings import LimitSettings
 from shared.steps.batch import Batch, InvalidMessage, Record
 
@@ -57,12 +57,10 @@ def decode_event(value: bytes | None, limits: LimitSettings) -> Event:
             "too_many_features",
             f"event has {len(features)} features, more than limits.max_features={limits.max_features}",
         )
-    event = event_fast(data)
-    if event is None:  # anything but the common shapes: the full validation, with its precise reasons
-        try:
-            event = Event.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidMessage(*_describe_validation(exc)) from None
+    try:
+        event = Event.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessage(*_describe_validation(exc)) from None
     long_strings = [
         name for name, v in event.features.items() if isinstance(v, str) and len(v) > limits.max_string_length
     ]

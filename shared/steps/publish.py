@@ -32,18 +32,22 @@ def prediction_payload(
     """The JSON value of one prediction record (see docs/contract.md)."""
     event = record.event
     assert event is not None
-    payload = {
-        "id": event.id,
-        "key": event.key,
-        "model": model,
-        "model_version": version,
-        "prediction": output.prediction,
-        "proba": {_json_key(c): p for c, p in output.proba.items()} if output.proba else None,
-        "score": output.score,
-        "ts": now,
-        "latency_ms": round((now - polled_at) * 1000.0, 3),
-    }
-    return orjson.dumps(payload)
+    return _payload(event.id, event.key, model, version, output, _proba(output.proba), now,
+                    round((now - polled_at) * 1000.0, 3))
+
+
+def _proba(proba: dict[Any, float]) -> dict[str, float] | None:
+    if not proba:
+        return None
+    return {c if type(c) is str else _json_key(c): p for c, p in proba.items()}
+
+
+def _payload(event_id: str, key: str | None, model: str, version: str, output: Output,
+             proba: dict[str, float] | None, now: float, latency_ms: float) -> bytes:
+    return orjson.dumps({
+        "id": event_id, "key": key, "model": model, "model_version": version, "prediction": output.prediction,
+        "proba": proba, "score": output.score, "ts": now, "latency_ms": latency_ms,
+    })
 
 
 class PublishStep:
@@ -65,27 +69,30 @@ class PublishStep:
 
     def process(self, batch: Batch) -> None:
         now = time.time()
+        latency_ms = round((now - batch.polled_at) * 1000.0, 3)  # one poll, one publish time: same for all
         champion = self._champion()
-        end_to_end = self._metrics.end_to_end_seconds
+        predictions, shadow = self._topics.predictions, self._topics.shadow_predictions
+        observe = self._metrics.end_to_end_seconds.observe
         fingerprints = self._models.fingerprints
+        send = self._send
         for record in batch.records:
             if record.rejection is not None:
                 self._dead_letter(record)
                 continue
-            if not record.is_valid or record.already_published or record.event is None:
+            event = record.event
+            if event is None or record.duplicate or record.already_published:
                 continue
-            key = record.event.kafka_key.encode("utf-8")
+            key = event.kafka_key.encode("utf-8")
             learned_before = record.learned_before
             for name, output in record.outputs.items():
                 learned = learned_before.get(name)
                 if learned is None:  # outputs set by another step: the model as it is now
                     learned = self._models.sets[(record.topic, record.partition)].learned.get(name, 0)
-                version = f"{fingerprints[name]}.{learned}"
-                value = prediction_payload(record, name, version, output, now, batch.polled_at)
-                topic = self._topics.predictions if name == champion else self._topics.shadow_predictions
-                self._send(topic, value, key, None)
+                value = _payload(event.id, event.key, name, f"{fingerprints[name]}.{learned}", output,
+                                 _proba(output.proba), now, latency_ms)
+                send(predictions if name == champion else shadow, value, key, None)
             if record.timestamp_ms > 0:
-                end_to_end.observe(max(0.0, now - record.timestamp_ms / 1000.0))
+                observe(max(0.0, now - record.timestamp_ms / 1000.0))
 
     def _dead_letter(self, record: Record) -> None:
         assert record.rejection is not None
