@@ -94,9 +94,10 @@ class PrometheusServer(ManagedServer):
             return []
         return [target for group in groups for target in group["targets"]]
 
-    def query(self, expression: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """Evaluate an instant PromQL query; the ``result`` list of the API answer."""
-        return self._api("query", {"query": expression}, timeout_s)
+    def query(self, expression: str, timeout_s: float = 10.0, *, at: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate an instant PromQL query (now, or at Unix time ``at``); the ``result`` list of the API answer."""
+        params = {"query": expression} if at is None else {"query": expression, "time": f"{at:.3f}"}
+        return self._api("query", params, timeout_s)
 
     def query_range(self, expression: str, start: float, end: float, step_s: float,
                     timeout_s: float = 10.0) -> list[dict[str, Any]]:

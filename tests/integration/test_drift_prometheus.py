@@ -93,23 +93,25 @@ def test_prometheus_sees_accuracy_fall_and_the_drift_counted_after_the_drift_poi
     first_rise = next(ts for ts, v in drifts if v > 0)
     assert (_at(events, first_rise) or 0) >= DRIFT_AT
 
-    # every quality metric, cumulative and rolling, with the baselines; and the operations series
+    # every quality metric, cumulative and rolling, with the baselines; and the operations series. Instant
+    # queries are evaluated at the end of the run: the worker has stopped since, so "now" finds stale series.
     for metric in ("accuracy", "precision", "recall", "f1", "log_loss", "roc_auc"):
         for window in ("cumulative", "rolling"):
             found = prometheus_server.query(f'streamlearn_model_metric{{{selector},model="logreg",'
-                                            f'metric="{metric}",window="{window}"}}')
+                                            f'metric="{metric}",window="{window}"}}', at=ended)
             assert found, f"{metric} ({window}) not in Prometheus"
     for baseline in ("no_change", "majority"):
         assert prometheus_server.query(f'streamlearn_baseline_metric{{{selector},baseline="{baseline}",'
-                                       f'metric="accuracy",window="rolling"}}'), baseline
+                                       f'metric="accuracy",window="rolling"}}', at=ended), baseline
     for series in ("streamlearn_processing_seconds_count", "streamlearn_end_to_end_latency_seconds_count",
                    'streamlearn_consumer_lag{partition="0"}', "streamlearn_checkpoint_age_seconds",
                    'streamlearn_model_memory_bytes{model="logreg"}', "streamlearn_label_join_entries",
                    "streamlearn_last_drift_timestamp_seconds"):
         name, _, labels = series.partition("{")
         expression = f"{name}{{{selector}{',' + labels.rstrip('}') if labels else ''}}}"
-        assert prometheus_server.query(expression), f"{expression} not in Prometheus"
-    assert float(prometheus_server.query(f"streamlearn_processing_seconds_count{{{selector}}}")[0]["value"][1]) > 0
+        assert prometheus_server.query(expression, at=ended), f"{expression} not in Prometheus"
+    processed = prometheus_server.query(f"streamlearn_processing_seconds_count{{{selector}}}", at=ended)
+    assert float(processed[0]["value"][1]) > 0
 
     # the rolling accuracy: its level over the last window before the drift, against after it
     steady = [_at(accuracy, ts) for ts, n in events if DRIFT_AT - ROLLING_WINDOW <= n < DRIFT_AT]
