@@ -111,6 +111,23 @@ def run_worker(args: argparse.Namespace, bootstrap: str, redis_url: str, events:
             "cpu_s": worker.cpu_s, "profiler": profiler}
 
 
+def run_bare(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's own loop over the same samples, no Kafka (``bench.runner``'s contender a)."""
+    from shared.datasets import iter_source
+    from shared.learners.registry import build_river_pipeline
+
+    spec = MODELS[args.model]
+    model = build_river_pipeline(spec["estimator"], spec.get("params", {}), PreprocessingSettings(),
+                                 WorkerSettings().seed)
+    data = [(s.features, s.label) for s in iter_source(SOURCE, seed=SEED, limit=args.n)]
+    started, cpu0 = time.time(), cpu_seconds()
+    for x, y in data:
+        model.predict_one(x)
+        model.learn_one(x, y)
+    seconds, cpu_s = time.time() - started, cpu_seconds() - cpu0
+    return {"contender": "bare", "events": len(data), "seconds": seconds, "rate": len(data) / seconds, "cpu_s": cpu_s}
+
+
 def run_plain(args: argparse.Namespace, bootstrap: str, events: str) -> dict[str, Any]:
     """The tutorial loop (``bench.runner.run_plain``), same events, same pipeline."""
     from kafka import KafkaConsumer, KafkaProducer
@@ -167,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--at-least-once", action="store_true")
     parser.add_argument("--max-poll-records", type=int, default=500)
     parser.add_argument("--plain", action="store_true", help="also time the tutorial loop on the same events")
+    parser.add_argument("--bare", action="store_true", help="also time the model's own loop (no Kafka)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--top", type=int, default=30, help="functions listed by own time")
     parser.add_argument("--timeout", type=float, default=600.0)
@@ -178,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         produced = replay(SOURCE, bootstrap_servers=bootstrap, topic=events, limit=args.n, seed=SEED, progress=False)
         print(f"produced {produced.sent} events of {SOURCE} (seed {SEED})")
         results = []
+        if args.bare:
+            results.append(run_bare(args))
         if args.plain:
             results.append(run_plain(args, bootstrap, events))
         results.append(run_worker(args, bootstrap, redis_url, events))
@@ -187,10 +207,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{1000 * r['cpu_s'] / r['events']:.3f} CPU s per 1,000 events"
                   + (f" ({args.model}, {mode}, max_poll_records={args.max_poll_records})"
                      if r["contender"] == "worker" else f" ({args.model})"))
-        if len(results) == 2 and results[0]["events"]:
-            plain, worker = results
-            print(f"worker / plain: {worker['rate'] / plain['rate']:.2f}x events/s, "
-                  f"{(plain['cpu_s'] / plain['events']) / (worker['cpu_s'] / worker['events']):.2f}x by CPU per event")
+        worker = results[-1]
+        for other in results[:-1]:
+            if other["events"]:
+                print(f"worker / {other['contender']}: {worker['rate'] / other['rate']:.2f}x events/s, "
+                      f"{(other['cpu_s'] / other['events']) / (worker['cpu_s'] / worker['events']):.2f}x by CPU "
+                      "per event")
         profiler = results[-1].get("profiler")
         if profiler is not None:
             flat = profiler.output_text(unicode=False, color=False, flat=True, flat_time="self")

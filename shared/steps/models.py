@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,9 @@ from shared.steps.batch import Batch, Record
 
 TopicPartition = tuple[str, int]
 LearnerFactory = Callable[[ModelSettings], Learner]
+#: how long :meth:`ModelStep.memory_bytes` reuses its last answer (it walks every model's object graph: for a
+#: forest, tens of milliseconds, which the worker would otherwise pay at every commit)
+MEMORY_INTERVAL_S = 15.0
 
 
 def config_fingerprint(model: ModelSettings) -> str:
@@ -41,11 +45,17 @@ class ModelStep:
     ``pending_label`` for the delayed-label join.
     """
 
-    def __init__(self, models: Sequence[ModelSettings], factory: LearnerFactory) -> None:
+    def __init__(
+        self, models: Sequence[ModelSettings], factory: LearnerFactory, *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._models = list(models)
         self._factory = factory
         self.fingerprints = {m.name: config_fingerprint(m) for m in self._models}
         self.sets: dict[TopicPartition, ModelSet] = {}
+        self._monotonic = monotonic
+        #: the last :meth:`memory_bytes`: when, for which model sets, and the answer
+        self._memory: tuple[float, list[int], dict[str, int]] | None = None
 
     @property
     def model_names(self) -> list[str]:
@@ -118,9 +128,16 @@ class ModelStep:
         return totals
 
     def memory_bytes(self) -> dict[str, int]:
-        """Per model name, the memory held over all partitions."""
+        """Per model name, the memory held over all partitions (recomputed at most every ``MEMORY_INTERVAL_S``,
+        or when the model sets changed)."""
+        now = self._monotonic()
+        identity = [id(learner) for model_set in self.sets.values() for learner in model_set.learners.values()]
+        cached = self._memory
+        if cached is not None and now - cached[0] < MEMORY_INTERVAL_S and cached[1] == identity:
+            return dict(cached[2])
         totals = {name: 0 for name in self.model_names}
         for model_set in self.sets.values():
             for name, learner in model_set.learners.items():
                 totals[name] += learner.memory_bytes()
-        return totals
+        self._memory = (now, identity, totals)
+        return dict(totals)

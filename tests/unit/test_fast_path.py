@@ -36,3 +36,34 @@ def test_river_batch_process_equals_one_at_a_time(source: str, estimator: str, p
             single.learn_one(row, target)
     assert outputs == expected
     assert [r.features for r in rows] == before, "the caller's features are not mutated"
+
+
+def test_model_memory_is_walked_at_most_every_interval_or_when_the_models_change() -> None:
+    from shared.steps.models import MEMORY_INTERVAL_S, ModelStep
+
+    now = [0.0]
+    calls = []
+    settings = [ModelSettings(name="m", estimator="river.linear_model.LogisticRegression")]
+
+    def factory(model: ModelSettings) -> Any:
+        learner = build_learner(model, PreprocessingSettings(), 1)
+        walk = learner.memory_bytes
+
+        def counted() -> int:
+            calls.append(1)
+            return walk()
+
+        learner.memory_bytes = counted  # type: ignore[method-assign]
+        return learner
+
+    step = ModelStep(settings, factory, monotonic=lambda: now[0])
+    step.assign(("events", 0))
+    first = step.memory_bytes()
+    assert first["m"] > 0 and len(calls) == 1
+    now[0] += MEMORY_INTERVAL_S / 2
+    assert step.memory_bytes() == first and len(calls) == 1, "reused within the interval"
+    step.assign(("events", 1))
+    assert step.memory_bytes()["m"] > first["m"] and len(calls) == 3, "a new partition's models: walked again"
+    now[0] += MEMORY_INTERVAL_S
+    step.memory_bytes()
+    assert len(calls) == 5, "after the interval: walked again"
