@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -214,10 +215,14 @@ class Worker:
                     break
                 if idle_exit_s is not None and self._last_loop - last_data > idle_exit_s:
                     break
-                polled = self.consumer.poll(
-                    timeout_ms=self.settings.kafka.poll_timeout_ms,
-                    max_records=self.settings.kafka.max_poll_records,
-                )
+                try:
+                    polled = self.consumer.poll(
+                        timeout_ms=self.settings.kafka.poll_timeout_ms,
+                        max_records=self.settings.kafka.max_poll_records,
+                    )
+                except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
+                    self._kafka_unreachable(exc)
+                    continue
                 self._kafka_ok = _coordinator_known(self.consumer)
                 self.metrics.kafka_up.set(1 if self._kafka_ok else 0)
                 if self._rewind_reason is not None:
@@ -471,6 +476,14 @@ class Worker:
             self._rewind_reason = f"partitions {sorted(tps)} lost"
         log.warning("lost %s (the new owner resumes from the last commit and checkpoint)", sorted(tps))
 
+    def _kafka_unreachable(self, exc: KafkaError) -> None:
+        """Poll loop: the consumer lost the broker; its clients reconnect by themselves, the loop waits a little."""
+        if self._kafka_ok:
+            log.warning("Kafka unreachable (%r); reconnecting", exc)
+        self._kafka_ok = False
+        self.metrics.kafka_up.set(0)
+        self._stop.wait(self.settings.kafka.reconnect_backoff_max_ms / 1000)
+
     def _rewind(self, reason: str) -> None:
         """Exactly-once: give up the open transaction and start every assigned partition again, as on a restart.
 
@@ -514,7 +527,10 @@ class Worker:
         """Drain: commit what was processed, close the clients and the endpoint."""
         try:
             if self.committer is not None and self.consumer is not None:
-                self.commit(checkpoint=True)
+                try:
+                    self.commit(checkpoint=True)
+                except TransactionFailed as exc:  # aborted: the next owner resumes from the last commit
+                    log.error("final commit failed (%s); the next owner resumes from the last commit", exc)
         finally:
             self._ready = False
             self.metrics.ready.set(0)
