@@ -111,6 +111,28 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of each live Python thread of this process, by thread name."""
+    import threading
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except (OSError, TypeError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[thread.name] = found.get(thread.name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def thread_cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per thread, the CPU seconds between two :func:`thread_cpu_seconds` snapshots (threads started since count
+    from zero)."""
+    return {name: round(after[name] - before.get(name, 0.0), 3) for name in after}
+
+
 def wait_for_file(path: Path, timeout_s: float, what: str, alive: Any = None) -> None:
     """Wait until ``path`` exists; ``alive()`` returning False (a dead child) fails at once."""
     deadline = time.monotonic() + timeout_s

@@ -335,8 +335,10 @@ def render(outcome: Outcome) -> str:
         out += ["## Throughput", "",
                 "Events per second from the first event received to the last one processed with its output "
                 "durable (flushed and committed, or the transaction committed). CPU seconds are the contender "
-                "process's own (all threads) within that window; the broker's CPU in the same window is shown "
-                "apart. Peak RSS is the process's maximum resident set (`os.wait4`). "
+                "process's own (all threads) within that window, split into the main thread (the loop, the steps, "
+                "the model) and the others (kafka-python's IO threads, the metrics endpoint; from `/proc`, in "
+                "clock ticks); the broker's CPU in the same window is shown apart. Peak RSS is the process's "
+                "maximum resident set (`os.wait4`). "
                 + (f"Median of {c.repeat} runs per contender." if c.repeat > 1 else "One run per contender."), ""]
         for model in MODELS_IN_ORDER:
             runs = outcome.throughput.get(model)
@@ -351,9 +353,10 @@ def render(outcome: Outcome) -> str:
                 broker = statistics.median(r.broker_cpu_per_1k for r in measured)
                 rss = max(r.usage.peak_rss_mib for r in measured)
                 table_rows.append([CONTENDERS[key], f"{rate:,.0f}", _ratio(rate, bare), _ratio(rate, plain),
-                                   f"{cpu:.3f}", "-" if key == "a" else f"{broker:.3f}", f"{rss:.0f}"])
-            header = ["contender", "events/s", "vs (a)", "vs (b)", "CPU s / 1k events", "broker CPU s / 1k",
-                      "peak RSS MiB"]
+                                   f"{cpu:.3f}", _threads(measured), "-" if key == "a" else f"{broker:.3f}",
+                                   f"{rss:.0f}"])
+            header = ["contender", "events/s", "vs (a)", "vs (b)", "CPU s / 1k events",
+                      "of which main thread / other threads", "broker CPU s / 1k", "peak RSS MiB"]
             out += [*_table(header, table_rows), ""]
     if outcome.latency:
         out += ["## End-to-end latency (logreg)", "",
@@ -409,6 +412,20 @@ def render(outcome: Outcome) -> str:
         out += [*_flat(outcome.profile.get("flat_total", ""), 30), "```", ""]
     out += [END]
     return "\n".join(out) + "\n"
+
+
+def _threads(runs: list[Measured]) -> str:
+    """Median CPU s per 1,000 events of the main thread and of all other threads (kafka-python's IO threads,
+    the metrics endpoint); "-" for a single-threaded contender."""
+    splits = []
+    for run in runs:
+        threads = run.result.extra.get("thread_cpu_s")
+        if not threads:
+            return "-"
+        main = threads.get("MainThread", 0.0)
+        per_k = 1000.0 / max(run.result.events, 1)
+        splits.append((main * per_k, (sum(threads.values()) - main) * per_k))
+    return f"{statistics.median(m for m, _ in splits):.3f} / {statistics.median(o for _, o in splits):.3f}"
 
 
 def _flat(text: str, top: int) -> list[str]:

@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODELS, RunResult, cpu_seconds, model_settings, samples, worker_settings
+from bench.common import (
+    MODELS,
+    RunResult,
+    cpu_seconds,
+    model_settings,
+    samples,
+    thread_cpu_delta,
+    thread_cpu_seconds,
+    worker_settings,
+)
 from shared.settings import PreprocessingSettings, WorkerSettings
 
 #: the worker's default poll size, used as the torch bare loop's chunk
@@ -87,6 +96,7 @@ def run_plain(args: argparse.Namespace) -> None:
     result = RunResult("plain", args.model)
     count = 0
     cpu0 = 0.0
+    threads0: dict[str, float] = {}
     last_commit = time.monotonic()
     uncommitted = 0
     reported = False
@@ -95,7 +105,7 @@ def run_plain(args: argparse.Namespace) -> None:
             args.ready_file.touch()
         for message in consumer:
             if count == 0:
-                result.started, cpu0 = time.time(), cpu_seconds()
+                result.started, cpu0, threads0 = time.time(), cpu_seconds(), thread_cpu_seconds()
                 if args.ready_file:
                     args.ready_file.touch()
             event = json.loads(message.value)
@@ -119,6 +129,7 @@ def run_plain(args: argparse.Namespace) -> None:
                 consumer.commit()
                 uncommitted = 0
                 result.events, result.finished, result.cpu_s = count, time.time(), cpu_seconds() - cpu0
+                result.extra["thread_cpu_s"] = thread_cpu_delta(threads0, thread_cpu_seconds())
                 result.write(args.result)
                 reported = True
             if stop.is_set():
@@ -155,6 +166,7 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             super().__init__(settings)
             self.result = RunResult("worker", args.model)
             self._cpu0 = 0.0
+            self._threads0: dict[str, float] = {}
             self._reported = args.result is None
             self._ends: dict[tuple[str, int], int] | None = None
             self._share = ""
@@ -196,6 +208,7 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
         def process(self, batch: Any) -> None:
             if self.result.events == 0 and batch.records:
                 self.result.started, self._cpu0 = batch.polled_at, cpu_seconds()
+                self._threads0 = thread_cpu_seconds()
                 if self._profiler is not None:
                     self._profiler.start()
             super().process(batch)
@@ -204,6 +217,7 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
                 self.commit(checkpoint=True)
                 self.result.finished = time.time()
                 self.result.cpu_s = cpu_seconds() - self._cpu0
+                self.result.extra["thread_cpu_s"] = thread_cpu_delta(self._threads0, thread_cpu_seconds())
                 self.result.extra["partitions"] = sorted(tp[1] for tp in self.model_step.sets)
                 self.result.write(args.result)
                 self._reported = True
