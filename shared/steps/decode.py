@@ -61,6 +61,8 @@ def decode_event(value: bytes | None, limits: LimitSettings) -> Event:
         event = Event.model_validate(data)
     except ValidationError as exc:
         raise InvalidMessage(*_describe_validation(exc)) from None
+    if len(value) <= limits.max_string_length:
+        return event  # no string in the payload can be longer than the payload
     long_strings = [
         name for name, v in event.features.items() if isinstance(v, str) and len(v) > limits.max_string_length
     ]

@@ -36,10 +36,24 @@ def prediction_payload(
                     round((now - polled_at) * 1000.0, 3))
 
 
+#: JSON names of non-string classes, by (type, value): ``True`` and ``1`` are equal keys but distinct classes
+_CLASS_NAMES: dict[tuple[type, Any], str] = {}
+_MAX_CLASS_NAMES = 4096
+
+
+def _class_name(value: Any) -> str:
+    name = _CLASS_NAMES.get((type(value), value))
+    if name is None:
+        name = _json_key(value)
+        if len(_CLASS_NAMES) < _MAX_CLASS_NAMES:
+            _CLASS_NAMES[(type(value), value)] = name
+    return name
+
+
 def _proba(proba: dict[Any, float]) -> dict[str, float] | None:
     if not proba:
         return None
-    return {c if type(c) is str else _json_key(c): p for c, p in proba.items()}
+    return {c if type(c) is str else _class_name(c): p for c, p in proba.items()}
 
 
 def _payload(event_id: str, key: str | None, model: str, version: str, output: Output,

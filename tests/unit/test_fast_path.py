@@ -67,3 +67,42 @@ def test_model_memory_is_walked_at_most_every_interval_or_when_the_models_change
     now[0] += MEMORY_INTERVAL_S
     step.memory_bytes()
     assert len(calls) == 5, "after the interval: walked again"
+
+
+def test_publish_payload_names_classes_and_versions_as_of_each_prediction() -> None:
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from shared.contract import Event
+    from shared.learners.base import Output
+    from shared.monitoring.metrics import Metrics
+    from shared.settings import TopicSettings
+    from shared.steps.batch import Batch, Record
+    from shared.steps.models import ModelStep
+    from shared.steps.publish import PublishStep
+
+    models = ModelStep([ModelSettings(name="a", estimator="river.linear_model.LogisticRegression"),
+                        ModelSettings(name="b", estimator="river.linear_model.LogisticRegression")],
+                       lambda m: build_learner(m, PreprocessingSettings(), 1))
+    models.assign(("events", 0))
+    sent: list[tuple[str, bytes, bytes | None]] = []
+    publish = PublishStep(lambda topic, value, key, headers: sent.append((topic, value, key)), TopicSettings(),
+                          models, lambda: "a", Metrics(CollectorRegistry()))
+    records = []
+    for i, (proba, learned) in enumerate([({True: 0.25, False: 0.75}, 3), ({1: 0.5, 2: 0.5}, 4)]):
+        record = Record("events", 0, i, None, b"{}", 1_700_000_000_000,
+                        event=Event(id=f"e{i}", key="k" if i else None, features={}))
+        record.outputs = {"a": Output(max(proba, key=proba.__getitem__), proba), "b": Output(1.5)}
+        record.learned_before = {"a": learned, "b": learned + 10}
+        records.append(record)
+    publish.process(Batch(records, polled_at=1_700_000_000.0))
+    payloads = [(topic, orjson.loads(value), key) for topic, value, key in sent]
+    topics = TopicSettings()
+    assert [(t, p["id"], p["model"], p["model_version"].split(".")[1], k) for t, p, k in payloads] == [
+        (topics.predictions, "e0", "a", "3", b"e0"), (topics.shadow_predictions, "e0", "b", "13", b"e0"),
+        (topics.predictions, "e1", "a", "4", b"k"), (topics.shadow_predictions, "e1", "b", "14", b"k"),
+    ]
+    assert payloads[0][1]["proba"] == {"true": 0.25, "false": 0.75} and payloads[0][1]["prediction"] is False
+    assert payloads[2][1]["proba"] == {"1": 0.5, "2": 0.5} and payloads[2][1]["prediction"] == 1
+    assert payloads[1][1]["proba"] is None and payloads[1][1]["prediction"] == 1.5
+    assert all(p["latency_ms"] >= 0 and p["score"] is None for _, p, _ in payloads)
