@@ -41,7 +41,7 @@ class Config:
     mlp_events: int = 10_000
     latency_seconds: float = 10.0
     scale_events: int = 40_000
-    memory_events: int = 500_000
+    memory_events: int = 1_000_000
     profile_events: int = 20_000
     repeat: int = 3
     quick: bool = False
@@ -391,8 +391,8 @@ def render(outcome: Outcome) -> str:
         first, last, peak, growth = memory_summary(mem)
         out += ["## Resident memory over a long run (logreg, exactly-once)", "",
                 f"One worker over {mem.result.events:,} events ({mem.result.rate:,.0f} events/s while a producer "
-                "sends them), its RSS sampled every 0.5 s from `/proc`. `--memory-events 1000000` runs the "
-                "issue's million events.", ""]
+                "sends them), its RSS sampled every 0.5 s from `/proc` from its first event on (`--memory-events` "
+                "sets the count; the default is the issue's 1,000,000).", ""]
         total = mem.samples[-1][0] if mem.samples else 0.0
         marks = []
         for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
