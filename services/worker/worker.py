@@ -400,6 +400,7 @@ class Worker:
         label_tps = [tp for tp in tps if tp[0] == self._labels_topic]
         restored_by_tp: dict[TP, Restored] = {}
         deferred: list[TP] = []
+        new_tps: list[TP] = []
         for tp in tps:
             if tp[0] == self._labels_topic:
                 continue
@@ -425,6 +426,15 @@ class Worker:
                 start = restored.seek_to
             else:
                 start = committed
+            if committed is None and restored.seek_to is None:
+                # a partition this group never committed: checkpoint its fresh models at once, so that no commit
+                # exists without a checkpoint at or below it (a crash before the first periodic checkpoint would
+                # otherwise count as lost state)
+                try:
+                    start = consumer.position(kafka_tp)
+                    new_tps.append(tp)
+                except KafkaError as exc:
+                    log.warning("position of %s unknown (%s): no initial checkpoint", tp, exc)
             if start is not None:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
@@ -441,6 +451,8 @@ class Worker:
             self._restore_backoff_s = 1.0
         if label_tps:
             self._restore_label_partitions(label_tps, restored_by_tp)
+        if new_tps and self.checkpointer is not None:
+            self._checkpoint(new_tps)
         if tps:
             consumer.resume(*[TopicPartition(*tp) for tp in tps])
         self._ready = True
