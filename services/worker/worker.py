@@ -29,9 +29,11 @@ from shared.state.checkpoints import CheckpointStore
 from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
+from shared.steps.backpressure import Backpressure
 from shared.steps.batch import Batch, Record, Step
 from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
+from shared.steps.dead_letters import DeadLetterLimitStep
 from shared.steps.decode import DecodeStep
 from shared.steps.dedup import DedupStep
 from shared.steps.drift import DriftStep
@@ -93,6 +95,8 @@ class Worker:
         self._kafka_ok = True
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window)
+        self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
+                                         paused_gauge=self.metrics.paused_partitions)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
                                     self.score_step.rolling, settings.champion.metric)
         self.endpoint: EndpointServer | None = None
@@ -176,7 +180,7 @@ class Worker:
         client: redis.Redis | None = None
         if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
             client = redis.Redis.from_url(s.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
-        steps: list[Step] = [DecodeStep(s.limits)]
+        steps: list[Step] = [DecodeStep(s.limits), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
             steps.append(DedupStep(window, self.metrics))
@@ -217,7 +221,7 @@ class Worker:
                     break
                 try:
                     polled = self.consumer.poll(
-                        timeout_ms=self.settings.kafka.poll_timeout_ms,
+                        timeout_ms=0 if self.backpressure.backlog else self.settings.kafka.poll_timeout_ms,
                         max_records=self.settings.kafka.max_poll_records,
                     )
                 except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
@@ -233,7 +237,11 @@ class Worker:
                 try:
                     if polled:
                         last_data = time.monotonic()
-                        self.process(_to_batch(polled))
+                        self.backpressure.submit(_to_batch(polled))
+                    # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
+                    self.backpressure.process_next(self.process)
+                    self.backpressure.apply(self.consumer)
+                    self.model_step.train_if_due()
                     self._maybe_commit()
                 except TransactionFailed as exc:
                     self._rewind(str(exc))
@@ -369,6 +377,8 @@ class Worker:
     def _update_gauges(self) -> None:
         for name, size in self.model_step.memory_bytes().items():
             self.metrics.model_memory.labels(name).set(size)
+        for name, keys in self.model_step.sequence_keys().items():
+            self.metrics.sequence_keys.labels(name).set(keys)
         consumer = self.consumer
         if consumer is None:
             return
@@ -529,6 +539,7 @@ class Worker:
 
     def _forget(self, tps: Sequence[TP]) -> None:
         self.model_step.revoke(tps)
+        self.backpressure.forget(tps)
         if self.delayed_labels is not None:
             self.delayed_labels.forget(tps)
         for tp in tps:
