@@ -515,6 +515,7 @@ class Worker:
         consumer, committer = self.consumer, self.committer
         assert consumer is not None and committer is not None
         log.error("transaction given up (%s): new producer, partitions rewound to their checkpoints", reason)
+        self.metrics.transaction_rewinds.inc()
         self.metrics.kafka_up.set(0)
         self._kafka_ok = False
         self._rewind_reason = None

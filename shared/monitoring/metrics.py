@@ -109,6 +109,9 @@ class Metrics:
         self.snapshots_rejected = Counter(
             "streamlearn_snapshots_rejected", "Snapshots refused on restore: unsigned, tampered, "
             "incompatible.", ["reason"], registry=r)
+        self.transaction_rewinds = Counter(
+            "streamlearn_transaction_rewinds", "Exactly-once transactions given up: a new producer fenced the old "
+            "one and every assigned partition was restored from its checkpoint.", registry=r)
         self.state_lost = Counter(
             "streamlearn_state_lost", "Times Redis held no checkpoint although Kafka had committed offsets.",
             registry=r)

@@ -128,11 +128,13 @@ def test_broker_restart_mid_stream(
         wait_for(lambda: _committed(kafka_bootstrap, settings) == n, 120, f"{n} committed offsets")
         t_caught_up = time.monotonic()
         assert _ready(port)[0] == 200
+        rewinds = sample_value(registry, "streamlearn_transaction_rewinds_total")
     lost, duplicated = _exactly_one_prediction_each(kafka_bootstrap, settings, n)
     print(f"\nbroker outage: graceful stop {t_stopped - t0:.1f} s; kafka_up=0 and /ready 503 "
           f"{t_noticed - t_stopped:.1f} s after the stop; broker down {t_started - t_stopped:.1f} s (start "
           f"included); first transaction committed {t_first_commit - t_started:.1f} s after the broker was back; "
-          f"all {n} committed {t_caught_up - t_started:.1f} s after; lost={lost} duplicated={duplicated}")
+          f"all {n} committed {t_caught_up - t_started:.1f} s after; transactions given up: {rewinds}; "
+          f"lost={lost} duplicated={duplicated}")
     assert lost == 0 and duplicated == 0
 
 
