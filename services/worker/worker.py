@@ -166,6 +166,8 @@ class Worker:
         self.steps = self._build_steps(publish)
         self._export_champion()
         topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
+        if self.delayed_labels is not None:
+            check_co_partitioned(self.consumer, kafka.topics.events, kafka.topics.labels)
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
 
@@ -568,6 +570,26 @@ class Worker:
                 self.endpoint.stop()
                 self.endpoint = None
         log.info("worker stopped")
+
+
+class TopicLayoutError(RuntimeError):
+    """The topics are laid out so that the worker cannot be correct (e.g. labels not co-partitioned)."""
+
+
+def check_co_partitioned(consumer: KafkaConsumer, events: str, labels: str) -> None:
+    """Refuse to start when the labels topic's partition count differs from the events topic's.
+
+    A label is learned by the models of its event's partition, and partition *p* of both topics goes to the same
+    worker only when the counts match (docs/contract.md). A topic that does not exist yet is not judged.
+    """
+    counts = {topic: consumer.partitions_for_topic(topic) for topic in (events, labels)}
+    if all(counts.values()) and len(counts[events] or ()) != len(counts[labels] or ()):
+        raise TopicLayoutError(
+            f"topic {labels!r} has {len(counts[labels] or ())} partitions but {events!r} has "
+            f"{len(counts[events] or ())}: delayed labels need the same partition count (and labels produced with "
+            "their event's key) so that each label reaches the worker holding its event's models; repartition "
+            "the labels topic, or set labels.enabled: false"
+        )
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
