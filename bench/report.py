@@ -406,10 +406,9 @@ def render(outcome: Outcome) -> str:
                 f"pyinstrument, main thread (the poll loop and the steps; kafka-python's IO thread is not "
                 f"sampled) over {c.profile_events:,} events"
                 + (f" ({prof.rate:,.0f} events/s under the profiler)." if prof else "."), "",
-                "Functions by own time (top 25):", "", "```"]
+                "The call tree (library frames folded by pyinstrument; seconds of wall time):", "", "```"]
+        out += [*_tree(outcome.profile.get("tree", ""), 70), "```", "", "Functions by own time (top 25):", "", "```"]
         out += [*_flat(outcome.profile.get("flat_self", ""), 25), "```", ""]
-        out += ["Functions by total time (top 30):", "", "```"]
-        out += [*_flat(outcome.profile.get("flat_total", ""), 30), "```", ""]
     out += [END]
     return "\n".join(out) + "\n"
 
@@ -426,6 +425,15 @@ def _threads(runs: list[Measured]) -> str:
         per_k = 1000.0 / max(run.result.events, 1)
         splits.append((main * per_k, (sum(threads.values()) - main) * per_k))
     return f"{statistics.median(m for m, _ in splits):.3f} / {statistics.median(o for _, o in splits):.3f}"
+
+
+def _tree(text: str, top: int) -> list[str]:
+    """pyinstrument's call tree without its banner: the duration line, then the first ``top`` lines."""
+    lines = text.splitlines()
+    duration = next((line.split("Duration:", 1)[1].strip() for line in lines if "Duration:" in line), "")
+    start = next((i for i, line in enumerate(lines) if re.match(r"^\d+\.\d+ ", line)), len(lines))
+    body = [line.rstrip() for line in lines[start:] if line.strip()]
+    return ([f"Duration: {duration}"] if duration else []) + body[:top]
 
 
 def _flat(text: str, top: int) -> list[str]:
