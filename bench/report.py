@@ -304,7 +304,8 @@ def memory_summary(memory: MemoryResult) -> tuple[float, float, float, float]:
     """RSS after the first 10% of the run, at the end, the maximum, and the growth from first to last."""
     steady = memory.steady()
     if not steady:
-        return (float("nan"),) * 4  # type: ignore[return-value]
+        nan = float("nan")
+        return nan, nan, nan, nan
     first, last, peak = steady[0], steady[-1], max(steady)
     return first, last, peak, (last - first) / first
 
