@@ -67,6 +67,7 @@ CONTENDERS = {
     "b": "(b) plain kafka-python + River loop",
     "c": "(c) streamlearn worker, exactly-once",
     "c-alos": "(c) streamlearn worker, at-least-once",
+    "t": "(t) kafka-python alone: poll, orjson, send; no model",
 }
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 
@@ -98,7 +99,7 @@ class Outcome:
         stages = self.config.stages
         if "throughput" in stages:
             for model in (m for m in MODELS_IN_ORDER if m in self.config.models):
-                self._throughput(bench, model, ("a", "b", "c", "c-alos") if model == "logreg" else ("a", "b", "c"))
+                self._throughput(bench, model, ("a", "b", "c", "c-alos", "t") if model == "logreg" else ("a", "b", "c"))
         if "latency" in stages:
             if "logreg" not in self.throughput:
                 self._throughput(bench, "logreg", ("b", "c", "c-alos"))
@@ -124,7 +125,7 @@ class Outcome:
                 if key == "a":
                     measured = bench.bare(model, n)
                 else:
-                    contender = "plain" if key == "b" else "worker"
+                    contender = {"b": "plain", "t": "transport"}.get(key, "worker")
                     measured = bench.kafka_contender(contender, model, topic, n, label=label,
                                                      at_least_once=key == "c-alos")
                 runs.setdefault(key, []).append(measured)
@@ -452,6 +453,8 @@ TEMPLATE_HEAD = """# Benchmarks
 - **(b)** a plain kafka-python + River loop as the tutorials write it: iterate a `KafkaConsumer`, `json.loads`,
   `predict_one`, `learn_one`, `producer.send(json.dumps(...))`, then `producer.flush()` and `consumer.commit()`
   every second or 10,000 events (the worker's default commit policy; same model, same prequential order);
+- **(t)** for reference, kafka-python alone at its best (batch polls, orjson, one `send` per record, flush
+  then commit; no model): what any kafka-python consumer-producer pays per event before doing any work;
 - **(c)** streamlearn's `Worker` (`services/worker/worker.py`) with its settings from `shared/settings.py`:
   validation, cleaning, metrics endpoint, drift monitoring, checkpoints to Redis and exactly-once
   transactions on (at-least-once where marked).

@@ -6,6 +6,7 @@ Contenders:
   torch learner's own mini-batch loop, ``process``, in chunks of ``max_poll_records``);
 * ``plain``: the loop a user writes from the kafka-python and River tutorials (iterate a ``KafkaConsumer``,
   ``json.loads``, ``predict_one``, ``learn_one``, ``producer.send(json.dumps(...))``, flush then commit);
+* ``transport``: kafka-python alone (batch polls, orjson, a send per record, no model): its per-event cost;
 * ``worker``: streamlearn's :class:`~services.worker.Worker` with its settings (validation, metrics,
   checkpoints to Redis, exactly-once unless ``--at-least-once``).
 
@@ -142,6 +143,47 @@ def run_plain(args: argparse.Namespace) -> None:
     producer.close()
 
 
+def run_transport(args: argparse.Namespace) -> None:
+    """(t) kafka-python alone, at its best: batch polls, orjson, a send per record, flush then commit; no model.
+
+    What any kafka-python consumer-producer pays per event before it does any work: a ceiling for (b) and (c).
+    """
+    import orjson
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        args.topic, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=500, fetch_max_wait_ms=50,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5, batch_size=256 * 1024)
+    consumer.partitions_for_topic(args.topic)
+    stop = _stop_flag(args.stop_file)
+    result = RunResult("transport", args.model)
+    cpu0, threads0, last_commit = 0.0, {}, time.monotonic()
+    while not stop.is_set():
+        polled = consumer.poll(timeout_ms=100)
+        if args.ready_file and not args.ready_file.exists() and consumer.assignment():
+            args.ready_file.touch()
+        for records in polled.values():
+            for message in records:
+                if result.events == 0:
+                    result.started, cpu0, threads0 = time.time(), cpu_seconds(), thread_cpu_seconds()
+                event = orjson.loads(message.value)
+                producer.send(args.predictions, key=message.key, value=orjson.dumps({"id": event["id"]}))
+                result.events += 1
+        done = bool(args.result) and result.events >= args.n > 0 and not result.finished
+        if polled and (done or time.monotonic() - last_commit >= 1.0):
+            producer.flush()
+            consumer.commit()
+            last_commit = time.monotonic()
+        if done:
+            result.finished, result.cpu_s = time.time(), cpu_seconds() - cpu0
+            result.extra["thread_cpu_s"] = thread_cpu_delta(threads0, thread_cpu_seconds())
+            result.write(args.result)
+    consumer.close()
+    producer.close()
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """(c) streamlearn's worker, stopped by the parent once it has reported."""
     settings = worker_settings(
@@ -265,7 +307,7 @@ def _stop_flag(path: Path | None, on_stop: Any = None) -> threading.Event:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n")[0])
-    parser.add_argument("contender", choices=["bare", "plain", "worker"])
+    parser.add_argument("contender", choices=["bare", "plain", "transport", "worker"])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--result", type=Path, help="where to report (none: a paced run, never reports)")
     parser.add_argument("--n", type=int, default=0, help="events to process (0: up to the end offsets at start)")
@@ -287,7 +329,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    {"bare": run_bare, "plain": run_plain, "worker": run_worker}[args.contender](args)
+    {"bare": run_bare, "plain": run_plain, "transport": run_transport, "worker": run_worker}[args.contender](args)
 
 
 if __name__ == "__main__":
