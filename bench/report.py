@@ -37,7 +37,7 @@ class Config:
     """How many events each scenario uses (defaults: a full run of a few minutes on 2 cores)."""
 
     logreg_events: int = 50_000
-    arf_events: int = 3_000
+    arf_events: int = 6_000
     mlp_events: int = 10_000
     latency_seconds: float = 10.0
     scale_events: int = 40_000
