@@ -336,7 +336,9 @@ def render(outcome: Outcome) -> str:
     if outcome.throughput:
         out += ["## Throughput", "",
                 "Events per second from the first event received to the last one processed with its output "
-                "durable (flushed and committed, or the transaction committed). CPU seconds are the contender "
+                "durable (flushed and committed, or the transaction committed); the worker's Redis checkpoints "
+                "keep their configured cadence (`checkpoint.every_events` 5,000 / `every_seconds` 10) inside "
+                "that window. CPU seconds are the contender "
                 "process's own (all threads) within that window, split into the main thread (the loop, the steps, "
                 "the model) and the others (kafka-python's IO threads, the metrics endpoint; from `/proc`, in "
                 "clock ticks); the broker's CPU in the same window is shown apart. Peak RSS is the process's "
