@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from services.worker.checkpointing import Checkpointer, Restored
 from services.worker.committing import Committer, TransactionalCommitter, TransactionFailed
 from services.worker.http import EndpointServer
-from shared.kafka.clients import build_consumer, build_producer
+from shared.kafka.admin import partition_counts
+from shared.kafka.clients import build_consumer, build_producer, security_options
 from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
@@ -167,7 +168,8 @@ class Worker:
         self._export_champion()
         topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
         if self.delayed_labels is not None:
-            check_co_partitioned(self.consumer, kafka.topics.events, kafka.topics.labels)
+            check_co_partitioned(partition_counts(kafka.bootstrap_servers, [kafka.topics.events, kafka.topics.labels],
+                                                  **security_options(kafka)), kafka.topics.events, kafka.topics.labels)
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
 
@@ -576,19 +578,18 @@ class TopicLayoutError(RuntimeError):
     """The topics are laid out so that the worker cannot be correct (e.g. labels not co-partitioned)."""
 
 
-def check_co_partitioned(consumer: KafkaConsumer, events: str, labels: str) -> None:
+def check_co_partitioned(counts: dict[str, int], events: str, labels: str) -> None:
     """Refuse to start when the labels topic's partition count differs from the events topic's.
 
     A label is learned by the models of its event's partition, and partition *p* of both topics goes to the same
-    worker only when the counts match (docs/contract.md). A topic that does not exist yet is not judged.
+    worker only when the counts match (docs/contract.md). A topic missing from ``counts`` (not created yet) is not
+    judged.
     """
-    counts = {topic: consumer.partitions_for_topic(topic) for topic in (events, labels)}
-    if all(counts.values()) and len(counts[events] or ()) != len(counts[labels] or ()):
+    if events in counts and labels in counts and counts[events] != counts[labels]:
         raise TopicLayoutError(
-            f"topic {labels!r} has {len(counts[labels] or ())} partitions but {events!r} has "
-            f"{len(counts[events] or ())}: delayed labels need the same partition count (and labels produced with "
-            "their event's key) so that each label reaches the worker holding its event's models; repartition "
-            "the labels topic, or set labels.enabled: false"
+            f"topic {labels!r} has {counts[labels]} partitions but {events!r} has {counts[events]}: delayed labels "
+            "need the same partition count (and labels produced with their event's key) so that each label reaches "
+            "the worker holding its event's models; repartition the labels topic, or set labels.enabled: false"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, NoError, TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
@@ -15,11 +16,11 @@ class TopicAdminError(RuntimeError):
 
 
 @contextmanager
-def _admin(bootstrap: str, timeout_s: float) -> Iterator[KafkaAdminClient]:
+def _admin(bootstrap: str, timeout_s: float, **client_options: Any) -> Iterator[KafkaAdminClient]:
     timeout_ms = max(1000, int(timeout_s * 1000))
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="streamlearn-admin",
-        request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, **client_options,
     )
     try:
         yield admin
@@ -37,6 +38,18 @@ def _partition_counts(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[st
         ):
             ready[topic["name"]] = len(partitions)
     return ready
+
+
+def partition_counts(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 10, **client_options: Any
+) -> dict[str, int]:
+    """Partitions per topic, for the topics of ``topics`` that exist (with a short-lived admin client).
+
+    A consumer's own metadata is left alone on purpose: asking a group member for one topic's partitions
+    replaces its cluster view with that topic alone, and the group leader then rebalances twice.
+    """
+    with _admin(bootstrap, timeout_s, **client_options) as admin:
+        return _partition_counts(admin, topics)
 
 
 def ensure_topics(bootstrap: str, topics: dict[str, int], *, timeout_s: float = 30) -> None:
