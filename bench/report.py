@@ -39,7 +39,7 @@ class Config:
     logreg_events: int = 50_000
     arf_events: int = 6_000
     mlp_events: int = 10_000
-    latency_seconds: float = 10.0
+    latency_seconds: float = 8.0
     scale_events: int = 40_000
     memory_events: int = 1_000_000
     profile_events: int = 20_000
