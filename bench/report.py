@@ -364,6 +364,16 @@ def render(outcome: Outcome) -> str:
             header = ["contender", "events/s", "vs (a)", "vs (b)", "CPU s / 1k events",
                       "of which main thread / other threads", "broker CPU s / 1k", "peak RSS MiB"]
             out += [*_table(header, table_rows), ""]
+        costs = [[MODEL_TITLES[model], f"{run.result.extra['snapshot_ms']:.1f}",
+                  f"{run.result.extra['snapshot_kib']:,.0f}", f"{run.result.extra['memory_bytes_ms']:.1f}"]
+                 for model in MODELS_IN_ORDER
+                 for run in outcome.throughput.get(model, {}).get("a", [])[-1:] if "snapshot_ms" in run.result.extra]
+        if costs:
+            out += ["### What the model's state costs the worker", "",
+                    "Measured on each model after the last bare run (so trained on the same events): one "
+                    "checkpoint snapshot (taken every `checkpoint.every_events` / `every_seconds`, then written to "
+                    "Redis) and one evaluation of the model-memory gauge (at every commit).", ""]
+            out += [*_table(["model", "snapshot ms", "snapshot KiB", "memory gauge ms"], costs), ""]
     if outcome.latency:
         out += ["## End-to-end latency (logreg)", "",
                 "A paced producer sends events at half the contender's maximum throughput of this run (measured "

@@ -77,7 +77,27 @@ def run_bare(args: argparse.Namespace) -> None:
             model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
     result.finished = time.time()
     result.cpu_s = cpu_seconds() - cpu0
+    result.extra.update(_state_costs(args.model, family, model))
     result.write(args.result)
+
+
+def _state_costs(name: str, family: str, model: Any) -> dict[str, float]:
+    """After the bare run: what a checkpoint snapshot and the model-memory gauge cost the worker for this model."""
+    from shared.learners.registry import build_learner
+
+    if family == "river":
+        learner = build_learner(model_settings(name), PreprocessingSettings(), WorkerSettings().seed)
+        learner.pipeline = model  # type: ignore[attr-defined]  # the trained pipeline, as the worker holds it
+    else:
+        learner = model
+    started = time.perf_counter()
+    snapshot = learner.snapshot()
+    snapshot_ms = 1000 * (time.perf_counter() - started)
+    started = time.perf_counter()
+    learner.memory_bytes()
+    memory_ms = 1000 * (time.perf_counter() - started)
+    return {"snapshot_ms": round(snapshot_ms, 2), "snapshot_kib": round(len(snapshot) / 1024, 1),
+            "memory_bytes_ms": round(memory_ms, 2)}
 
 
 def run_plain(args: argparse.Namespace) -> None:
