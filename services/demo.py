@@ -80,6 +80,7 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker: subprocess.Popen[bytes] | None = None
+    replayer: threading.Thread | None = None
     try:
         print("starting Kafka, Redis and Prometheus (the first start downloads the Kafka jars) ...", flush=True)
         try:
@@ -113,7 +114,7 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
         replayer = threading.Thread(
             target=replay, name="replayer", daemon=True,
             kwargs={"source": "agrawal-drift", "bootstrap_servers": addresses.kafka_bootstrap, "rate": rate,
-                    "limit": total, "drift_at": drift_at, "progress": False},
+                    "limit": total, "drift_at": drift_at, "progress": False, "stop": stop},
         )
         replayer.start()
         started = time.monotonic()
@@ -140,6 +141,9 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
         print("\nstopping ...", flush=True)
         return 0
     finally:
+        stop.set()
+        if replayer is not None:
+            replayer.join(timeout=15)
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,8 +157,11 @@ def replay(
     progress: bool = True,
     producer: KafkaProducer | None = None,
     stream: TextIO = sys.stderr,
+    stop: threading.Event | None = None,
 ) -> ReplayStats:
     """Send ``limit`` events (all, for a bounded source) at ``rate`` per second (0: as fast as possible).
+
+    Setting ``stop`` ends an inline-label replay early: it sends no further event and flushes what was sent.
 
     With ``labels="delayed"``, labels go to ``labels_topic`` as planned by ``delayed`` (default
     :class:`DelayedLabelPlan`); ``sent`` counts the event records (duplicates included), ``labels`` the labels.
@@ -187,7 +191,12 @@ def replay(
                 due = started + index / rate
                 delay = due - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    if stop is not None:
+                        stop.wait(delay)
+                    else:
+                        time.sleep(delay)
+            if stop is not None and stop.is_set():
+                break
             key, value = event_record(
                 sample, f"{prefix}-{index:09d}", with_label=labels == "inline", ts=time.time()
             )
