@@ -479,7 +479,8 @@ Models: River `StandardScaler` + `LogisticRegression` (the worker's preprocessin
 own Kafka and Redis on free ports in a temporary directory (as the tests do) and stops them at the end; every
 contender is a separate process (`python -m bench.runner ...`). `--quick` is a smoke run of a few seconds per
 scenario; the event counts of each scenario are flags (`python -m bench --help`). Benchmarks are not tests:
-they report, and every number below comes from the run it describes.
+they report. Every number in the results comes from the run they describe; the analysis after them
+quotes that run (and, where it says so, earlier runs of the same command).
 
 """
 
