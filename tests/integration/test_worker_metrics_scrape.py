@@ -54,15 +54,17 @@ def test_prometheus_scrapes_the_worker_during_a_replay(
         sender.join(timeout=60)
         wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == N_EVENTS,
                  60, f"{N_EVENTS} events processed")
-        final = sample_value(registry, "streamlearn_model_metric",
-                             {"model": "logreg", "metric": "accuracy", "window": "cumulative"})
-        assert final is not None and 0.5 < final <= 1.0
+        labels = {"model": "logreg", "metric": "accuracy", "window": "cumulative"}
 
         def prometheus_has_final() -> bool:
+            # the gauge is exported just after the batch's events are counted: re-read it each time
+            final = sample_value(registry, "streamlearn_model_metric", labels)
             result = prometheus_server.query(query)
-            return bool(result) and abs(float(result[0]["value"][1]) - final) < 1e-12
+            return final is not None and bool(result) and abs(float(result[0]["value"][1]) - final) < 1e-12
 
         wait_for(prometheus_has_final, 15, "Prometheus to hold the worker's final accuracy")
+        final = sample_value(registry, "streamlearn_model_metric", labels)
+        assert final is not None and 0.5 < final <= 1.0
         valid = prometheus_server.query(f'streamlearn_events_total{{instance="{target}",outcome="valid"}}')
         assert float(valid[0]["value"][1]) == N_EVENTS
     assert seen, "at least one scrape during the replay"
