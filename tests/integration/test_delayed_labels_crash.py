@@ -10,10 +10,8 @@ B's final checkpoints must equal the number of distinct labelled events, and eac
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,38 +25,13 @@ from services.replayer import DelayedLabelPlan, ScheduleWindow, delayed_schedule
 from services.worker import Worker
 from shared.datasets import iter_source
 from shared.kafka.admin import ensure_topics
-from shared.settings import Settings
 from shared.state.checkpoints import CheckpointStore
-from tests.integration.helpers import committed_total, make_settings, read_topic, sample_value, wait_for
+from tests.integration.helpers import committed_total, make_settings, read_topic, running_worker, sample_value, wait_for
 
 pytestmark = pytest.mark.integration
 
 LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
 PARTITIONS = 2
-
-
-@contextmanager
-def _worker(settings: Settings, registry: CollectorRegistry) -> Iterator[Worker]:
-    worker = Worker(settings, registry=registry)
-    worker.start()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "worker did not stop within 60 s"
-        if errors:
-            raise errors[0]
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
@@ -118,7 +91,7 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
     # --- worker A: 20 windows with checkpoints, 10 more committed only, 5 more neither; then it dies ---------
     registry_a = CollectorRegistry()
     events_sent = labels_sent = 0
-    with _worker(settings, registry_a) as a:
+    with running_worker(settings, registry_a) as a:
         for index, window in enumerate(windows[:35]):
             if index == 20:
                 assert a.checkpointer is not None
@@ -149,7 +122,7 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
         labels_sent += send(window, "labels")
     producer.close()
     registry_b = CollectorRegistry()
-    with _worker(settings, registry_b):
+    with running_worker(settings, registry_b):
         wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, t.events) == events_sent
                  and _committed(kafka_bootstrap, settings.kafka.group_id, t.labels) == labels_sent,
                  90, "the whole stream committed")
