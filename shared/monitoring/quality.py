@@ -9,9 +9,9 @@ can also revert (see ``docs/drift.md``). Every update is O(1); ``values`` is cac
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Hashable, Mapping, Sequence
+from operator import itemgetter
 from typing import Final
 
 import numpy as np
@@ -89,6 +89,21 @@ class BinnedROCAUC:
             self._negatives[self._bin(score)] -= 1
             self.n_negative -= 1
 
+    def add_many(self, is_positive: Sequence[bool], scores: Sequence[float], sign: int = 1) -> None:
+        """Count (``sign`` 1) or remove (-1) a batch of examples: :meth:`update` / :meth:`revert` for each."""
+        values = np.asarray(scores, dtype=float)
+        bins = np.zeros(len(values), dtype=np.int64)
+        above = values > 0.0  # NaN and non-positive scores go to bin 0, as in ``_bin``
+        bins[above] = np.minimum(values[above] * self.bins, self.bins - 1).astype(np.int64)
+        positive = np.asarray(is_positive, dtype=bool)
+        n_positive = int(positive.sum())
+        if n_positive:
+            self._positives += sign * np.bincount(bins[positive], minlength=self.bins)
+        if n_positive < len(values):
+            self._negatives += sign * np.bincount(bins[~positive], minlength=self.bins)
+        self.n_positive += sign * n_positive
+        self.n_negative += sign * (len(values) - n_positive)
+
     def get(self) -> float | None:
         """The AUC, or ``None`` until both classes have been seen."""
         if self.n_positive == 0 or self.n_negative == 0:
@@ -98,18 +113,36 @@ class BinnedROCAUC:
         return pairs_won / (self.n_positive * self.n_negative)
 
 
-@dataclass(frozen=True, slots=True)
-class _Scored:
-    """What one labelled example contributes (kept in the rolling window to be reverted later)."""
+#: what one labelled example contributes, kept in the rolling window to be reverted later:
+#: ``(y_true, y_pred, log loss or None, positive-class score or None)``
+_Scored = tuple[Target, Target, float | None, float | None]
+_PAIR = itemgetter(0, 1)
 
-    y_true: Target
-    y_pred: Target
-    loss: float | None = None
-    positive_score: float | None = None
+
+def _apply_pairs(cm: metrics.ConfusionMatrix, pairs: Counter[tuple[Target, Target]], sign: float) -> None:
+    """Add (``sign`` 1.0) or remove (-1.0) ``count`` examples per ``(y_true, y_pred)`` pair.
+
+    The same cells and sums as ``count`` calls of ``cm.update`` / ``cm.revert``: every weight is 1.0, so the
+    float sums hold whole numbers and are exact in any order.
+    """
+    data, sum_row, sum_col = cm.data, cm.sum_row, cm.sum_col
+    total = 0
+    true_positives = 0.0
+    for (y_true, y_pred), count in pairs.items():
+        w = sign * count
+        data[y_true][y_pred] += w
+        sum_row[y_true] += w
+        sum_col[y_pred] += w
+        if y_true == y_pred:
+            true_positives += w
+        total += count
+    cm.n_samples += int(sign) * total
+    cm.total_weight = cm.total_weight + sign * total  # type: ignore[assignment]  # River starts it at int 0
+    cm._total_true_positives += true_positives
 
 
 class _Tally:
-    """The metrics of one window: ``update`` adds an example, ``revert`` removes it."""
+    """The metrics of one window: examples are added and removed, one at a time or a batch at a time."""
 
     def __init__(self, task: Task, positive: Target, auc: BinnedROCAUC) -> None:
         self.task = task
@@ -136,35 +169,31 @@ class _Tally:
             self.rmse = metrics.RMSE()
             self.r2 = metrics.R2()
 
+    # --- regression: one at a time (River's running statistics depend on the order) ------------------
     def update(self, item: _Scored) -> None:
         self.n += 1
-        if self.classification:
-            self.cm.update(item.y_true, item.y_pred)
-            if item.loss is not None:
-                self.loss_sum += item.loss
-                self.loss_n += 1
-            if item.positive_score is not None:
-                self._auc.update(item.y_true == self.positive, item.positive_score)
-        else:
-            y_true, y_pred = float(item.y_true), float(item.y_pred)
-            self.mae.update(y_true, y_pred)
-            self.rmse.update(y_true, y_pred)
-            self.r2.update(y_true, y_pred)
+        y_true, y_pred = float(item[0]), float(item[1])
+        self.mae.update(y_true, y_pred)
+        self.rmse.update(y_true, y_pred)
+        self.r2.update(y_true, y_pred)
 
     def revert(self, item: _Scored) -> None:
         self.n -= 1
-        if self.classification:
-            self.cm.revert(item.y_true, item.y_pred)
-            if item.loss is not None:
-                self.loss_sum -= item.loss
-                self.loss_n -= 1
-            if item.positive_score is not None:
-                self._auc.revert(item.y_true == self.positive, item.positive_score)
-        else:
-            y_true, y_pred = float(item.y_true), float(item.y_pred)
-            self.mae.revert(y_true, y_pred)
-            self.rmse.revert(y_true, y_pred)
-            self.r2.revert(y_true, y_pred)
+        y_true, y_pred = float(item[0]), float(item[1])
+        self.mae.revert(y_true, y_pred)
+        self.rmse.revert(y_true, y_pred)
+        self.r2.revert(y_true, y_pred)
+
+    # --- classification: counts, so a batch is added at once (the loss sums are kept by the scoreboard) --
+    def add_counts(self, items: Sequence[_Scored], sign: float) -> None:
+        """Add (``sign`` 1.0) or remove (-1.0) the confusion-matrix cells and AUC bins of ``items``."""
+        if not items:
+            return
+        self.n += int(sign) * len(items)
+        _apply_pairs(self.cm, Counter(map(_PAIR, items)), sign)
+        scored = [(item[0] == self.positive, item[3]) for item in items if item[3] is not None]
+        if scored:
+            self._auc.add_many([s[0] for s in scored], [s[1] for s in scored], int(sign))
 
     def values(self) -> dict[str, float]:
         if self.n == 0:
@@ -187,19 +216,14 @@ class _Tally:
             result["roc_auc"] = auc
         return result
 
-    def recompute_loss(self, items: deque[_Scored]) -> None:
-        """Re-add the rolling loss from scratch (float subtraction drifts over millions of reverts)."""
-        losses = [item.loss for item in items if item.loss is not None]
-        self.loss_sum = math.fsum(losses)
-        self.loss_n = len(losses)
-
 
 class Scoreboard:
     """Prequential quality of one model, cumulative and over the last ``window`` labelled examples.
 
-    Call :meth:`update` with each label and the prediction made before learning it. A ``None`` prediction
-    (an untrained model) is not scored, as in River's ``evaluate.progressive_val_score``. For binary tasks
-    ``positive`` is the positive class (``True`` also matches ``1``); probabilities are looked up by class.
+    Call :meth:`update` with each label and the prediction made before learning it, or :meth:`update_many`
+    with a batch of them (the same result as one call each, in order). A ``None`` prediction (an untrained
+    model) is not scored, as in River's ``evaluate.progressive_val_score``. For binary tasks ``positive`` is
+    the positive class (``True`` also matches ``1``); probabilities are looked up by class.
     """
 
     def __init__(
@@ -218,7 +242,7 @@ class Scoreboard:
         self.positive = positive
         self.max_classes = max_classes
         self._classes: set[Hashable] = set()
-        self._history: deque[_Scored] = deque()
+        self._history: deque[_Scored] = deque(maxlen=window)
         self._cumulative = _Tally(task, positive, BinnedROCAUC(auc_bins))
         self._rolling = _Tally(task, positive, BinnedROCAUC(auc_bins))
         self._updates = 0
@@ -229,40 +253,114 @@ class Scoreboard:
         """Labelled examples scored since the start."""
         return self._cumulative.n
 
-    def _bounded_class(self, label: Target) -> Target:
-        if label in self._classes:
-            return label
-        if len(self._classes) < self.max_classes:
-            self._classes.add(label)
-            return label
-        return OTHER_CLASS
-
-    def update(self, y_true: Target, y_pred: Target | None, proba: dict[Target, float] | None = None) -> None:
+    def update(self, y_true: Target, y_pred: Target | None, proba: Mapping[Target, float] | None = None) -> None:
         """Score one prediction against its label."""
-        if y_pred is None or self.task is Task.ANOMALY:
-            return
-        item = self._score(y_true, y_pred, proba)
-        self._cumulative.update(item)
-        if len(self._history) == self.window:
-            self._rolling.revert(self._history.popleft())
-        self._rolling.update(item)
-        self._history.append(item)
-        self._updates += 1
-        if self._updates % self.window == 0 and self._cumulative.classification:
-            self._rolling.recompute_loss(self._history)
-        self._cache = None
+        self.update_many((y_true,), (y_pred,), (proba,))
 
-    def _score(self, y_true: Target, y_pred: Target, proba: dict[Target, float] | None) -> _Scored:
+    def update_many(
+        self,
+        y_true: Sequence[Target],
+        y_pred: Sequence[Target | None],
+        probas: Sequence[Mapping[Target, float] | None] | None = None,
+    ) -> None:
+        """Score a batch of predictions against their labels: the same as :meth:`update` for each, in order."""
+        if self.task is Task.ANOMALY:
+            return
+        if probas is None:
+            probas = (None,) * len(y_true)
         if not self._cumulative.classification:
-            return _Scored(y_true, y_pred)
-        y_true = self._bounded_class(y_true)
-        y_pred = self._bounded_class(y_pred)
-        if not proba:
-            return _Scored(y_true, y_pred)
-        loss = -math.log(_clamp(proba.get(y_true, 0.0)))
-        if self.task is not Task.BINARY:
-            return _Scored(y_true, y_pred, loss)
-        return _Scored(y_true, y_pred, loss, _clamp(proba.get(self.positive, 0.0)))
+            self._update_regression([(t, p, None, None) for t, p in zip(y_true, y_pred, strict=True) if p is not None])
+            return
+        items = self._score_many(y_true, y_pred, probas)
+        if items:
+            self._update_classification(items)
+            self._cache = None
+
+    def _score_many(
+        self, y_true: Sequence[Target], y_pred: Sequence[Target | None], probas: Sequence[Mapping[Target, float] | None]
+    ) -> list[_Scored]:
+        classes, max_classes = self._classes, self.max_classes
+        binary, positive = self.task is Task.BINARY, self.positive
+        low, high = _PROBA_EPSILON, 1.0 - _PROBA_EPSILON
+        log = math.log
+        items: list[_Scored] = []
+        append = items.append
+        for t, p, proba in zip(y_true, y_pred, probas, strict=True):
+            if p is None:
+                continue
+            if t not in classes:  # the bounded class (labels beyond max_classes are one class)
+                if len(classes) < max_classes:
+                    classes.add(t)
+                else:
+                    t = OTHER_CLASS
+            if p not in classes:
+                if len(classes) < max_classes:
+                    classes.add(p)
+                else:
+                    p = OTHER_CLASS
+            if not proba:
+                append((t, p, None, None))
+                continue
+            loss = -log(min(max(proba.get(t, 0.0), low), high))
+            if binary:
+                append((t, p, loss, min(max(proba.get(positive, 0.0), low), high)))
+            else:
+                append((t, p, loss, None))
+        return items
+
+    def _update_classification(self, items: list[_Scored]) -> None:
+        window, history = self.window, self._history
+        cumulative, rolling = self._cumulative, self._rolling
+        k, n_old = len(items), len(history)
+        n_removed = max(0, n_old + k - window)
+        old = list(history)
+        removed = old[:n_removed] if n_removed <= n_old else old + items[: n_removed - n_old]
+        # counts: exact whole numbers, so one addition per batch equals one per example
+        cumulative.add_counts(items, 1.0)
+        rolling.add_counts(items, 1.0)
+        rolling.add_counts(removed, -1.0)
+        # cumulative log loss: the same additions in the same order
+        loss_sum, loss_n = cumulative.loss_sum, cumulative.loss_n
+        for item in items:
+            loss = item[2]
+            if loss is not None:
+                loss_sum += loss
+                loss_n += 1
+        cumulative.loss_sum, cumulative.loss_n = loss_sum, loss_n
+        # rolling log loss: replay the removals, additions and periodic re-sums in the order of one at a time
+        losses = [item[2] for item in old] + [item[2] for item in items]
+        loss_sum, loss_n = rolling.loss_sum, rolling.loss_n
+        updates = self._updates
+        fsum = math.fsum
+        for j in range(n_old, n_old + k):
+            if j >= window:
+                gone = losses[j - window]
+                if gone is not None:
+                    loss_sum -= gone
+                    loss_n -= 1
+            loss = losses[j]
+            if loss is not None:
+                loss_sum += loss
+                loss_n += 1
+            updates += 1
+            if updates % window == 0:  # re-add from scratch (float subtraction drifts over millions of reverts)
+                kept = [x for x in losses[j + 1 - window: j + 1] if x is not None]
+                loss_sum, loss_n = fsum(kept), len(kept)
+        rolling.loss_sum, rolling.loss_n = loss_sum, loss_n
+        self._updates = updates
+        history.extend(items)
+
+    def _update_regression(self, items: list[_Scored]) -> None:
+        history, window = self._history, self.window
+        for item in items:
+            self._cumulative.update(item)
+            if len(history) == window:
+                self._rolling.revert(history.popleft())
+            self._rolling.update(item)
+            history.append(item)
+            self._updates += 1
+        if items:
+            self._cache = None
 
     def values(self) -> dict[tuple[str, str], float]:
         """``{(metric, window): value}`` with window ``cumulative`` or ``rolling``; undefined ones left out."""
@@ -310,27 +408,45 @@ class Baselines:
 
     def update(self, y_true: Target) -> None:
         """Score every baseline on ``y_true``, then let them learn it."""
-        if self.task is Task.ANOMALY:
-            return
-        for name, prediction in self.predictions().items():
-            self.scoreboards[name].update(y_true, prediction)
-        self._previous = y_true
-        if self.task.is_classification:
-            self._learn_class(y_true)
-        else:
-            self._n += 1
-            self._mean += (float(y_true) - self._mean) / self._n
+        self.update_many((y_true,))
 
-    def _learn_class(self, label: Target) -> None:
-        count = self._counts.get(label)
-        if count is None:
-            if len(self._counts) >= self.max_classes:
-                return
-            count = 0
-        count += 1
-        self._counts[label] = count
-        if self._majority is None or count > self._counts[self._majority]:
-            self._majority = label
+    def update_many(self, labels: Sequence[Target]) -> None:
+        """:meth:`update` for each label in order: the predictions are made one by one, scored per batch."""
+        if self.task is Task.ANOMALY or not labels:
+            return
+        no_change: list[Target | None] = []
+        other: list[Target | None] = []
+        previous = self._previous
+        if self.task.is_classification:
+            counts, majority, max_classes = self._counts, self._majority, self.max_classes
+            for label in labels:
+                no_change.append(previous)
+                other.append(majority)
+                previous = label
+                count = counts.get(label)
+                if count is None:
+                    if len(counts) >= max_classes:
+                        continue
+                    count = 0
+                count += 1
+                counts[label] = count
+                if majority is None or count > counts[majority]:
+                    majority = label
+            self._majority = majority
+            second = MAJORITY
+        else:
+            n, mean = self._n, self._mean
+            for label in labels:
+                no_change.append(previous)
+                other.append(mean if n else None)
+                previous = label
+                n += 1
+                mean += (float(label) - mean) / n
+            self._n, self._mean = n, mean
+            second = MEAN
+        self._previous = previous
+        self.scoreboards[NO_CHANGE].update_many(labels, no_change)
+        self.scoreboards[second].update_many(labels, other)
 
     def values(self) -> dict[tuple[str, str, str], float]:
         """``{(baseline, metric, window): value}``; log loss and AUC are left out (no probabilities)."""

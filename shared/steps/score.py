@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from shared.learners.base import Output, Target, Task
 from shared.monitoring.metrics import Metrics
@@ -42,6 +43,9 @@ class ScoreStep:
         reasons: Counter[str] = Counter()
         predictions: Counter[str] = Counter()
         learned: Counter[str] = Counter()
+        #: the labelled records' outputs and labels, scored per batch (the same as one at a time, in order)
+        outputs_list: list[dict[str, Output]] = []
+        labels: list[Target] = []
         for record in batch.records:
             if record.rejection is not None:
                 outcomes["invalid"] += 1
@@ -50,16 +54,19 @@ class ScoreStep:
             if record.duplicate:
                 outcomes["duplicate"] += 1
                 continue
-            if record.event is None:
+            event = record.event
+            if event is None:
                 continue
             outcomes["valid"] += 1
-            for name in record.outputs:
-                predictions[name] += 1
-            label = record.event.label
+            predictions.update(record.outputs.keys())
+            label = event.label
             if label is not None:
-                self.score(record.outputs, label)
-                for name in record.outputs:
-                    learned[name] += 1
+                outputs_list.append(record.outputs)
+                labels.append(label)
+        if labels:
+            self.score_many(outputs_list, labels)
+            for outputs in outputs_list:
+                learned.update(outputs.keys())
         m = self._metrics
         for outcome, n in outcomes.items():
             m.events.labels(outcome).inc(n)
@@ -70,16 +77,31 @@ class ScoreStep:
         for name, n in learned.items():
             m.learned.labels(name).inc(n)
 
-    def score(self, outputs: dict[str, Output], label: Target) -> None:
-        """Score each model's output, and the baselines, on one label."""
-        for name, output in outputs.items():
+    def score_many(self, outputs_list: Sequence[Mapping[str, Output]], labels: Sequence[Target]) -> None:
+        """:meth:`score` for each ``(outputs, label)`` in order, each scoreboard updated once for the batch."""
+        if not labels:
+            return
+        per_model: dict[str, tuple[list[Target], list[Target | None], list[dict[Target, float] | None]]] = {}
+        for outputs, label in zip(outputs_list, labels, strict=True):
+            for name, output in outputs.items():
+                columns = per_model.get(name)
+                if columns is None:
+                    columns = per_model[name] = ([], [], [])
+                columns[0].append(label)
+                columns[1].append(output.prediction)
+                columns[2].append(output.proba or None)
+        for name, (y_true, y_pred, probas) in per_model.items():
             board = self.scoreboards.get(name)
             if board is not None and self.tasks[name] is not Task.ANOMALY:
-                board.update(label, output.prediction, output.proba or None)
+                board.update_many(y_true, y_pred, probas)
         if self.baselines is not None:
-            self.baselines.update(label)
-        self._labelled += 1
+            self.baselines.update_many(labels)
+        self._labelled += len(labels)
         self._dirty = True
+
+    def score(self, outputs: dict[str, Output], label: Target) -> None:
+        """Score each model's output, and the baselines, on one label."""
+        self.score_many((outputs,), (label,))
 
     def export(self) -> None:
         """Copy the current scores into the gauges (called once per batch, not per event)."""
