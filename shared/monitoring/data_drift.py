@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Hashable, Mapping
-from typing import Final
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Final, cast
 
 import numpy as np
 
@@ -25,6 +25,9 @@ CATEGORICAL_STATISTICS: Final = (PSI,)
 
 NUMERIC: Final = "numeric"
 CATEGORICAL: Final = "categorical"
+
+#: the types of values :meth:`_Variable.add_many` appends a batch at a time (``None`` is skipped)
+_NUMBERS: Final = frozenset({float, int, type(None)})
 
 #: pseudo-count added to every bin, so an empty bin gives a finite PSI
 _SMOOTHING: Final = 0.5
@@ -87,6 +90,51 @@ class _Variable:
             if self._since_refresh >= self.refresh_every:
                 self._refresh()
 
+    def add_many(self, values: Sequence[FeatureValue]) -> None:
+        """:meth:`add` for each value in order; finite numbers are appended a batch at a time."""
+        if not values:
+            return
+        types = set(map(type, values))
+        if not types <= _NUMBERS:
+            for value in values:
+                self.add(value)
+            return
+        # the types were checked: every one is an int or a float
+        numbers = cast(list[float], [v for v in values if v is not None] if type(None) in types else list(values))
+        try:
+            total: float = sum(numbers)
+        except OverflowError:
+            total = math.inf
+        if isinstance(total, float) and not math.isfinite(total):  # a NaN or infinity (or an overflow): one by one
+            for value in values:
+                self.add(value)
+            return
+        if not numbers:
+            return
+        if self.kind is None:
+            self.kind = NUMERIC
+        self._version += len(numbers)
+        reference, recent = self.reference, self.recent
+        i, n = 0, len(numbers)
+        while i < n:
+            missing = self.reference_size - len(reference)
+            if missing > 0:
+                taken = numbers[i:i + missing]
+                reference.extend(taken)
+                i += len(taken)
+                continue
+            if self.refresh_every is None:
+                recent.extend(numbers[i:])
+                break
+            room = max(1, self.refresh_every - self._since_refresh)
+            taken = numbers[i:i + room]
+            recent.extend(taken)
+            i += len(taken)
+            self._since_refresh += len(taken)
+            if self._since_refresh >= self.refresh_every:
+                self._refresh()
+                reference, recent = self.reference, self.recent
+
     def _refresh(self) -> None:
         self.reference = list(self.recent)[-self.reference_size:]
         self.recent.clear()
@@ -147,6 +195,10 @@ class DistributionDrift:
         """Add one value (``None`` is skipped)."""
         self._variable.add(value)
 
+    def update_many(self, values: Sequence[FeatureValue]) -> None:
+        """:meth:`update` for each value in order."""
+        self._variable.add_many(values)
+
     def scores(self) -> dict[str, float]:
         """``{statistic: value}``: ``psi`` and ``ks`` for numbers, ``psi`` for categories; empty until ready."""
         return dict(self._variable.scores())
@@ -199,6 +251,27 @@ class DataDriftMonitor:
                 variable = variables[name] = _Variable(self.reference_size, self.recent_size, self.bins,
                                                        self.min_recent, self.refresh_every)
             variable.add(value)
+
+    def update_many(self, batch: Sequence[Mapping[str, FeatureValue]]) -> None:
+        """:meth:`update` for each event's features in order, one column (feature) at a time.
+
+        Variables are independent, so adding a feature's values of the whole batch at once gives the same windows.
+        While untracked names can still become tracked, the order of first sightings matters: one event at a time.
+        """
+        if not batch:
+            return
+        variables = self._variables
+        names = set().union(*batch)
+        new = names.difference(variables)
+        if new and len(variables) < self.max_features:
+            for features in batch:
+                self.update(features)
+            return
+        for name in new:
+            self.untracked_values += sum(1 for features in batch if name in features)
+        for name, variable in variables.items():
+            if name in names:
+                variable.add_many([features.get(name) for features in batch])
 
     def scores(self) -> dict[tuple[str, str], float]:
         """``{(feature, statistic): value}`` for the features that are ready."""

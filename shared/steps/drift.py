@@ -19,16 +19,16 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from shared.learners.base import Output, Target, Task
+from shared.learners.base import FeatureValue, Output, Target, Task
 from shared.monitoring.data_drift import KS, PSI, DataDriftMonitor, DistributionDrift
 from shared.monitoring.drift import DETECTORS, ConceptDriftMonitor
 from shared.monitoring.metrics import Metrics
 from shared.settings import DriftSettings
-from shared.steps.batch import Batch
+from shared.steps.batch import Batch, Record
 from shared.steps.champion import LOWER_IS_BETTER, ChampionSelector
 from shared.steps.models import ModelStep
 
@@ -126,18 +126,58 @@ class DriftStep:
         if not self.settings.enabled:
             return
         champion = self._champion.current
+        features: list[Mapping[str, FeatureValue]] = []
+        predictions: list[Target] = []
+        labelled: list[Record] = []
         for record in batch.records:
-            if not record.is_valid or record.event is None:
+            event = record.event
+            if event is None or record.rejection is not None or record.duplicate:
                 continue
-            if self.data is not None and record.features is not None:
-                self.data.update(record.features)
+            if record.features is not None:
+                features.append(record.features)
             output = record.outputs.get(champion)
-            if self.prediction_drift is not None and output is not None and output.prediction is not None:
-                self.prediction_drift.update(output.prediction)
-            label = record.event.label
-            if label is not None:
-                self.observe((record.topic, record.partition), record.offset, record.outputs, label)
+            if output is not None and output.prediction is not None:
+                predictions.append(output.prediction)
+            if event.label is not None:
+                labelled.append(record)
+        # the windows are independent of each other and of the detectors: each takes its batch at once
+        if self.data is not None:
+            self.data.update_many(features)
+        if self.prediction_drift is not None:
+            self.prediction_drift.update_many(predictions)
+        if labelled:
+            self.observe_many(labelled)
         self.export()
+
+    def observe_many(self, records: Sequence[Record]) -> None:
+        """:meth:`observe` for each labelled record in order (the detectors see their errors one by one)."""
+        if self.label_drift is not None:
+            self.label_drift.update_many([r.event.label for r in records if r.event is not None])
+        tasks, monitors = self.tasks, self._monitors
+        classification = {name: task.is_classification for name, task in tasks.items()}
+        for record in records:
+            assert record.event is not None
+            label = record.event.label
+            tp = (record.topic, record.partition)
+            for name, output in record.outputs.items():
+                task = tasks.get(name)
+                if task is None:
+                    continue
+                prediction = output.prediction
+                if prediction is None:
+                    continue
+                if classification[name]:
+                    error: float | None = float(prediction != label)
+                else:
+                    error = prediction_error(task, output, label)  # type: ignore[arg-type]
+                    if error is None:
+                        continue
+                monitor = monitors.get((tp, name))
+                if monitor is None:
+                    monitor = monitors[(tp, name)] = ConceptDriftMonitor(
+                        self.settings.detector, self.settings.params, self.settings.rise_only)
+                if monitor.update(error):  # type: ignore[arg-type]
+                    self._on_drift(tp, name, record.offset, monitor)
 
     def observe(self, tp: TopicPartition, offset: int, outputs: Mapping[str, Output], label: Target) -> None:
         """Feed one label (inline or joined later) against the outputs its event got."""
