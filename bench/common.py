@@ -52,6 +52,7 @@ def worker_settings(
     commit_interval_s: float | None = None,
     transactional_id: str | None = None,
     namespace: str | None = None,
+    client: str = "kafka-python",
 ) -> Settings:
     """The worker's settings for one run: everything on (validation, metrics, checkpoints, exactly-once)."""
     suffix = group_id
@@ -60,7 +61,7 @@ def worker_settings(
         "topics": {"events": events_topic, "predictions": predictions_topic,
                    "shadow_predictions": f"{predictions_topic}.shadow", "dead_letters": f"{events_topic}.dlq",
                    "labels": f"{events_topic}.labels"},
-        "transactional_id": transactional_id or suffix,
+        "transactional_id": transactional_id or suffix, "client": client,
     }
     overrides: dict[str, Any] = {"kafka": kafka, "models": [MODELS[model]], "metrics": {"port": 0}}
     if commit_interval_s is not None:

@@ -209,7 +209,7 @@ def run_worker(args: argparse.Namespace) -> None:
     settings = worker_settings(
         bootstrap=args.bootstrap, model=args.model, events_topic=args.topic, predictions_topic=args.predictions,
         group_id=args.group, redis_url=args.redis_url, exactly_once=not args.at_least_once,
-        commit_interval_s=args.commit_interval, transactional_id=args.transactional_id,
+        commit_interval_s=args.commit_interval, transactional_id=args.transactional_id, client=args.client,
     )
     worker = _bench_worker(settings, args)
     stop = _stop_flag(args.stop_file, on_stop=worker.stop)
@@ -221,6 +221,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
     """A :class:`Worker` that times its window and reports it; imported here so the bare loop stays lean."""
+    from kafka import KafkaConsumer
+
     from services.worker import Worker
 
     class BenchWorker(Worker):
@@ -242,9 +244,10 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             super().start()
             # kafka-python may join the group before it has the subscribed topics' metadata, and then stays
             # without partitions until the next metadata refresh (dpkp/kafka-python#2377): fetch it first
-            assert self.consumer is not None
-            for topic in sorted(self.consumer.subscription() or ()):
-                self.consumer.partitions_for_topic(topic)
+            raw = getattr(self.consumer, "raw", None)
+            if isinstance(raw, KafkaConsumer):
+                for topic in sorted(raw.subscription() or ()):
+                    raw.partitions_for_topic(topic)
 
         def restore_assigned(self) -> None:
             # keep new partitions paused until the parent says go (all workers of the group have joined)
@@ -260,7 +263,7 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             """Write the partitions this worker is assigned to ``--ready-file`` (when they changed)."""
             if args.ready_file is None or self.consumer is None:
                 return
-            share = json.dumps(sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == args.topic))
+            share = json.dumps(sorted(tp[1] for tp in self.consumer.assignment() if tp[0] == args.topic))
             if share != "[]" and share != self._share:
                 tmp = args.ready_file.with_suffix(".tmp")
                 tmp.write_text(share)
@@ -292,11 +295,25 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
                 return self.result.events >= args.n
             if self._ends is None:
                 assert self.consumer is not None
-                ends = self.consumer.end_offsets([tp for tp in self.consumer.assignment() if tp.topic == args.topic])
-                self._ends = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+                assigned = [tp for tp in self.consumer.assignment() if tp[0] == args.topic]
+                self._ends = end_offsets(self.consumer, assigned)
             return all(self._processed.get(tp, 0) >= end for tp, end in self._ends.items())
 
     return BenchWorker()
+
+
+def end_offsets(consumer: Any, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The current end offsets of ``tps``, asked through whichever client the worker's transport wraps."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    raw = consumer.raw
+    if isinstance(raw, KafkaConsumer):
+        ends = raw.end_offsets([TopicPartition(*tp) for tp in tps])
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
+    from confluent_kafka import TopicPartition as ConfluentPartition
+
+    return {tp: int(raw.get_watermark_offsets(ConfluentPartition(*tp), timeout=10)[1]) for tp in tps}
 
 
 def _write_profile(profiler: Any, path: Path) -> None:
@@ -339,6 +356,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--at-least-once", action="store_true")
     parser.add_argument("--commit-interval", type=float)
     parser.add_argument("--transactional-id")
+    parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
+                        help="the worker's Kafka transport")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--go-file", type=Path)
     parser.add_argument("--stop-file", type=Path)

@@ -34,6 +34,9 @@ class KafkaSettings(_Frozen):
     """How the worker talks to Kafka."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: the client library: ``kafka-python`` (pure Python, the default) or ``confluent`` (librdkafka through
+    #: confluent-kafka: far less CPU per record; ``pip install 'streamlearn[confluent]'``)
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
     group_id: str = "streamlearn"
     client_id: str = "streamlearn-worker"
     topics: TopicSettings = TopicSettings()

@@ -161,3 +161,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The worker's Kafka transport (``kafka.client``): a test asking for it runs once with each."""
+    return str(request.param)

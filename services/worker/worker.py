@@ -11,17 +11,14 @@ from types import FrameType
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.worker.checkpointing import Checkpointer, Restored
 from services.worker.committing import Committer, TransactionalCommitter, TransactionFailed
 from services.worker.http import EndpointServer
 from shared.kafka.admin import partition_counts
-from shared.kafka.clients import build_consumer, build_producer, security_options
+from shared.kafka.clients import security_options
+from shared.kafka.transport import EventConsumer, TransportError, open_consumer, open_producer
 from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
@@ -31,7 +28,7 @@ from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
 from shared.steps.backpressure import Backpressure
-from shared.steps.batch import Batch, Record, Step
+from shared.steps.batch import Batch, Step
 from shared.steps.champion import ChampionSelector
 from shared.steps.clean import CleanStep
 from shared.steps.dead_letters import DeadLetterLimitStep
@@ -86,7 +83,7 @@ class Worker:
         self.checkpointer: Checkpointer | None = None
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: EventConsumer | None = None
         self.committer: Committer | None = None
         #: partitions whose restore waits for Redis are retried from this time on, with a growing delay
         self._restore_not_before = 0.0
@@ -155,11 +152,11 @@ class Worker:
             )
             self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
             self.checkpointer.probe()
-        self.consumer = build_consumer(kafka)
+        self.consumer = open_consumer(kafka)
         self.committer = (
-            TransactionalCommitter(self.consumer, lambda: build_producer(kafka, transactional=True),
+            TransactionalCommitter(self.consumer, lambda: open_producer(kafka, transactional=True),
                                    op_timeout_ms=kafka.transaction_op_timeout_ms)
-            if kafka.exactly_once else Committer(self.consumer, build_producer(kafka))
+            if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(
             self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
@@ -170,7 +167,7 @@ class Worker:
         if self.delayed_labels is not None:
             check_co_partitioned(partition_counts(kafka.bootstrap_servers, [kafka.topics.events, kafka.topics.labels],
                                                   **security_options(kafka)), kafka.topics.events, kafka.topics.labels)
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        self.consumer.subscribe(topics, self)
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
 
     def _build_steps(self, publish: PublishStep) -> list[Step]:
@@ -228,20 +225,20 @@ class Worker:
                         timeout_ms=0 if self.backpressure.backlog else self.settings.kafka.poll_timeout_ms,
                         max_records=self.settings.kafka.max_poll_records,
                     )
-                except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
+                except TransportError as exc:  # kafka-python 3 raises here while the broker is unreachable
                     self._kafka_unreachable(exc)
                     continue
-                self._kafka_ok = _coordinator_known(self.consumer)
+                self._kafka_ok = self.consumer.connected()
                 self.metrics.kafka_up.set(1 if self._kafka_ok else 0)
                 if self._rewind_reason is not None:
                     self._rewind(self._rewind_reason)
-                    polled = {}  # read before the rewind: the partitions are read again from their checkpoints
+                    polled = []  # read before the rewind: the partitions are read again from their checkpoints
                 if self._to_restore and time.monotonic() >= self._restore_not_before:
                     self.restore_assigned()
                 try:
                     if polled:
                         last_data = time.monotonic()
-                        self.backpressure.submit(_to_batch(polled))
+                        self.backpressure.submit(Batch(polled, time.time()))
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
@@ -359,20 +356,18 @@ class Worker:
                 topic, _, partition = name.rpartition(":")
                 starts[(topic, int(partition))] = int(offset)
         for tp in tps:
-            kafka_tp = TopicPartition(*tp)
-            committed = consumer.committed(kafka_tp)
+            committed = consumer.committed(tp)
             start: int | None = committed
             if tp[1] in rebuild:
-                consumer.seek_to_beginning(kafka_tp)
+                consumer.seek_to_beginning(tp)
                 start = None
             elif tp in starts:
                 start = starts[tp]
-                consumer.seek(kafka_tp, start)
+                consumer.seek(tp, start)
             if start is None:
-                try:
-                    start = consumer.position(kafka_tp, timeout_ms=5000)
-                except Exception as exc:  # unknown yet: the next processed batch sets it
-                    log.warning("position of %s unknown (%s)", tp, exc)
+                start = consumer.position(tp, timeout_ms=5000)
+                if start is None:  # unknown yet: the next processed batch sets it
+                    log.warning("position of %s unknown", tp)
             if start is not None:
                 self._processed[tp] = start
             if committed is not None and committed > (start or 0):
@@ -388,20 +383,17 @@ class Worker:
             return
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
-            if high is None:
+            position = consumer.position(tp, timeout_ms=100) if high is not None else None
+            if high is None or position is None:  # unknown during a rebalance; lag is best-effort
                 continue
-            try:
-                position = consumer.position(tp, timeout_ms=100)
-            except Exception:  # position may be unknown during a rebalance; lag is best-effort
-                continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+            self.metrics.consumer_lag.labels(tp[0], str(tp[1])).set(max(0, high - position))
 
     def on_assigned(self, tps: Sequence[TP]) -> None:
         """Rebalance listener (IO thread): pause the new partitions until the loop has restored them."""
         consumer = self.consumer
         assert consumer is not None
         if tps:
-            consumer.pause(*[TopicPartition(*tp) for tp in tps])
+            consumer.pause(tps)
             self._to_restore.extend(tp for tp in tps if tp not in self._to_restore)
 
     def restore_assigned(self) -> None:
@@ -409,7 +401,7 @@ class Worker:
         consumer = self.consumer
         assert consumer is not None
         tps, self._to_restore = self._to_restore, []
-        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        assigned = consumer.assignment()
         tps = [tp for tp in tps if tp in assigned]
         label_tps = [tp for tp in tps if tp[0] == self._labels_topic]
         restored_by_tp: dict[TP, Restored] = {}
@@ -421,8 +413,7 @@ class Worker:
             if self.checkpointer is None:
                 self.model_step.assign(tp)
                 continue
-            kafka_tp = TopicPartition(*tp)
-            committed = consumer.committed(kafka_tp)
+            committed = consumer.committed(tp)
             try:
                 restored = self.checkpointer.restore(tp, committed)
             except redis.RedisError as exc:  # Redis down: keep the partition paused and try again later
@@ -433,10 +424,10 @@ class Worker:
             self.model_step.assign(tp, restored.model_set)
             start: int | None
             if restored.seek_to == -1:  # rebuild: from wherever the retained log begins
-                consumer.seek_to_beginning(kafka_tp)
+                consumer.seek_to_beginning(tp)
                 start = None
             elif restored.seek_to is not None:
-                consumer.seek(kafka_tp, restored.seek_to)
+                consumer.seek(tp, restored.seek_to)
                 start = restored.seek_to
             else:
                 start = committed
@@ -444,11 +435,11 @@ class Worker:
                 # a partition this group never committed: checkpoint its fresh models at once, so that no commit
                 # exists without a checkpoint at or below it (a crash before the first periodic checkpoint would
                 # otherwise count as lost state)
-                try:
-                    start = consumer.position(kafka_tp)
+                start = consumer.position(tp)
+                if start is None:
+                    log.warning("position of %s unknown: no initial checkpoint", tp)
+                else:
                     new_tps.append(tp)
-                except KafkaError as exc:
-                    log.warning("position of %s unknown (%s): no initial checkpoint", tp, exc)
             if start is not None:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
@@ -468,7 +459,7 @@ class Worker:
         if new_tps and self.checkpointer is not None:
             self._checkpoint(new_tps)
         if tps:
-            consumer.resume(*[TopicPartition(*tp) for tp in tps])
+            consumer.resume(tps)
         self._ready = True
         self.metrics.ready.set(1)
         log.info("assigned %s", sorted(tps))
@@ -502,7 +493,7 @@ class Worker:
             self._rewind_reason = f"partitions {sorted(tps)} lost"
         log.warning("lost %s (the new owner resumes from the last commit and checkpoint)", sorted(tps))
 
-    def _kafka_unreachable(self, exc: KafkaError) -> None:
+    def _kafka_unreachable(self, exc: TransportError) -> None:
         """Poll loop: the consumer lost the broker; its clients reconnect by themselves, the loop waits a little."""
         if self._kafka_ok:
             log.warning("Kafka unreachable (%r); reconnecting", exc)
@@ -526,19 +517,19 @@ class Worker:
         self._ready = False
         self._restore_not_before = 0.0
         committer.reset(lambda: self._stop.is_set())
-        tps = sorted({(tp.topic, tp.partition) for tp in consumer.assignment()} | set(self._to_restore))
+        tps = sorted(consumer.assignment() | set(self._to_restore))
         self._pending_offsets = {}
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         self._forget(tps)
         self._to_restore = list(tps)
         if tps:
-            consumer.pause(*[TopicPartition(*tp) for tp in tps])
+            consumer.pause(tps)
             for tp in tps:
                 if self.checkpointer is None or tp[0] == self._labels_topic:
-                    committed = consumer.committed(TopicPartition(*tp))
+                    committed = consumer.committed(tp)
                     if committed is not None:
-                        consumer.seek(TopicPartition(*tp), committed)
+                        consumer.seek(tp, committed)
         self._kafka_ok = True
         self.metrics.kafka_up.set(1)
 
@@ -563,7 +554,7 @@ class Worker:
             self._ready = False
             self.metrics.ready.set(0)
             if self.consumer is not None:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
                 self.consumer = None
             if self.committer is not None:
                 self.committer.close()
@@ -591,39 +582,3 @@ def check_co_partitioned(counts: dict[str, int], events: str, labels: str) -> No
             "need the same partition count (and labels produced with their event's key) so that each label reaches "
             "the worker holding its event's models; repartition the labels topic, or set labels.enabled: false"
         )
-
-
-class _Rebalance(AsyncConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread while the poll loop waits in ``poll()``: no blocking consumer calls."""
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self._worker.on_revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self._worker.on_assigned([(tp.topic, tp.partition) for tp in assigned])
-
-    async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
-        self._worker.on_lost([(tp.topic, tp.partition) for tp in lost])
-
-
-def _coordinator_known(consumer: KafkaConsumer) -> bool:
-    """Whether the consumer has a live connection to its group coordinator (kafka-python keeps no public flag)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    try:
-        return coordinator is None or not coordinator.coordinator_unknown()
-    except Exception:  # a probe for a gauge; never let it stop the loop
-        return True
-
-
-def _to_batch(polled: dict) -> Batch:
-    records: list[Record] = []
-    for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
-        for message in polled[tp]:
-            records.append(Record(
-                topic=message.topic, partition=message.partition, offset=message.offset,
-                key=message.key, value=message.value, timestamp_ms=message.timestamp or 0,
-            ))
-    return Batch(records=records, polled_at=time.time())

@@ -31,12 +31,12 @@ SMOOTHING = 0.3
 
 
 class PausableConsumer(Protocol):
-    """The part of ``kafka.KafkaConsumer`` that backpressure uses (its ``TopicPartition`` objects)."""
+    """The part of :class:`~shared.kafka.transport.EventConsumer` that backpressure uses."""
 
-    def assignment(self) -> set: ...
-    def paused(self) -> set: ...
-    def pause(self, *partitions: object) -> None: ...
-    def resume(self, *partitions: object) -> None: ...
+    def assignment(self) -> set[TP]: ...
+    def paused(self) -> set[TP]: ...
+    def pause(self, tps: Sequence[TP]) -> None: ...
+    def resume(self, tps: Sequence[TP]) -> None: ...
 
 
 class GaugeLike(Protocol):
@@ -72,7 +72,7 @@ class Backpressure:
         #: running estimate of the seconds one record costs (None until measured)
         self.seconds_per_record: float | None = None
         #: partitions this object paused (and will resume)
-        self._paused: set[object] = set()
+        self._paused: set[TP] = set()
 
     @property
     def backlog(self) -> int:
@@ -121,12 +121,12 @@ class Backpressure:
             self._paused &= assigned
             to_pause = assigned - already - self._paused
             if to_pause:
-                consumer.pause(*sorted(to_pause, key=_order))
+                consumer.pause(sorted(to_pause))
                 self._paused |= to_pause
         elif self._paused:
             to_resume = self._paused & set(consumer.assignment())
             if to_resume:
-                consumer.resume(*sorted(to_resume, key=_order))
+                consumer.resume(sorted(to_resume))
             self._paused.clear()
         if self._gauge is not None:
             self._gauge.set(len(self._paused))
@@ -137,16 +137,10 @@ class Backpressure:
         if not gone:
             return
         self._held = deque(r for r in self._held if (r.topic, r.partition) not in gone)
-        self._paused = {tp for tp in self._paused if _key(tp) not in gone}
+        self._paused = {tp for tp in self._paused if tp not in gone}
 
     def held(self) -> Sequence[Record]:
         """The records held, oldest first (for tests and diagnostics)."""
         return list(self._held)
 
 
-def _key(tp: object) -> TP:
-    return (str(tp.topic), int(tp.partition))  # type: ignore[attr-defined]
-
-
-def _order(tp: object) -> TP:
-    return _key(tp)

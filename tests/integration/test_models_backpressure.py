@@ -72,13 +72,13 @@ def test_slow_training_is_chunked_with_partitions_paused_and_the_loop_keeps_poll
         poll_times.append(time.monotonic())
         return real_poll(*args, **kwargs)
 
-    def recorded_pause(*partitions: Any) -> None:
-        pauses.append(partitions)
-        real_pause(*partitions)
+    def recorded_pause(tps: Sequence[tuple[str, int]]) -> None:
+        pauses.append(tps)
+        real_pause(tps)
 
-    def recorded_resume(*partitions: Any) -> None:
-        resumes.append(partitions)
-        real_resume(*partitions)
+    def recorded_resume(tps: Sequence[tuple[str, int]]) -> None:
+        resumes.append(tps)
+        real_resume(tps)
 
     consumer.poll, consumer.pause, consumer.resume = timed_poll, recorded_pause, recorded_resume  # type: ignore[method-assign]
     errors: list[BaseException] = []
@@ -98,7 +98,7 @@ def test_slow_training_is_chunked_with_partitions_paused_and_the_loop_keeps_poll
           f"{len(pauses)} pauses (the restore pause included), {len(resumes)} resumes; "
           f"unchunked a batch would take {500 * SECONDS_PER_LEARN:.0f} s")
     assert max(busy) < 2.5, "a chunk is bounded by the 1 s budget (plus one record and the poll itself)"
-    data_pauses = [p for p in pauses if any(tp.topic == t.events for tp in p)]
+    data_pauses = [p for p in pauses if any(tp[0] == t.events for tp in p)]
     assert len(data_pauses) >= 2, "the restore pause and at least one backpressure pause"
     assert len(resumes) >= 2 and worker.backpressure.paused == 0, "resumed once the backlog was processed"
     assert sample_value(registry, "streamlearn_paused_partitions") == 0

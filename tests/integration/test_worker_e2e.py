@@ -44,11 +44,11 @@ def _create_topics(bootstrap: str, settings: Settings, partitions: int = 1) -> N
 
 
 def test_phishing_predictions_equal_river_progressive_val_score(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str
 ) -> None:
     n = 2000
     settings = make_settings(
-        kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG],
+        kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], kafka={"client": kafka_client},
         preprocessing={"scale_numbers": True, "one_hot_categories": True, "impute_missing": True},
     )
     _create_topics(kafka_bootstrap, settings)

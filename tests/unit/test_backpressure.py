@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
-from kafka.structs import TopicPartition
 
 from shared.steps.backpressure import Backpressure
 from shared.steps.batch import Batch, Record
+
+TP = tuple[str, int]
 
 
 class FakeClock:
@@ -22,24 +24,24 @@ class FakeClock:
 class RecordingConsumer:
     """Only the pause/resume bookkeeping of a consumer (the real one is exercised by the integration tests)."""
 
-    def __init__(self, assigned: set[TopicPartition]) -> None:
+    def __init__(self, assigned: set[TP]) -> None:
         self.assigned = set(assigned)
-        self._paused: set[TopicPartition] = set()
-        self.calls: list[tuple[str, tuple[TopicPartition, ...]]] = []
+        self._paused: set[TP] = set()
+        self.calls: list[tuple[str, tuple[TP, ...]]] = []
 
-    def assignment(self) -> set[TopicPartition]:
+    def assignment(self) -> set[TP]:
         return set(self.assigned)
 
-    def paused(self) -> set[TopicPartition]:
+    def paused(self) -> set[TP]:
         return set(self._paused)
 
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.calls.append(("pause", partitions))
-        self._paused |= set(partitions)
+    def pause(self, tps: Sequence[TP]) -> None:
+        self.calls.append(("pause", tuple(tps)))
+        self._paused |= set(tps)
 
-    def resume(self, *partitions: TopicPartition) -> None:
-        self.calls.append(("resume", partitions))
-        self._paused -= set(partitions)
+    def resume(self, tps: Sequence[TP]) -> None:
+        self.calls.append(("resume", tuple(tps)))
+        self._paused -= set(tps)
 
 
 @dataclass
@@ -111,9 +113,9 @@ def test_fast_processing_takes_whole_batches() -> None:
 def test_partitions_are_paused_while_a_backlog_is_held_and_resumed_after() -> None:
     clock = FakeClock()
     gauge = Gauge()
-    tp0, tp1, restoring = (TopicPartition("events", p) for p in (0, 1, 2))
+    tp0, tp1, restoring = (("events", p) for p in (0, 1, 2))
     consumer = RecordingConsumer({tp0, tp1, restoring})
-    consumer.pause(restoring)  # paused by someone else (a partition being restored): left alone
+    consumer.pause([restoring])  # paused by someone else (a partition being restored): left alone
     consumer.calls.clear()
     bp = Backpressure(300_000, budget_s=0.2, clock=clock, paused_gauge=gauge)
     bp.submit(_batch(0, range(50)))
@@ -142,7 +144,7 @@ def test_forget_drops_the_records_of_revoked_partitions() -> None:
     bp = Backpressure(300_000, budget_s=1.0, clock=clock)
     bp.submit(_batch(0, range(5)))
     bp.submit(_batch(1, range(5)))
-    tp0, tp1 = TopicPartition("events", 0), TopicPartition("events", 1)
+    tp0, tp1 = ("events", 0), ("events", 1)
     consumer = RecordingConsumer({tp0, tp1})
     bp.apply(consumer)
     assert bp.paused == 2

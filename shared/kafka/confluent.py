@@ -1,0 +1,388 @@
+"""The ``kafka.client: confluent`` transport: :class:`EventConsumer` and :class:`EventProducer` over librdkafka.
+
+Needs the ``confluent`` extra (``pip install 'streamlearn[confluent]'``). librdkafka does the fetching, parsing,
+batching and compression in C threads, so a record costs the Python loop a few microseconds instead of the
+tens that kafka-python spends (docs/benchmarks.md).
+
+librdkafka differs from kafka-python where the worker cares, and this module hides it:
+
+- rebalance callbacks run inside ``consume()`` on the polling thread (blocking calls are allowed there);
+- ``seek()`` is refused (``_STATE``) for a partition still looking up its start offset, and a ``pause()`` just
+  after ``assign()`` may lose the assigned offset (librdkafka#2190). So partitions are assigned with explicit
+  start offsets (the committed offset, or the watermark ``auto_offset_reset`` names), this adapter tracks each
+  partition's next offset itself, and seeks to it again when a partition sought while paused is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from shared.kafka.clients import default_transactional_id
+from shared.kafka.transport import EventConsumer, RebalanceHandler, TransportError, run_listener_coroutine
+from shared.settings import KafkaSettings
+from shared.steps.batch import Record
+
+log = logging.getLogger("streamlearn.kafka")
+
+TP = tuple[str, int]
+
+#: seconds a metadata or offset request may take (committed offsets, watermarks)
+REQUEST_TIMEOUT_S = 10.0
+#: how often ``connected()`` may ask the broker while it believes the cluster is down
+PROBE_INTERVAL_S = 2.0
+
+
+def common_config(settings: KafkaSettings) -> dict[str, Any]:
+    """librdkafka properties shared by consumers and producers: servers, identity, security, reconnection."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "security.protocol": settings.security_protocol,
+        "reconnect.backoff.max.ms": settings.reconnect_backoff_max_ms,
+    }
+    if settings.sasl_mechanism:
+        config["sasl.mechanism"] = settings.sasl_mechanism
+        config["sasl.username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            config["sasl.password"] = settings.sasl_password.get_secret_value()
+    return config
+
+
+def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
+    return [(p.topic, p.partition) for p in partitions]
+
+
+def _raise(exc: KafkaException | KafkaError | Exception, what: str) -> TransportError:
+    return TransportError(f"{what}: {exc}")
+
+
+class ConfluentConsumer:
+    """:class:`~shared.kafka.transport.EventConsumer` over confluent-kafka's ``Consumer``."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._handler: RebalanceHandler | None = None
+        self._up = True
+        self._last_probe = 0.0
+        self._topics: list[str] = []
+        #: per assigned partition, the next offset to deliver (start offset, last delivered + 1, or a seek)
+        self._next: dict[TP, int] = {}
+        self._paused: set[TP] = set()
+        #: paused partitions whose next offset must be sought again when they are resumed
+        self._seek_on_resume: set[TP] = set()
+        self.raw = Consumer({
+            **common_config(settings),
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": settings.auto_offset_reset,
+            "isolation.level": "read_committed",
+            "max.poll.interval.ms": settings.max_poll_interval_ms,
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 3),
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            "error_cb": self._on_error,
+        })
+
+    # --- group membership ----------------------------------------------------------------------------------
+    def subscribe(self, topics: Sequence[str], handler: RebalanceHandler) -> None:
+        self._handler, self._topics = handler, list(topics)
+        self.raw.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        starts = self._start_offsets(partitions)
+        consumer.assign(starts)
+        consumer.pause(starts)
+        for p in starts:
+            tp = (p.topic, p.partition)
+            self._next[tp] = p.offset
+            self._paused.add(tp)
+            self._seek_on_resume.add(tp)
+        self._up = True
+        if self._handler is not None:
+            self._handler.on_assigned(_tps(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _tps(partitions)
+        try:
+            if self._handler is not None:
+                run_listener_coroutine(self._handler.on_revoked(tps))
+        finally:
+            self._drop(tps)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _tps(partitions)
+        try:
+            if self._handler is not None:
+                self._handler.on_lost(tps)
+        finally:
+            self._drop(tps)
+
+    def _drop(self, tps: Sequence[TP]) -> None:
+        for tp in tps:
+            self._next.pop(tp, None)
+            self._paused.discard(tp)
+            self._seek_on_resume.discard(tp)
+
+    def _start_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Each partition with an explicit start: its committed offset, else the ``auto_offset_reset`` watermark."""
+        try:
+            committed = self.raw.committed(partitions, timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _raise(exc, "reading the committed offsets") from exc
+        starts: list[TopicPartition] = []
+        for p in committed:
+            offset = p.offset
+            if offset < 0:
+                low, high = self._watermarks((p.topic, p.partition))
+                offset = low if self._settings.auto_offset_reset == "earliest" else high
+            starts.append(TopicPartition(p.topic, p.partition, offset))
+        return starts
+
+    def _watermarks(self, tp: TP) -> tuple[int, int]:
+        try:
+            low, high = self.raw.get_watermark_offsets(TopicPartition(*tp), timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _raise(exc, f"reading the watermarks of {tp}") from exc
+        return int(low), int(high)
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        try:
+            messages = self.raw.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+        except KafkaException as exc:
+            raise _raise(exc, "consume") from exc
+        records: list[Record] = []
+        last: dict[TP, int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise TransportError(f"consume: {error}")
+                log.warning("consumer error: %s", error)
+                continue
+            # a message without an error always has its topic, partition and offset
+            topic, partition, offset = cast(str, message.topic()), cast(int, message.partition()), \
+                cast(int, message.offset())
+            kind, timestamp = message.timestamp()
+            records.append(Record(topic=topic, partition=partition, offset=offset, key=message.key(),
+                                  value=message.value(), timestamp_ms=timestamp if kind else 0))
+            last[(topic, partition)] = offset
+        if last:
+            self._up = True
+            for tp, offset in last.items():
+                self._next[tp] = offset + 1
+            if len(last) > 1:
+                records.sort(key=lambda r: (r.topic, r.partition))  # stable: offsets stay ascending
+        return records
+
+    def pause(self, tps: Sequence[TP]) -> None:
+        if not tps:
+            return
+        self.raw.pause([TopicPartition(*tp) for tp in tps])
+        self._paused.update(tps)
+        # records fetched but not yet delivered are dropped by the pause; the position must not move past them
+        for tp in tps:
+            if tp in self._next:
+                self._seek_on_resume.add(tp)
+
+    def resume(self, tps: Sequence[TP]) -> None:
+        if not tps:
+            return
+        self.raw.resume([TopicPartition(*tp) for tp in tps])
+        for tp in tps:
+            self._paused.discard(tp)
+            if tp in self._seek_on_resume and tp in self._next:
+                self._seek_on_resume.discard(tp)
+                self._seek(tp, self._next[tp])
+
+    def paused(self) -> set[TP]:
+        return set(self._paused)
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self._next[tp] = offset
+        if tp in self._paused:
+            self._seek_on_resume.add(tp)  # applied on resume: librdkafka may ignore a seek of a paused partition
+            return
+        self._seek(tp, offset)
+
+    def seek_to_beginning(self, tp: TP) -> None:
+        self.seek(tp, self._watermarks(tp)[0])
+
+    def _seek(self, tp: TP, offset: int) -> None:
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while True:
+            try:
+                self.raw.seek(TopicPartition(tp[0], tp[1], offset))
+                return
+            except KafkaException as exc:
+                # _STATE: the partition is still starting up; anything else is a real failure
+                if exc.args[0].code() != KafkaError._STATE or time.monotonic() > deadline:
+                    raise _raise(exc, f"seeking {tp} to {offset}") from exc
+                time.sleep(0.01)
+
+    # --- offsets ---------------------------------------------------------------------------------------------
+    def committed(self, tp: TP) -> int | None:
+        try:
+            (result,) = self.raw.committed([TopicPartition(*tp)], timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise _raise(exc, f"reading the committed offset of {tp}") from exc
+        return int(result.offset) if result.offset >= 0 else None
+
+    def position(self, tp: TP, timeout_ms: int = 5000) -> int | None:
+        if tp in self._next:
+            return self._next[tp]
+        try:
+            (result,) = self.raw.position([TopicPartition(*tp)])
+        except KafkaException:
+            return None
+        return int(result.offset) if result.offset >= 0 else None
+
+    def assignment(self) -> set[TP]:
+        return set(_tps(self.raw.assignment()))
+
+    def highwater(self, tp: TP) -> int | None:
+        try:
+            _, high = self.raw.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            return None
+        return int(high) if high >= 0 else None
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        if not offsets:
+            return
+        try:
+            results = self.raw.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                      asynchronous=False)
+        except KafkaException as exc:
+            raise _raise(exc, "committing offsets") from exc
+        failed = [f"{r.topic}[{r.partition}]: {r.error}" for r in results or () if r.error is not None]
+        if failed:
+            raise TransportError("committing offsets: " + "; ".join(failed))
+
+    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
+        # librdkafka runs the rebalance callbacks on the polling thread: the blocking commit is allowed there
+        self.commit(offsets)
+
+    def connected(self) -> bool:
+        now = time.monotonic()
+        if not self._up and now - self._last_probe >= PROBE_INTERVAL_S:
+            self._last_probe = now
+            try:
+                self.raw.list_topics(self._topics[0] if self._topics else None, timeout=0.5)
+                self._up = True
+            except KafkaException:
+                pass
+        return self._up
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._up = False
+        log.warning("Kafka client error: %s", error)
+
+    def group_metadata(self) -> Any:
+        return self.raw.consumer_group_metadata()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class ConfluentProducer:
+    """:class:`~shared.kafka.transport.EventProducer` over confluent-kafka's ``Producer``.
+
+    Delivery reports come back for failures only; :meth:`flush` raises when any record failed since the last one.
+    Keys are partitioned as Java and kafka-python do (murmur2), so both transports spread keys alike.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, transactional: bool = False) -> None:
+        self._failures: list[str] = []
+        config: dict[str, Any] = {
+            **common_config(settings),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": settings.linger_ms,
+            "partitioner": "murmur2_random",
+            "compression.type": settings.compression_type,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
+        }
+        if transactional:
+            config["transactional.id"] = default_transactional_id(settings)
+            config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        self.raw = Producer(config)
+
+    def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
+        if error is not None and len(self._failures) < 100:
+            self._failures.append(f"{message.topic()}: {error}")
+
+    @staticmethod
+    def _on_error(error: KafkaError) -> None:
+        log.warning("Kafka producer error: %s", error)
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        try:
+            self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+        except BufferError:  # the local queue is full: serve delivery reports until there is room
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            while True:
+                self.raw.poll(0.05)
+                try:
+                    self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                    return
+                except BufferError as exc:
+                    if time.monotonic() > deadline:
+                        raise TransportError("the producer queue stayed full") from exc
+        except KafkaException as exc:
+            raise _raise(exc, "send") from exc
+
+    def flush(self, timeout_s: float | None) -> None:
+        left = self.raw.flush(-1 if timeout_s is None else timeout_s)
+        self._raise_failures()
+        if left:
+            raise TransportError(f"{left} records not delivered within {timeout_s} s")
+
+    def _raise_failures(self) -> None:
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise TransportError(f"{len(failures)} records failed: " + "; ".join(failures[:3]))
+
+    def init_transactions(self, timeout_s: float) -> None:
+        try:
+            self.raw.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise _raise(exc, "init_transactions") from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self.raw.begin_transaction()
+        except KafkaException as exc:
+            raise _raise(exc, "begin_transaction") from exc
+
+    def send_offsets_to_transaction(self, offsets: dict[TP, int], consumer: EventConsumer, timeout_s: float) -> None:
+        try:
+            self.raw.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                                 consumer.group_metadata(), timeout_s)
+        except KafkaException as exc:
+            raise _raise(exc, "send_offsets_to_transaction") from exc
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        try:
+            self.raw.commit_transaction(timeout_s)
+        except KafkaException as exc:
+            raise _raise(exc, "commit_transaction") from exc
+        finally:
+            self._failures.clear()  # a failed delivery fails the commit itself
+
+    def close(self, timeout_s: float) -> None:
+        if timeout_s > 0:
+            self.raw.flush(timeout_s)
+        self.raw.purge()
+        self.raw.flush(0)

@@ -1,0 +1,333 @@
+"""The worker's view of Kafka: one consumer and one producer interface, two client libraries behind them.
+
+``kafka.client: kafka-python`` (the default, pure Python) or ``confluent`` (librdkafka through confluent-kafka, the
+``streamlearn[confluent]`` extra). The worker speaks only these interfaces, in ``(topic, partition)`` tuples and
+plain offsets; each library's quirks stay in its adapter (docs/architecture.md, "Kafka transports").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from shared.kafka.clients import build_consumer, build_producer
+from shared.settings import KafkaSettings
+from shared.steps.batch import Record
+
+TP = tuple[str, int]
+
+
+class TransportError(Exception):
+    """A Kafka operation failed or timed out (the broker is unreachable, a transaction was fenced, ...)."""
+
+
+class RebalanceHandler(Protocol):
+    """What the consumer calls on a group rebalance (from inside :meth:`EventConsumer.poll`)."""
+
+    def on_assigned(self, tps: Sequence[TP]) -> None:
+        """Partitions newly assigned: must not block (kafka-python calls it on its IO thread)."""
+
+    async def on_revoked(self, tps: Sequence[TP]) -> None:
+        """Partitions about to be given away: commit what was processed (awaiting, not blocking, the commit)."""
+
+    def on_lost(self, tps: Sequence[TP]) -> None:
+        """Partitions already given away (session lost): nothing may be committed for them."""
+
+
+class EventConsumer(Protocol):
+    """A group consumer that never auto-commits and reads only committed transactional data."""
+
+    def subscribe(self, topics: Sequence[str], handler: RebalanceHandler) -> None:
+        """Join the group for ``topics``; ``handler`` hears about every rebalance."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records, grouped by partition in offset order; raises :class:`TransportError`."""
+
+    def pause(self, tps: Sequence[TP]) -> None:
+        """Stop fetching these partitions (the group membership is kept)."""
+
+    def resume(self, tps: Sequence[TP]) -> None:
+        """Fetch these partitions again, from their current positions."""
+
+    def paused(self) -> set[TP]:
+        """The partitions paused now."""
+
+    def seek(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` next from ``offset``."""
+
+    def seek_to_beginning(self, tp: TP) -> None:
+        """Read ``tp`` next from the earliest retained offset."""
+
+    def committed(self, tp: TP) -> int | None:
+        """The group's committed offset of ``tp`` (``None``: never committed)."""
+
+    def position(self, tp: TP, timeout_ms: int = 5000) -> int | None:
+        """The offset ``tp`` is read from next (``None`` when it cannot be known within the timeout)."""
+
+    def assignment(self) -> set[TP]:
+        """The partitions assigned to this member."""
+
+    def highwater(self, tp: TP) -> int | None:
+        """The last known end offset of ``tp`` (from fetch responses; ``None`` when unknown)."""
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit the next offsets to read, synchronously; raises :class:`TransportError`."""
+
+    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
+        """The same commit from inside :meth:`RebalanceHandler.on_revoked`."""
+
+    def connected(self) -> bool:
+        """Whether the group coordinator is reachable now (best effort, for the ``kafka_up`` gauge)."""
+
+    def group_metadata(self) -> Any:
+        """The library's group metadata object, for :meth:`EventProducer.send_offsets_to_transaction`."""
+
+    def close(self) -> None:
+        """Leave the group without committing."""
+
+
+class EventProducer(Protocol):
+    """An idempotent producer, transactional when built for exactly-once."""
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        """Queue one record; raises :class:`TransportError` when the producer cannot take it."""
+
+    def flush(self, timeout_s: float | None) -> None:
+        """Deliver every queued record (``None``: however long it takes, as the producer retries); raises
+        :class:`TransportError` when one failed or the time ran out."""
+
+    def init_transactions(self, timeout_s: float) -> None:
+        """Register the transactional id (fencing any older producer with the same id)."""
+
+    def begin_transaction(self) -> None:
+        """Open a transaction."""
+
+    def send_offsets_to_transaction(self, offsets: dict[TP, int], consumer: EventConsumer, timeout_s: float) -> None:
+        """Add the consumer group's offsets to the open transaction."""
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        """Deliver the open transaction's records and commit it."""
+
+    def close(self, timeout_s: float) -> None:
+        """Close; what cannot be delivered within ``timeout_s`` is dropped (an open transaction is aborted)."""
+
+
+def open_consumer(settings: KafkaSettings) -> EventConsumer:
+    """The consumer of the configured ``kafka.client``."""
+    if settings.client == "confluent":
+        from shared.kafka.confluent import ConfluentConsumer
+
+        return ConfluentConsumer(settings)
+    return KafkaPythonConsumer(build_consumer(settings))
+
+
+def open_producer(settings: KafkaSettings, *, transactional: bool = False) -> EventProducer:
+    """The producer of the configured ``kafka.client``."""
+    if settings.client == "confluent":
+        from shared.kafka.confluent import ConfluentProducer
+
+        return ConfluentProducer(settings, transactional=transactional)
+    return KafkaPythonProducer(build_producer(settings, transactional=transactional))
+
+
+def run_listener_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a rebalance coroutine to its end on this thread; it must not wait on anything (no event loop here)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a rebalance handler awaited something that needs an event loop")
+
+
+# --- kafka-python ------------------------------------------------------------------------------------------------
+def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+
+
+class KafkaPythonConsumer:
+    """:class:`EventConsumer` over kafka-python's ``KafkaConsumer``."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        #: the library's consumer, for code that needs more than the interface (the benchmark)
+        self.raw = consumer
+
+    def subscribe(self, topics: Sequence[str], handler: RebalanceHandler) -> None:
+        self.raw.subscribe(list(topics), listener=_KafkaPythonListener(handler))
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        try:
+            polled = self.raw.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
+            raise TransportError(repr(exc)) from exc
+        records: list[Record] = []
+        for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
+            for message in polled[tp]:
+                records.append(Record(
+                    topic=message.topic, partition=message.partition, offset=message.offset,
+                    key=message.key, value=message.value, timestamp_ms=message.timestamp or 0,
+                ))
+        return records
+
+    def pause(self, tps: Sequence[TP]) -> None:
+        if tps:
+            self.raw.pause(*[TopicPartition(*tp) for tp in tps])
+
+    def resume(self, tps: Sequence[TP]) -> None:
+        if tps:
+            self.raw.resume(*[TopicPartition(*tp) for tp in tps])
+
+    def paused(self) -> set[TP]:
+        return {(tp.topic, tp.partition) for tp in self.raw.paused()}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.raw.seek(TopicPartition(*tp), offset)
+
+    def seek_to_beginning(self, tp: TP) -> None:
+        self.raw.seek_to_beginning(TopicPartition(*tp))
+
+    def committed(self, tp: TP) -> int | None:
+        try:
+            offset = self.raw.committed(TopicPartition(*tp))
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+        return None if offset is None else int(offset)
+
+    def position(self, tp: TP, timeout_ms: int = 5000) -> int | None:
+        try:
+            offset = self.raw.position(TopicPartition(*tp), timeout_ms=timeout_ms)
+        except KafkaError:
+            return None
+        return None if offset is None else int(offset)
+
+    def assignment(self) -> set[TP]:
+        return {(tp.topic, tp.partition) for tp in self.raw.assignment()}
+
+    def highwater(self, tp: TP) -> int | None:
+        high = self.raw.highwater(TopicPartition(*tp))
+        return None if high is None else int(high)
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self.raw.commit(_kafka_offsets(offsets))
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
+        # kafka-python 3 runs listeners on its IO thread, where blocking consumer calls are refused
+        if offsets:
+            await self.raw.commit_async(_kafka_offsets(offsets))
+
+    def connected(self) -> bool:
+        coordinator = getattr(self.raw, "_coordinator", None)  # kafka-python keeps no public flag
+        try:
+            return coordinator is None or not coordinator.coordinator_unknown()
+        except Exception:  # a probe for a gauge; never let it stop the loop
+            return True
+
+    def group_metadata(self) -> Any:
+        return self.raw.group_metadata()
+
+    def close(self) -> None:
+        self.raw.close(autocommit=False)
+
+
+class _KafkaPythonListener(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread while the poll loop waits in ``poll()``: no blocking consumer calls."""
+
+    def __init__(self, handler: RebalanceHandler) -> None:
+        self._handler = handler
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._handler.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._handler.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+
+    async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        self._handler.on_lost([(tp.topic, tp.partition) for tp in lost])
+
+
+class KafkaPythonProducer:
+    """:class:`EventProducer` over kafka-python's ``KafkaProducer``.
+
+    kafka-python's transactional calls take no timeout; this adapter waits on their results with one, through
+    the producer's transaction manager (private attributes, checked before use).
+    """
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.raw = producer
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        try:
+            self.raw.send(topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def flush(self, timeout_s: float | None) -> None:
+        try:
+            self.raw.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def init_transactions(self, timeout_s: float) -> None:
+        try:
+            self.raw.init_transactions()
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self.raw.begin_transaction()
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def send_offsets_to_transaction(self, offsets: dict[TP, int], consumer: EventConsumer, timeout_s: float) -> None:
+        try:
+            manager = self._manager()
+            if manager is None:
+                self.raw.send_offsets_to_transaction(_kafka_offsets(offsets), consumer.group_metadata())
+            else:
+                self._await(manager.send_offsets_to_transaction(_kafka_offsets(offsets), consumer.group_metadata()),
+                            timeout_s, "sending the offsets")
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        try:
+            manager = self._manager()
+            if manager is None:
+                self.raw.commit_transaction()
+            else:
+                self._await(manager.begin_commit(), timeout_s, "committing the transaction")
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            self.raw.close(timeout=timeout_s)
+            return
+        except Exception:  # kafka-python's close raises when its flush times out, leaving the sender running
+            pass
+        sender = getattr(self.raw, "_sender", None)
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+
+    def _manager(self) -> Any:
+        if hasattr(self.raw, "_transaction_manager") and hasattr(self.raw, "_sender"):
+            return self.raw._transaction_manager
+        return None
+
+    def _await(self, result: Any, timeout_s: float, what: str) -> None:
+        self.raw._sender.wakeup()
+        deadline = time.monotonic() + timeout_s
+        if not result.wait(timeout_ms=max(0, int((deadline - time.monotonic()) * 1000))):
+            raise KafkaTimeoutError(f"{what} did not complete within {timeout_s:.1f} s")
