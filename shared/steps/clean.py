@@ -11,6 +11,8 @@ from shared.steps.batch import Batch
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")
+#: value types the cleaning leaves as they are when no name has a rule or a default
+_UNCHANGED_TYPES = frozenset({float, int, bool, type(None)})
 
 
 def scrub_text(value: str) -> str:
@@ -27,14 +29,20 @@ class CleanStep:
         self._hash = frozenset(settings.pii.hash)
         self._scrub = settings.pii.scrub_strings
         self._defaults = dict(settings.defaults)
+        #: no PII rule or default applies to any name: only strings can change (scrubbed)
+        self._copy_only = not (self._drop or self._hash or self._defaults)
 
     def process(self, batch: Batch) -> None:
+        clean = self.clean
         for record in batch.records:
-            if record.is_valid and record.event is not None:
-                record.features = self.clean(record.event.features)
+            event = record.event
+            if event is not None and record.rejection is None and not record.duplicate:
+                record.features = clean(event.features)
 
     def clean(self, raw: Features) -> Features:
         """A cleaned copy of one event's features."""
+        if self._copy_only and _UNCHANGED_TYPES.issuperset(map(type, raw.values())):
+            return dict(raw)  # nothing to drop, hash, scrub or fill in: a plain copy
         cleaned: Features = {}
         for name, value in raw.items():
             if name in self._drop:

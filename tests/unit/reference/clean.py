@@ -1,0 +1,54 @@
+# Reference copy of shared/steps/clean.py before the fast path (commit a1093f2), for equality tests.
+"""Clean valid events: mask PII, fill configured defaults for missing values, copy the features out."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from shared.learners.base import Features
+from shared.settings import CleaningSettings
+from shared.steps.batch import Batch
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){8,}")
+
+
+def scrub_text(value: str) -> str:
+    """Mask e-mail addresses and runs of 9 or more digits (card, phone, account numbers)."""
+    value = _EMAIL.sub("<email>", value)
+    return _DIGIT_RUN.sub("<number>", value)
+
+
+class CleanStep:
+    """Builds ``record.features`` from the event: PII dropped, hashed or scrubbed; defaults applied."""
+
+    def __init__(self, settings: CleaningSettings) -> None:
+        self._drop = frozenset(settings.pii.drop)
+        self._hash = frozenset(settings.pii.hash)
+        self._scrub = settings.pii.scrub_strings
+        self._defaults = dict(settings.defaults)
+
+    def process(self, batch: Batch) -> None:
+        for record in batch.records:
+            if record.is_valid and record.event is not None:
+                record.features = self.clean(record.event.features)
+
+    def clean(self, raw: Features) -> Features:
+        """A cleaned copy of one event's features."""
+        cleaned: Features = {}
+        for name, value in raw.items():
+            if name in self._drop:
+                continue
+            if value is None and name in self._defaults:
+                value = self._defaults[name]
+            elif isinstance(value, str):
+                if name in self._hash:
+                    value = hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+                elif self._scrub:
+                    value = scrub_text(value)
+            cleaned[name] = value
+        for name, default in self._defaults.items():
+            if name not in cleaned and name not in self._drop:
+                cleaned[name] = default
+        return cleaned
