@@ -1,9 +1,10 @@
 """The dedup window: was this event id already seen in the last ``window_s`` seconds?
 
-One Lua script per batch (one round trip, atomic). Ids live in a sorted set scored by first-seen time, trimmed by
-age and capped at ``max_entries`` (oldest dropped first). When the caller passes each record's position, the
-origin of every id is kept too, so a record read again after a crash is not mistaken for a duplicate of itself.
-Layout and rules: docs/state.md.
+One Lua script per batch (one round trip, atomic; the ids go as one JSON argument and the answer comes back as
+one string, so the client encodes two values, not two per record). Ids live in a sorted set scored by first-seen
+time, trimmed by age and capped at ``max_entries`` (oldest dropped first). When the caller passes each record's
+position, the origin of every id is kept too, so a record read again after a crash is not mistaken for a
+duplicate of itself. Layout and rules: docs/state.md.
 """
 
 from __future__ import annotations
@@ -11,47 +12,83 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import orjson
 import redis
 
 from shared.state.keys import KeySpace, Position, split_positions
 
 _TRIM_LIMIT = 5_000
+#: the script answers one character per id: ``1`` first seen (or a replayed record), ``0`` a duplicate
+_FIRST = ord("1")
 
 _CHECK_AND_ADD = """
 local order, origin = KEYS[1], KEYS[2]
 local now, cutoff = ARGV[1], tonumber(ARGV[2])
 local max_entries, trim_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local step = tonumber(ARGV[5])
+local items = cjson.decode(ARGV[6])
+local CHUNK = 500
 
 local function drop(ids)
-  for i = 1, #ids, 500 do
-    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+  for i = 1, #ids, CHUNK do
+    local chunk = {unpack(ids, i, math.min(i + CHUNK - 1, #ids))}
     redis.call('ZREM', order, unpack(chunk))
     redis.call('HDEL', origin, unpack(chunk))
   end
 end
 
+local ids = {}
+for i = 1, #items, step do ids[#ids + 1] = items[i] end
+local scores = {}
+for i = 1, #ids, CHUNK do
+  local got = redis.call('ZMSCORE', order, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+  for j = 1, #got do scores[i + j - 1] = got[j] end
+end
+
+-- The same answers as checking and adding one id at a time: an id added earlier in this batch is in the
+-- window (scored now), with the origin it was added with; the additions are written once, at the end.
+local added, added_origin = {}, {}
+local new_ids, new_origins = {}, {}
 local first = {}
-for i = 6, #ARGV, step do
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', order, id)
-  if score and tonumber(score) >= cutoff then
-    if step == 2 and redis.call('HGET', origin, id) == ARGV[i + 1] then
-      table.insert(first, 1)
-    else
-      table.insert(first, 0)
-    end
+for k = 1, #ids do
+  local id = ids[k]
+  local source = step == 2 and items[2 * k] or false
+  if added[id] then
+    first[k] = (step == 2 and added_origin[id] == source) and '1' or '0'
   else
-    redis.call('ZADD', order, now, id)
-    if step == 2 then redis.call('HSET', origin, id, ARGV[i + 1]) else redis.call('HDEL', origin, id) end
-    table.insert(first, 1)
+    local score = scores[k]
+    if score and tonumber(score) >= cutoff then
+      first[k] = (step == 2 and redis.call('HGET', origin, id) == source) and '1' or '0'
+    else
+      added[id] = true
+      added_origin[id] = source
+      new_ids[#new_ids + 1] = id
+      new_origins[#new_origins + 1] = source
+      first[k] = '1'
+    end
+  end
+end
+
+for i = 1, #new_ids, CHUNK do
+  local zadd, hset = {}, {}
+  for j = i, math.min(i + CHUNK - 1, #new_ids) do
+    zadd[#zadd + 1] = now
+    zadd[#zadd + 1] = new_ids[j]
+    hset[#hset + 1] = new_ids[j]
+    hset[#hset + 1] = new_origins[j]
+  end
+  redis.call('ZADD', order, unpack(zadd))
+  if step == 2 then
+    redis.call('HSET', origin, unpack(hset))
+  else
+    redis.call('HDEL', origin, unpack(new_ids, i, math.min(i + CHUNK - 1, #new_ids)))
   end
 end
 
 drop(redis.call('ZRANGEBYSCORE', order, '-inf', '(' .. ARGV[2], 'LIMIT', 0, trim_limit))
 local excess = redis.call('ZCARD', order) - max_entries
 if excess > 0 then drop(redis.call('ZRANGE', order, 0, excess - 1)) end
-return first
+return table.concat(first)
 """
 
 
@@ -93,15 +130,18 @@ class DedupWindow:
             return []
         sources = split_positions(positions, len(ids))
         now = self._clock()
-        args: list[str | int] = [repr(now), repr(now - self.window_s), self.max_entries, _TRIM_LIMIT,
-                                 1 if sources is None else 2]
         if sources is None:
-            args.extend(ids)
+            items: list[str] = list(ids)
         else:
+            items = []
             for event_id, (source, offset) in zip(ids, sources, strict=True):
-                args += [event_id, f"{source}:{offset}"]
+                items += (event_id, f"{source}:{offset}")
+        args: list[str | int | bytes] = [repr(now), repr(now - self.window_s), self.max_entries, _TRIM_LIMIT,
+                                         1 if sources is None else 2, orjson.dumps(items)]
         flags = self._script(keys=self._key_list, args=args)
-        return [bool(flag) for flag in flags]
+        if isinstance(flags, str):
+            flags = flags.encode("ascii")
+        return [flag == _FIRST for flag in flags]
 
     def size(self) -> int:
         """Ids in the window (one ZCARD; may include a few expired ones not dropped yet)."""
