@@ -153,6 +153,10 @@ class CheckpointSettings(_Frozen):
     every_events: int = Field(5_000, ge=1)
     every_seconds: float = Field(10.0, ge=0.0)
     max_backoff_s: float = Field(30.0, ge=1.0)
+    #: at most this fraction of the worker's time goes to periodic checkpoints: one that took t seconds defers the
+    #: next until t / max_time_fraction seconds after its start (cheap models keep every_events/every_seconds;
+    #: a large forest is checkpointed less often, so a crash replays more, learning only)
+    max_time_fraction: float = Field(0.02, gt=0.0, le=1.0)
     #: Redis holds no checkpoint although Kafka has committed offsets: start fresh models from the committed
     #: offsets, or rebuild them by learning again (without publishing) from the earliest retained offsets
     on_state_lost: Literal["fresh", "rebuild"] = "fresh"

@@ -4,13 +4,21 @@ Order of operations (docs/architecture.md, "Commit semantics"): the Kafka commit
 snapshot of the same batch boundary goes to Redis. A checkpoint therefore never reflects more than Kafka has
 committed, and after a crash the worker replays the gap (checkpoint offset to committed offset) learning
 without publishing again.
+
+How often (``checkpoint.*``): after a commit, when ``every_events`` events or ``every_seconds`` seconds have passed
+since the last attempt, but never so often that snapshots take more than ``max_time_fraction`` of the worker's
+time: a checkpoint that took *t* seconds (snapshot and Redis write) makes the next one wait at least
+*t* / ``max_time_fraction`` seconds from its start. Cheap models (a linear model's snapshot is well under a
+millisecond) keep the event/second cadence; a large forest is checkpointed less often, at the price of a longer
+learn-only replay after a crash (nothing is lost or published twice: see above). Forced checkpoints (assignment,
+revoke, shutdown) are not deferred.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,16 +52,22 @@ class Checkpointer:
     """Saves model sets with their offsets every N events or T seconds, and restores them on assignment."""
 
     def __init__(
-        self, store: CheckpointStore, models: ModelStep, settings: CheckpointSettings, metrics: Metrics
+        self, store: CheckpointStore, models: ModelStep, settings: CheckpointSettings, metrics: Metrics, *,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._models = models
         self._settings = settings
         self._metrics = metrics
+        self._monotonic = monotonic
         self._events_since = 0
-        self._last_attempt = time.monotonic()
+        self._last_attempt = monotonic()
         self._last_success: float | None = None
         self._backoff_s = 0.0
+        #: the duty-cycle bound: no periodic checkpoint before this monotonic time (see the module docstring)
+        self._not_before = 0.0
+        #: how long the last checkpoint took (snapshot + Redis), seconds
+        self.last_duration_s = 0.0
         self.healthy = True
 
     def account(self, events: int) -> None:
@@ -61,12 +75,28 @@ class Checkpointer:
         self._events_since += events
 
     def due(self) -> bool:
-        """Whether the next commit should be followed by a checkpoint."""
-        now = time.monotonic()
-        if now - self._last_attempt < self._backoff_s:
+        """Whether the next commit should be followed by a checkpoint.
+
+        ``every_events`` or ``every_seconds`` since the last attempt, unless Redis is being backed off or the
+        duty-cycle bound (``max_time_fraction``) defers it.
+        """
+        now = self._monotonic()
+        if now - self._last_attempt < self._backoff_s or now < self._not_before:
             return False
         return (self._events_since >= self._settings.every_events
                 or now - self._last_attempt >= self._settings.every_seconds)
+
+    @property
+    def not_before(self) -> float:
+        """The monotonic time before which no periodic checkpoint is due (the duty-cycle bound)."""
+        return self._not_before
+
+    def _timed(self, started: float) -> None:
+        """Record how long the attempt that began at ``started`` took, and the next earliest periodic one."""
+        duration = max(0.0, self._monotonic() - started)
+        self.last_duration_s = duration
+        self._not_before = started + duration / self._settings.max_time_fraction
+        self._metrics.checkpoint_seconds.set(duration)
 
     def save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> bool:
         """Snapshot the model sets of ``offsets``' partitions (next offsets to process) in one transaction.
@@ -75,7 +105,13 @@ class Checkpointer:
 
         Returns ``False`` (and backs off) when Redis is unavailable; the worker keeps predicting.
         """
-        self._last_attempt = time.monotonic()
+        started = self._last_attempt = self._monotonic()
+        try:
+            return self._save(offsets, extra)
+        finally:
+            self._timed(started)
+
+    def _save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
         states: dict[TP, PartitionCheckpoint] = {}
         for tp, offset in offsets.items():
             model_set = self._models.sets.get(tp)
