@@ -68,6 +68,7 @@ class Checkpointer:
         self._not_before = 0.0
         #: how long the last checkpoint took (snapshot + Redis), seconds
         self.last_duration_s = 0.0
+        self._store_started: float | None = None
         self.healthy = True
 
     def account(self, events: int) -> None:
@@ -91,12 +92,18 @@ class Checkpointer:
         """The monotonic time before which no periodic checkpoint is due (the duty-cycle bound)."""
         return self._not_before
 
-    def _timed(self, started: float) -> None:
-        """Record how long the attempt that began at ``started`` took, and the next earliest periodic one."""
-        duration = max(0.0, self._monotonic() - started)
+    def _timed(self, started: float, stored: bool) -> None:
+        """Record how long the attempt that began at ``started`` took, and the next earliest periodic one.
+
+        A failed Redis write does not count (it is mostly waiting, and the backoff spaces the retries): only the
+        snapshots taken before it do.
+        """
+        ended = self._monotonic() if stored or self._store_started is None else self._store_started
+        duration = max(0.0, ended - started)
         self.last_duration_s = duration
         self._not_before = started + duration / self._settings.max_time_fraction
-        self._metrics.checkpoint_seconds.set(duration)
+        if stored:
+            self._metrics.checkpoint_seconds.set(duration)
 
     def save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> bool:
         """Snapshot the model sets of ``offsets``' partitions (next offsets to process) in one transaction.
@@ -106,10 +113,13 @@ class Checkpointer:
         Returns ``False`` (and backs off) when Redis is unavailable; the worker keeps predicting.
         """
         started = self._last_attempt = self._monotonic()
+        self._store_started = None
+        stored = False
         try:
-            return self._save(offsets, extra)
+            stored = self._save(offsets, extra)
+            return stored
         finally:
-            self._timed(started)
+            self._timed(started, stored)
 
     def _save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
         states: dict[TP, PartitionCheckpoint] = {}
@@ -124,6 +134,7 @@ class Checkpointer:
             )
         if not states:
             return True
+        self._store_started = self._monotonic()
         try:
             self._store.save(states)
         except Exception as exc:  # Redis down or failing: keep serving, retry with backoff

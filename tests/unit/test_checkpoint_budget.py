@@ -153,18 +153,24 @@ def test_forced_checkpoints_are_not_deferred_but_count_for_the_next() -> None:
     assert checkpointer.due()
 
 
-def test_failures_still_back_off_and_are_timed() -> None:
-    checkpointer, clock, store, _, metrics = make(0.0, write_s=0.5, every_events=1, max_time_fraction=0.5)
+def test_a_failed_redis_write_backs_off_and_only_its_snapshots_count() -> None:
+    # the write fails after 0.5 s (a timeout): that wait is the backoff's business, not the duty cycle's
+    checkpointer, clock, store, _, metrics = make(0.01, write_s=0.5, every_events=1, max_time_fraction=0.5)
     store.fail = True
     started = clock.now
     assert not checkpointer.save({TP: 0})
     assert not checkpointer.healthy
     assert metrics.registry.get_sample_value("streamlearn_checkpoints_total", {"outcome": "failed"}) == 1
+    assert checkpointer.not_before == pytest.approx(started + 0.01 / 0.5)
     checkpointer.account(10)
-    clock.now = started + 0.9  # backoff (1 s from the attempt's start) still holds
+    clock.now = started + 0.9  # the backoff (1 s from the attempt's start) still holds
     assert not checkpointer.due()
-    clock.now = started + 1.0  # past both the backoff and the duty-cycle bound (0.5 s / 0.5)
+    clock.now = started + 1.0  # counted, the failed write (0.51 s / 0.5) would defer it past here
     assert checkpointer.due()
+    store.fail = False
+    store.write_s = 0.0
+    assert checkpointer.save({TP: 10})
+    assert checkpointer.healthy
 
 
 def test_the_setting_is_validated() -> None:
