@@ -15,9 +15,12 @@ from shared.steps.batch import Batch, Record
 
 TopicPartition = tuple[str, int]
 LearnerFactory = Callable[[ModelSettings], Learner]
-#: how long :meth:`ModelStep.memory_bytes` reuses its last answer (it walks every model's object graph: for a
-#: forest, tens of milliseconds, which the worker would otherwise pay at every commit)
+#: how long :meth:`ModelStep.memory_bytes` reuses its last answer at least (it walks every model's object graph: for
+#: a forest, tens of milliseconds, which the worker would otherwise pay at every commit)
 MEMORY_INTERVAL_S = 15.0
+#: and at most this fraction of the time goes to it: a walk that took t seconds is reused for t / fraction seconds
+#: when that is longer (a 10-tree ARF: 25 ms, so the 15 s floor; a walk of 0.5 s: every 50 s)
+MEMORY_MAX_TIME_FRACTION = 0.01
 
 
 def config_fingerprint(model: ModelSettings) -> str:
@@ -54,8 +57,10 @@ class ModelStep:
         self.fingerprints = {m.name: config_fingerprint(m) for m in self._models}
         self.sets: dict[TopicPartition, ModelSet] = {}
         self._monotonic = monotonic
-        #: the last :meth:`memory_bytes`: when, for which model sets, and the answer
+        #: the last :meth:`memory_bytes`: until when it holds, for which model sets, and the answer
         self._memory: tuple[float, list[int], dict[str, int]] | None = None
+        #: seconds the last :meth:`memory_bytes` walk took
+        self.memory_walk_s = 0.0
 
     @property
     def model_names(self) -> list[str]:
@@ -128,16 +133,21 @@ class ModelStep:
         return totals
 
     def memory_bytes(self) -> dict[str, int]:
-        """Per model name, the memory held over all partitions (recomputed at most every ``MEMORY_INTERVAL_S``,
-        or when the model sets changed)."""
+        """Per model name, the memory held over all partitions.
+
+        Recomputed when the model sets changed, else at most every ``MEMORY_INTERVAL_S``, or every
+        walk-time / ``MEMORY_MAX_TIME_FRACTION`` when the walk is slower than that allows.
+        """
         now = self._monotonic()
         identity = [id(learner) for model_set in self.sets.values() for learner in model_set.learners.values()]
         cached = self._memory
-        if cached is not None and now - cached[0] < MEMORY_INTERVAL_S and cached[1] == identity:
+        if cached is not None and now < cached[0] and cached[1] == identity:
             return dict(cached[2])
         totals = {name: 0 for name in self.model_names}
         for model_set in self.sets.values():
             for name, learner in model_set.learners.items():
                 totals[name] += learner.memory_bytes()
-        self._memory = (now, identity, totals)
+        walk_s = max(0.0, self._monotonic() - now)
+        self.memory_walk_s = walk_s
+        self._memory = (now + max(MEMORY_INTERVAL_S, walk_s / MEMORY_MAX_TIME_FRACTION), identity, totals)
         return dict(totals)
