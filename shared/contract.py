@@ -55,9 +55,14 @@ def parse_timestamp(value: Any) -> float | None:
 
 
 _MAX_ID_LENGTH = 256
-_FLOAT_ONLY = {float}
+#: feature types taken as they are: floats, and ints (orjson's fit in 64 bits; ``bool`` is a type of its own)
+_NUMBER_TYPES = frozenset({float, int})
 #: label types taken as they are (ints parsed by orjson fit in 64 bits; strings are valid UTF-8)
 _PLAIN_LABEL_TYPES = frozenset({bool, int, str})
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 class _Message(BaseModel):
@@ -106,7 +111,7 @@ class Event(_Message):
     def from_plain_json(cls, data: dict[str, Any]) -> Event | None:
         """The event for ``data`` (an object parsed by orjson) in the common case, without pydantic's validation.
 
-        Only input that the model certainly accepts, unchanged, is taken: every feature a finite float, a
+        Only input that the model certainly accepts, unchanged, is taken: every feature an int or a finite float, a
         non-blank ``id`` and a ``key`` within their lengths, ``ts`` a finite number, ``label`` a bool, int, str
         or finite float (or absent, or null). Anything else gives ``None``: validate it with
         :meth:`model_validate`, which then names what is wrong. The result equals ``model_validate(data)``,
@@ -116,12 +121,12 @@ class Event(_Message):
         if type(features) is not dict:
             return None
         values = features.values()
-        if values and (set(map(type, values)) != _FLOAT_ONLY or not math.isfinite(sum(values))):
+        if values and (not _NUMBER_TYPES.issuperset(map(type, values)) or not math.isfinite(sum(values))):
             return None
         event_id = data.get("id")
         if type(event_id) is not str or not 0 < len(event_id) <= _MAX_ID_LENGTH or not event_id.strip():
             return None
-        fields: dict[str, Any] = {"id": event_id, "features": features}
+        ts = key = label = None
         if "ts" in data:
             ts = data["ts"]
             kind = type(ts)
@@ -129,24 +134,32 @@ class Event(_Message):
                 ts = float(ts)
             elif not (ts is None or (kind is float and math.isfinite(ts))):
                 return None
-            fields["ts"] = ts
         if "key" in data:
             key = data["key"]
             if key is not None and (type(key) is not str or not 0 < len(key) <= _MAX_ID_LENGTH):
                 return None
-            fields["key"] = key
         if "label" in data:
             label = data["label"]
             kind = type(label)
             if not (label is None or kind in _PLAIN_LABEL_TYPES or (kind is float and math.isfinite(label))):
                 return None
-            fields["label"] = label
-        return cls.model_construct(**fields)
+        # what ``model_construct`` does, without its per-field loop: the values in field order, the fields given
+        event = _new_object(cls)
+        _set_attribute(event, "__dict__", {"id": event_id, "ts": ts, "key": key, "features": features, "label": label})
+        _set_attribute(event, "__pydantic_fields_set__", _EVENT_FIELDS.intersection(data))
+        _set_attribute(event, "__pydantic_extra__", None)
+        _set_attribute(event, "__pydantic_private__", None)
+        return event
 
     @property
     def kafka_key(self) -> str:
         """The Kafka key: the entity key when given, else the id."""
         return self.key if self.key is not None else self.id
+
+
+#: the fields of :class:`Event`, in order
+_EVENT_FIELDS = frozenset(Event.model_fields)
+assert list(Event.model_fields) == ["id", "ts", "key", "features", "label"], "update Event.from_plain_json"
 
 
 class Label(_Message):
