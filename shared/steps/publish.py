@@ -53,7 +53,12 @@ def _class_name(value: Any) -> str:
 def _proba(proba: dict[Any, float]) -> dict[str, float] | None:
     if not proba:
         return None
-    return {c if type(c) is str else _class_name(c): p for c, p in proba.items()}
+    names = _BOOL_NAMES
+    return {c if type(c) is str else names[c] if type(c) is bool else _class_name(c): p for c, p in proba.items()}
+
+
+#: the JSON names of the binary classes (the most common non-string ones)
+_BOOL_NAMES: dict[Any, str] = {True: "true", False: "false"}
 
 
 def _payload(event_id: str, key: str | None, model: str, version: str, output: Output,
