@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Hashable, Mapping, Sequence
+from itertools import chain
 from typing import Final, cast
 
 import numpy as np
@@ -28,6 +29,8 @@ CATEGORICAL: Final = "categorical"
 
 #: the types of values :meth:`_Variable.add_many` appends a batch at a time (``None`` is skipped)
 _NUMBERS: Final = frozenset({float, int, type(None)})
+#: and the types of categories
+_CATEGORIES: Final = frozenset({str, bool, type(None)})
 
 #: pseudo-count added to every bin, so an empty bin gives a finite PSI
 _SMOOTHING: Final = 0.5
@@ -91,43 +94,55 @@ class _Variable:
                 self._refresh()
 
     def add_many(self, values: Sequence[FeatureValue]) -> None:
-        """:meth:`add` for each value in order; finite numbers are appended a batch at a time."""
+        """:meth:`add` for each value in order; a batch of finite numbers, or of categories, is appended at once."""
         if not values:
             return
         types = set(map(type, values))
-        if not types <= _NUMBERS:
+        kept = [v for v in values if v is not None] if type(None) in types else list(values)
+        if types <= _NUMBERS:
+            numbers = cast(list[float], kept)  # the types were checked: every one is an int or a float
+            try:
+                total: float = sum(numbers)
+            except OverflowError:
+                total = math.inf
+            if isinstance(total, float) and not math.isfinite(total):  # a NaN or infinity (or an overflow)
+                for value in values:
+                    self.add(value)
+                return
+            if not kept:
+                return
+            if self.kind is None:
+                self.kind = NUMERIC
+        elif types <= _CATEGORIES:
+            if not kept:
+                return
+            if self.kind == NUMERIC:  # categories of a numeric variable are ignored
+                self.ignored += len(kept)
+                return
+            if self.kind is None:
+                self.kind = CATEGORICAL
+        else:
             for value in values:
                 self.add(value)
             return
-        # the types were checked: every one is an int or a float
-        numbers = cast(list[float], [v for v in values if v is not None] if type(None) in types else list(values))
-        try:
-            total: float = sum(numbers)
-        except OverflowError:
-            total = math.inf
-        if isinstance(total, float) and not math.isfinite(total):  # a NaN or infinity (or an overflow): one by one
-            for value in values:
-                self.add(value)
-            return
-        if not numbers:
-            return
-        if self.kind is None:
-            self.kind = NUMERIC
-        self._version += len(numbers)
+        self._append(kept)
+
+    def _append(self, kept: list[Hashable]) -> None:
+        self._version += len(kept)
         reference, recent = self.reference, self.recent
-        i, n = 0, len(numbers)
+        i, n = 0, len(kept)
         while i < n:
             missing = self.reference_size - len(reference)
             if missing > 0:
-                taken = numbers[i:i + missing]
+                taken = kept[i:i + missing]
                 reference.extend(taken)
                 i += len(taken)
                 continue
             if self.refresh_every is None:
-                recent.extend(numbers[i:])
+                recent.extend(kept[i:])
                 break
             room = max(1, self.refresh_every - self._since_refresh)
-            taken = numbers[i:i + room]
+            taken = kept[i:i + room]
             recent.extend(taken)
             i += len(taken)
             self._since_refresh += len(taken)
@@ -256,19 +271,23 @@ class DataDriftMonitor:
         """:meth:`update` for each event's features in order, one column (feature) at a time.
 
         Variables are independent, so adding a feature's values of the whole batch at once gives the same windows.
-        While untracked names can still become tracked, the order of first sightings matters: one event at a time.
+        New names are tracked in the order of their first sighting (event by event), while there is room.
         """
         if not batch:
             return
         variables = self._variables
         names = set().union(*batch)
-        new = names.difference(variables)
-        if new and len(variables) < self.max_features:
-            for features in batch:
-                self.update(features)
-            return
-        for name in new:
-            self.untracked_values += sum(1 for features in batch if name in features)
+        if not names.issubset(variables):
+            room = self.max_features - len(variables)
+            for name in dict.fromkeys(chain.from_iterable(batch)):  # every name, in the order first seen
+                if name in variables:
+                    continue
+                if room > 0:
+                    variables[name] = _Variable(self.reference_size, self.recent_size, self.bins, self.min_recent,
+                                                self.refresh_every)
+                    room -= 1
+                else:
+                    self.untracked_values += sum(1 for features in batch if name in features)
         for name, variable in variables.items():
             if name in names:
                 variable.add_many([features.get(name) for features in batch])

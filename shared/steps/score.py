@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import chain
 
 from shared.learners.base import Output, Target, Task
 from shared.monitoring.metrics import Metrics
@@ -41,11 +42,10 @@ class ScoreStep:
     def process(self, batch: Batch) -> None:
         outcomes: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        predictions: Counter[str] = Counter()
-        learned: Counter[str] = Counter()
         #: the labelled records' outputs and labels, scored per batch (the same as one at a time, in order)
         outputs_list: list[dict[str, Output]] = []
         labels: list[Target] = []
+        predicted: list[dict[str, Output]] = []
         for record in batch.records:
             if record.rejection is not None:
                 outcomes["invalid"] += 1
@@ -58,15 +58,16 @@ class ScoreStep:
             if event is None:
                 continue
             outcomes["valid"] += 1
-            predictions.update(record.outputs.keys())
+            predicted.append(record.outputs)
             label = event.label
             if label is not None:
                 outputs_list.append(record.outputs)
                 labels.append(label)
+        # per model, its outputs in the batch (iterating the outputs gives the model names)
+        predictions = Counter(chain.from_iterable(predicted))
+        learned = Counter(chain.from_iterable(outputs_list))
         if labels:
             self.score_many(outputs_list, labels)
-            for outputs in outputs_list:
-                learned.update(outputs.keys())
         m = self._metrics
         for outcome, n in outcomes.items():
             m.events.labels(outcome).inc(n)

@@ -41,14 +41,18 @@ def _value(rng: random.Random, kind: str) -> Any:
         return rng.gauss(0, 1)
     if kind == "int":
         return rng.randint(0, 5)
+    if kind == "bool":
+        return rng.random() < 0.3
+    if kind == "str":
+        return rng.choice(["u", "v", "w"])
     if kind == "mixed":
         return rng.choice([rng.gauss(0, 1), rng.randint(0, 3), "s", True])
     return rng.choice(["x", "y", "z", True, False, 1])
 
 
 def _features(rng: random.Random, n_names: int) -> dict[str, Any]:
-    kinds = ["float", "int", "mixed", "cat"]
-    features = {f"f{j}": _value(rng, kinds[j % 4] if j < 8 else "float") for j in range(n_names)}
+    kinds = ["float", "int", "mixed", "cat", "bool", "str"]
+    features = {f"f{j}": _value(rng, kinds[j % 6] if j < 12 else "float") for j in range(n_names)}
     if rng.random() < 0.1:  # some events lack a feature, some bring a new one
         features.pop(f"f{rng.randrange(n_names)}", None)
     if rng.random() < 0.01:
@@ -67,7 +71,7 @@ def test_data_drift_monitor_per_batch_equals_per_event(
     total = 0
     while total < 6000:
         k = rng.choice([0, 1, 10, 500, 1200])
-        batch = [_features(rng, 10) for _ in range(k)]
+        batch = [_features(rng, 14) for _ in range(k)]
         total += k
         new.update_many(batch)
         for features in batch:
@@ -87,7 +91,8 @@ def test_distribution_drift_per_batch_equals_per_event() -> None:
     new = data_drift.DistributionDrift(200, 300, refresh_every=450)
     old = reference.DistributionDrift(200, 300, refresh_every=450)
     for _ in range(40):
-        values = [_value(rng, rng.choice(["float", "int"])) for _ in range(rng.choice([0, 3, 250]))]
+        kind = rng.choice(["float", "int", "bool", "str", "mixed"])
+        values = [_value(rng, kind) for _ in range(rng.choice([0, 3, 250]))]
         new.update_many(values)
         for value in values:
             old.update(value)

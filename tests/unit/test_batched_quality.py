@@ -20,6 +20,7 @@ from shared.monitoring.metrics import Metrics
 from shared.steps.batch import Batch, Record, Rejection
 from shared.steps.score import ScoreStep
 from tests.unit.reference import quality as reference
+from tests.unit.reference.score import ScoreStep as ReferenceScoreStep
 
 CLASSES: dict[Task, list[Hashable] | None] = {
     Task.BINARY: [True, False],
@@ -146,3 +147,25 @@ def test_score_step_per_batch_equals_per_event() -> None:
         assert batched.baselines is not None and single.baselines is not None
         assert batched.baselines.values() == single.baselines.values()
         assert batched.take_labelled() == single.take_labelled()
+
+
+def _samples(metrics: Metrics) -> list[tuple[str, tuple, float]]:
+    return [(s.name, tuple(sorted(s.labels.items())), s.value) for metric in metrics.registry.collect()
+            for s in metric.samples if not s.name.endswith("_created")]
+
+
+def test_score_step_metrics_equal_reference_step() -> None:
+    rng = random.Random(12)
+    tasks = {"a": Task.BINARY, "b": Task.BINARY}
+    new_metrics, old_metrics = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    new, old = ScoreStep(new_metrics, tasks, 100), ReferenceScoreStep(old_metrics, tasks, 100)
+    offset = 0
+    for k in [3, 500, 0, 1200, 77]:
+        records = [_record(offset + i, rng) for i in range(k)]
+        offset += k
+        new.process(Batch(records, 0.0))
+        old.process(Batch(records, 0.0))
+        new.export()
+        old.export()
+        assert _samples(new_metrics) == _samples(old_metrics)
+    assert new.take_labelled() == old.take_labelled() > 1000
