@@ -127,7 +127,7 @@ class _Variable:
             return
         self._append(kept)
 
-    def _append(self, kept: list[Hashable]) -> None:
+    def _append(self, kept: Sequence[FeatureValue]) -> None:
         self._version += len(kept)
         reference, recent = self.reference, self.recent
         i, n = 0, len(kept)
