@@ -5,11 +5,15 @@ See ``docs/models.md`` for the preprocessing layout, task inference and the snap
 
 from __future__ import annotations
 
+import array
+import copyreg
 import importlib
 import inspect
+import io
 import json
 import numbers
 import pickle
+import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -24,7 +28,10 @@ if TYPE_CHECKING:
     from shared.settings import ModelSettings, PreprocessingSettings
 
 KIND = "river"
-SNAPSHOT_FORMAT = 1
+#: 2: random.Random states pickled as packed 32-bit words (see :func:`_pickle_state`); 1: plain pickle
+SNAPSHOT_FORMAT = 2
+#: snapshot formats :meth:`RiverLearner.restore` reads
+READABLE_SNAPSHOT_FORMATS = (1, 2)
 #: a parameter value of this shape is built into an object: ``{"class": "river.optim.SGD", "params": {...}}``
 NESTED_CLASS_KEY = "class"
 
@@ -97,6 +104,136 @@ class UnitRangeScaler(base.Transformer):
             else:
                 out[name] = min(1.0, max(0.0, (float(value) - low) / span))
         return out
+
+
+#: exact value types for which :class:`Preprocessor` skips its per-value checks (``bool`` is not one of them)
+_PLAIN_NUMBER_TYPES = frozenset({float, int})
+
+
+class Preprocessor(base.Transformer):
+    """The preprocessing prefix as one step: clean, then numbers [| scaler] and strings [| encoder], merged.
+
+    It computes exactly what the former layout of River steps computes,
+    ``FeatureCleaner | TransformerUnion(SelectType(Number) [| scaler], SelectType(str) [| encoder])``: the same
+    state updates in the same order, the same output dict (the same keys in the same order, the same values), so
+    predictions and learning are bit-for-bit those of that layout. It makes one pass where that layout makes
+    four or five (clean, two type selections, the union's merge, the sub-pipelines' dispatch), and when every
+    value is a plain ``float`` or ``int`` (the usual event) it skips the per-value checks: cleaning is then the
+    identity, every value is a number and there are no strings.
+
+    ``scaler`` sees the numbers (``None``: passed unscaled), ``encoder`` the strings (``None``: passed as they
+    are). The cleaner's running means live in :attr:`cleaner`, a :class:`FeatureCleaner`.
+    """
+
+    def __init__(
+        self,
+        impute_missing: bool = True,
+        scaler: base.Transformer | None = None,
+        encoder: base.Transformer | None = None,
+    ) -> None:
+        self.impute_missing = impute_missing
+        self.scaler = scaler
+        self.encoder = encoder
+        self.cleaner = FeatureCleaner(impute_missing=impute_missing)
+        #: the encoder, given no strings, learns nothing and returns nothing, so need not be called
+        self._skips_empty_strings = encoder is None or (
+            type(encoder) is preprocessing.OneHotEncoder and encoder.drop_zeros and not encoder.drop_first
+        )
+
+    def _split(self, x: dict[base.typing.FeatureName, Any]) -> tuple[dict[base.typing.FeatureName, Any],
+                                                                      dict[base.typing.FeatureName, Any]]:
+        """The cleaned features' numbers and strings (as ``SelectType(numbers.Number)`` and ``SelectType(str)``)."""
+        cleaned = self.cleaner.transform_one(x)
+        return (
+            {name: value for name, value in cleaned.items() if isinstance(value, numbers.Number)},
+            {name: value for name, value in cleaned.items() if isinstance(value, str)},
+        )
+
+    def learn_one(self, x: dict[base.typing.FeatureName, Any]) -> None:
+        cleaner, scaler, encoder = self.cleaner, self.scaler, self.encoder
+        if _PLAIN_NUMBER_TYPES.issuperset(map(type, x.values())):
+            if self.impute_missing:
+                means = cleaner.means
+                for name, value in x.items():
+                    mean = means.get(name)
+                    if mean is None:
+                        mean = means[name] = stats.Mean()
+                    mean.update(float(value))
+            if scaler is not None:
+                scaler.learn_one(x)
+            if not self._skips_empty_strings:
+                encoder.learn_one({})  # type: ignore[union-attr]
+            return
+        cleaner.learn_one(x)
+        if scaler is None and encoder is None:
+            return
+        number_values, string_values = self._split(x)
+        if scaler is not None:
+            scaler.learn_one(number_values)
+        if encoder is not None:
+            encoder.learn_one(string_values)
+
+    def transform_one(self, x: dict[base.typing.FeatureName, Any]) -> dict[base.typing.FeatureName, Any]:
+        scaler, encoder = self.scaler, self.encoder
+        if _PLAIN_NUMBER_TYPES.issuperset(map(type, x.values())):
+            out: dict[base.typing.FeatureName, Any] = (
+                {} if self._skips_empty_strings else encoder.transform_one({})  # type: ignore[union-attr]
+            )
+            if not out:
+                return scaler.transform_one(x) if scaler is not None else dict(x)
+            out.update(scaler.transform_one(x) if scaler is not None else x)
+            return out
+        if scaler is None and encoder is None:
+            return self.cleaner.transform_one(x)
+        number_values, string_values = self._split(x)
+        # TransformerUnion merges its parts' outputs last to first: strings first, then numbers over them
+        out = encoder.transform_one(string_values) if encoder is not None else string_values
+        out = dict(out)
+        out.update(scaler.transform_one(number_values) if scaler is not None else number_values)
+        return out
+
+
+def fuse_preprocessing(pipeline: compose.Pipeline) -> compose.Pipeline:
+    """``pipeline`` with its former multi-step preprocessing prefix replaced by one :class:`Preprocessor`.
+
+    The former layout (snapshot format 1) is ``FeatureCleaner [| TransformerUnion(SelectType(Number) [| scaler],
+    SelectType(str) [| encoder])] | estimator``; its learned state (running means, scaler, encoder) moves into
+    the :class:`Preprocessor`, which goes on exactly as the former steps would have. Any other pipeline is
+    returned as it is.
+    """
+    steps = list(pipeline.steps.values())
+    if len(steps) not in (2, 3) or type(steps[0]) is not FeatureCleaner:
+        return pipeline
+    cleaner, estimator = steps[0], steps[-1]
+    scaler = encoder = None
+    if len(steps) == 3:
+        union = steps[1]
+        if type(union) is not compose.TransformerUnion or len(union.transformers) != 2:
+            return pipeline
+        numbers_part, strings_part = union.transformers.values()
+        number_types = _selected_types(numbers_part)
+        string_types = _selected_types(strings_part)
+        if number_types != (numbers.Number,) or string_types != (str,):
+            return pipeline
+        scaler, encoder = _after_select(numbers_part), _after_select(strings_part)
+    fused = Preprocessor(impute_missing=cleaner.impute_missing, scaler=scaler, encoder=encoder)
+    fused.cleaner = cleaner
+    return compose.Pipeline(fused, estimator)
+
+
+def _selected_types(part: Any) -> tuple[type, ...] | None:
+    first = next(iter(part.steps.values())) if isinstance(part, compose.Pipeline) else part
+    return first.types if type(first) is compose.SelectType else None
+
+
+def _after_select(part: Any) -> base.Transformer | None:
+    """The step after ``SelectType`` in a union part (``None`` when the part is the selection alone)."""
+    if not isinstance(part, compose.Pipeline):
+        return None
+    steps = list(part.steps.values())
+    if len(steps) != 2:
+        raise SnapshotError(f"unexpected preprocessing part {part!r}")
+    return steps[1]
 
 
 def import_object(path: str, field: str) -> Any:
@@ -212,11 +349,31 @@ def scales_numbers(preprocessing_settings: PreprocessingSettings, estimator: bas
 
 def build_preprocessing(
     preprocessing_settings: PreprocessingSettings, task: Task, *, scale_numbers: bool | None = None
-) -> compose.Pipeline:
-    """The preprocessing prefix: clean | (numbers [| scaler]) + (strings [| one-hot]).
+) -> Preprocessor:
+    """The preprocessing prefix, one step: clean | (numbers [| scaler]) + (strings [| one-hot]).
 
     ``scale_numbers`` overrides the setting of the same name (see :func:`scales_numbers`). Anomaly detectors
     always get numbers scaled to [0, 1] and one-hot categories, whatever the settings say.
+    """
+    numeric_scaler: base.Transformer | None = None
+    scale = preprocessing_settings.scale_numbers if scale_numbers is None else scale_numbers
+    if task is Task.ANOMALY:
+        numeric_scaler = UnitRangeScaler()
+    elif scale:
+        numeric_scaler = preprocessing.StandardScaler()
+    one_hot = preprocessing_settings.one_hot_categories or task is Task.ANOMALY
+    encoder = preprocessing.OneHotEncoder(drop_zeros=True) if one_hot else None
+    return Preprocessor(impute_missing=preprocessing_settings.impute_missing, scaler=numeric_scaler, encoder=encoder)
+
+
+def build_layered_preprocessing(
+    preprocessing_settings: PreprocessingSettings, task: Task, *, scale_numbers: bool | None = None
+) -> compose.Pipeline:
+    """The former prefix (snapshot format 1) as separate River steps:
+    ``FeatureCleaner [| TransformerUnion(SelectType(Number) [| scaler], SelectType(str) [| one-hot])]``.
+
+    Kept as the reference that :class:`Preprocessor` is tested against (identical results), and to build the
+    layout that old snapshots hold.
     """
     cleaner = compose.Pipeline(FeatureCleaner(impute_missing=preprocessing_settings.impute_missing))
     numeric_scaler: base.Transformer | None = None
@@ -252,7 +409,7 @@ def build_river_pipeline(
     """
     estimator, resolved = build_estimator(estimator_path, params, seed, task)
     scale = scales_numbers(preprocessing, estimator)
-    return build_preprocessing(preprocessing, resolved, scale_numbers=scale) | estimator
+    return compose.Pipeline(build_preprocessing(preprocessing, resolved, scale_numbers=scale), estimator)
 
 
 def _plain(value: Any) -> Any:
@@ -289,9 +446,8 @@ class RiverLearner(Learner):
             estimator, task = build_estimator(model.estimator, model.params, seed, model.task)
         except LearnerConfigError as exc:
             raise LearnerConfigError(f"model {model.name!r}: {exc}") from exc
-        pipeline = build_preprocessing(preprocessing, task, scale_numbers=scales_numbers(preprocessing, estimator))
-        pipeline = pipeline | estimator
-        return cls(pipeline, task, model.estimator, model.params)
+        prefix = build_preprocessing(preprocessing, task, scale_numbers=scales_numbers(preprocessing, estimator))
+        return cls(compose.Pipeline(prefix, estimator), task, model.estimator, model.params)
 
     def predict_one(self, row: Row) -> Output:
         return self._predict(dict(row.features))
@@ -341,7 +497,7 @@ class RiverLearner(Learner):
         """A JSON header line (kind, format, library versions) followed by the pickled state."""
         header = {"kind": KIND, "format": SNAPSHOT_FORMAT, **_library_versions()}
         state = {"pipeline": self.pipeline, "task": str(self.task), "estimator": self.estimator, "params": self.params}
-        return json.dumps(header, sort_keys=True).encode() + b"\n" + pickle.dumps(state, protocol=5)
+        return json.dumps(header, sort_keys=True).encode() + b"\n" + _pickle_state(state)
 
     @classmethod
     def restore(cls, data: bytes) -> Self:
@@ -355,8 +511,9 @@ class RiverLearner(Learner):
             raise SnapshotError("not a River learner snapshot (no valid header)")
         if header.get("kind") != KIND:
             raise SnapshotError(f"snapshot of kind {header.get('kind')!r} cannot be restored as {KIND!r}")
-        if header.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"River snapshot format {header.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+        if header.get("format") not in READABLE_SNAPSHOT_FORMATS:
+            raise SnapshotError(f"River snapshot format {header.get('format')!r}, expected one of "
+                                f"{', '.join(map(str, READABLE_SNAPSHOT_FORMATS))}")
         expected = _library_versions()
         for library, version in expected.items():
             if header.get(library) != version:
@@ -371,7 +528,7 @@ class RiverLearner(Learner):
             raise SnapshotError(f"corrupt River snapshot: {exc!r}") from exc
         if not isinstance(pipeline, compose.Pipeline):
             raise SnapshotError(f"corrupt River snapshot: holds {type(pipeline).__name__}, not a River pipeline")
-        return cls(pipeline, task, estimator, params)
+        return cls(fuse_preprocessing(pipeline), task, estimator, params)
 
     def clone(self) -> Self:
         """An untrained copy (River's ``clone``: same parameters, same seed)."""
@@ -390,6 +547,33 @@ class RiverLearner(Learner):
         }
 
 
+def _random_from_state(version: int, words: bytes, gauss_next: float | None) -> random.Random:
+    """Unpickle a ``random.Random`` pickled by :func:`_reduce_random`: the same generator state."""
+    generator = random.Random.__new__(random.Random)
+    generator.setstate((version, tuple(array.array("I", words)), gauss_next))
+    return generator
+
+
+def _reduce_random(generator: random.Random) -> tuple[Any, tuple[int, bytes, float | None]]:
+    version, internal, gauss_next = random.Random.getstate(generator)
+    return _random_from_state, (version, array.array("I", internal).tobytes(), gauss_next)
+
+
+#: pickling overrides for snapshots: River trees keep one ``random.Random`` per leaf (thousands in a forest), whose
+#: 625-integer states pickled one int at a time were most of an ARF snapshot's bytes and time
+_SNAPSHOT_DISPATCH = copyreg.dispatch_table.copy()
+_SNAPSHOT_DISPATCH[random.Random] = _reduce_random
+
+
+def _pickle_state(state: Any) -> bytes:
+    """``pickle.dumps(state, protocol=5)``, with ``random.Random`` states packed (snapshot format 2)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.dispatch_table = _SNAPSHOT_DISPATCH
+    pickler.dump(state)
+    return buffer.getvalue()
+
+
 def _library_versions() -> dict[str, str]:
     return {"river": river.__version__, "numpy_major": np.__version__.split(".")[0]}
 
@@ -406,12 +590,15 @@ def restore_river_learner(data: bytes) -> RiverLearner:
 
 __all__ = [
     "FeatureCleaner",
+    "Preprocessor",
     "RiverLearner",
     "UnitRangeScaler",
     "build_estimator",
+    "build_layered_preprocessing",
     "build_preprocessing",
     "build_river_learner",
     "build_river_pipeline",
+    "fuse_preprocessing",
     "restore_river_learner",
     "scales_numbers",
 ]
