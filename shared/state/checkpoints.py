@@ -85,8 +85,12 @@ def _major_minor(version: str) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else version
 
 
-def _mac(key: bytes, signed: bytes) -> bytes:
-    return hmac.new(key, MAGIC + signed, hashlib.sha256).digest()
+def _mac(key: bytes, *signed: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 of the magic and the signed parts, fed one by one (no concatenated copy of a large payload)."""
+    mac = hmac.new(key, MAGIC, hashlib.sha256)
+    for part in signed:
+        mac.update(part)
+    return mac.digest()
 
 
 def seal(
@@ -118,8 +122,9 @@ def seal(
         header_bytes = orjson.dumps(header)
     except TypeError as exc:
         raise ValueError(f"checkpoint of {source_of(topic, partition)}: extra state is not JSON-ready: {exc}") from exc
-    signed = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + b"".join(bytes(s) for s in sections)
-    return MAGIC + bytes([FRAMING_VERSION, SIGNATURE_BYTES]) + _mac(hmac_key, signed) + signed
+    # the sections (megabytes for a forest) are hashed in place and copied once, into the envelope
+    signed = [_HEADER_LENGTH.pack(len(header_bytes)) + header_bytes, *sections]
+    return b"".join([MAGIC, bytes([FRAMING_VERSION, SIGNATURE_BYTES]), _mac(hmac_key, *signed), *signed])
 
 
 def unseal(
@@ -147,14 +152,14 @@ def unseal(
     if signature_length != SIGNATURE_BYTES or len(blob) < fixed + SIGNATURE_BYTES + _HEADER_LENGTH.size:
         raise SnapshotRejected("corrupt", f"checkpoint of {where} is truncated or malformed")
     signature = blob[fixed:fixed + SIGNATURE_BYTES]
-    signed = blob[fixed + SIGNATURE_BYTES:]
+    signed = memoryview(blob)[fixed + SIGNATURE_BYTES:]
     if not hmac.compare_digest(signature, _mac(hmac_key, signed)):
         raise SnapshotRejected("tampered", f"checkpoint of {where} fails signature verification")
     header, body = _split_header(signed, where)
     return _decode(header, body, where, group=group, topic=topic, partition=partition, versions=versions)
 
 
-def _split_header(signed: bytes, where: str) -> tuple[dict[str, Any], bytes]:
+def _split_header(signed: memoryview, where: str) -> tuple[dict[str, Any], memoryview]:
     (header_length,) = _HEADER_LENGTH.unpack_from(signed)
     end = _HEADER_LENGTH.size + header_length
     if end > len(signed):
@@ -169,7 +174,7 @@ def _split_header(signed: bytes, where: str) -> tuple[dict[str, Any], bytes]:
 
 
 def _decode(
-    header: dict[str, Any], body: bytes, where: str, *, group: str, topic: str, partition: int,
+    header: dict[str, Any], body: memoryview, where: str, *, group: str, topic: str, partition: int,
     versions: Mapping[str, str],
 ) -> PartitionCheckpoint:
     if header.get("format") != FORMAT_VERSION:
@@ -207,10 +212,10 @@ def _decode(
         raise SnapshotRejected("corrupt", f"checkpoint of {where}: malformed header ({exc!r})") from exc
 
 
-def _section(body: bytes, start: int, length: Any, where: str) -> bytes:
+def _section(body: memoryview, start: int, length: Any, where: str) -> bytes:
     if not isinstance(length, int) or length < 0 or start + length > len(body):
         raise SnapshotRejected("corrupt", f"checkpoint of {where}: a section runs past the payload")
-    return body[start:start + length]
+    return bytes(body[start:start + length])
 
 
 class CheckpointStore:
