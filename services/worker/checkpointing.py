@@ -102,8 +102,6 @@ class Checkpointer:
         duration = max(0.0, ended - started)
         self.last_duration_s = duration
         self._not_before = started + duration / self._settings.max_time_fraction
-        if stored:
-            self._metrics.checkpoint_seconds.set(duration)
 
     def save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> bool:
         """Snapshot the model sets of ``offsets``' partitions (next offsets to process) in one transaction.

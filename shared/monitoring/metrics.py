@@ -103,9 +103,6 @@ class Metrics:
         self.checkpoints = Counter(
             "streamlearn_checkpoints", "Checkpoint attempts by outcome: ok, failed.", ["outcome"],
             registry=r)
-        self.checkpoint_seconds = Gauge(
-            "streamlearn_checkpoint_duration_seconds", "Seconds the last checkpoint took (model snapshots and the "
-            "Redis write); checkpoint.max_time_fraction spaces checkpoints by it.", registry=r)
         self.checkpoint_age = Gauge(
             "streamlearn_checkpoint_age_seconds", "Seconds since the last successful checkpoint.",
             registry=r)
