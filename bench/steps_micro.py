@@ -5,9 +5,10 @@
 Builds ``--n`` events of the profile's source (phishing, seed 7, inline labels, as ``bench.profile_worker``
 produces them) as polled batches, runs the logistic-regression model step once to get the outputs, then times
 each step on the same batches: the baseline (the step's modules as they were at ``--baseline``, loaded from git)
-against the code in the working tree. Each figure is the best of ``--repeat`` runs, in microseconds per event,
-with a fresh step (fresh scoreboards, detectors, dedup window) for every run. Dedup needs Redis: a local
-``redis-server`` is started on a free port unless ``--no-redis``. Publish sends into a list (no Kafka).
+against the code in the working tree. Each figure is the best of ``--repeat`` runs (baseline and now taking turns),
+in microseconds per event, with a fresh step (fresh scoreboards, detectors, dedup window) for every run. Dedup
+needs Redis: a local ``redis-server`` is started on a free port unless ``--no-redis``. Publish sends into a list
+(no Kafka).
 """
 
 from __future__ import annotations
@@ -106,18 +107,22 @@ def prepare(settings: Settings, batches: list[list[Record]]) -> ModelStep:
     return model_step
 
 
-def time_step(make: Callable[[], Any], batches: list[list[Record]], repeat: int) -> float:
-    """Best of ``repeat`` runs of a fresh step over every batch: microseconds per event."""
+def time_steps(makers: list[Callable[[], Any]], batches: list[list[Record]], repeat: int) -> list[float]:
+    """Per maker, the best of ``repeat`` runs of a fresh step over every batch, in microseconds per event.
+
+    The makers take turns within each repetition, so a change in the machine's load hits them alike.
+    """
     n = sum(len(records) for records in batches)
-    best = float("inf")
+    best = [float("inf")] * len(makers)
     for _ in range(repeat):
-        step = make()
-        wrapped = [Batch(records, time.time()) for records in batches]
-        started = time.perf_counter()
-        for batch in wrapped:
-            step.process(batch)
-        best = min(best, time.perf_counter() - started)
-    return best / n * 1e6
+        for i, make in enumerate(makers):
+            step = make()
+            wrapped = [Batch(records, time.time()) for records in batches]
+            started = time.perf_counter()
+            for batch in wrapped:
+                step.process(batch)
+            best[i] = min(best[i], time.perf_counter() - started)
+    return [seconds / n * 1e6 for seconds in best]
 
 
 @contextlib.contextmanager
@@ -204,8 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, make_baseline, make_new in rows:
             if wanted and name not in wanted:
                 continue
-            before = time_step(make_baseline, batches, args.repeat)
-            after = time_step(make_new, batches, args.repeat)
+            before, after = time_steps([make_baseline, make_new], batches, args.repeat)
             results.append((name, before, after))
     n = sum(len(records) for records in batches)
     print(f"{n} events of {SOURCE} (seed {SEED}), batches of {args.batch}, best of {args.repeat}; "
