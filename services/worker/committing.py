@@ -121,19 +121,23 @@ class TransactionalCommitter(Committer):
 
     def _new_producer(self, stopping: Callable[[], bool]) -> EventProducer:
         attempt = 0
+        producer: EventProducer | None = None
         while True:
             attempt += 1
-            producer: EventProducer | None = None
             try:
-                producer = self._factory()
+                if producer is None:
+                    producer = self._factory()
                 producer.init_transactions(self._op_timeout_s)
                 if attempt > 1:
                     log.info("transactional producer ready after %d attempts", attempt)
                 return producer
             except TransportError as exc:
-                if producer is not None:
+                if producer is not None and not exc.retriable:
                     _force_close(producer, 0.0)
+                    producer = None
                 if stopping() or attempt >= 1_000:
+                    if producer is not None:
+                        _force_close(producer, 0.0)
                     raise
                 log.warning("transactional producer not ready (%s); retrying in %.0f s", exc, self._retry_s)
                 time.sleep(self._retry_s)

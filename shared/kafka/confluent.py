@@ -44,6 +44,8 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         "client.id": settings.client_id,
         "security.protocol": settings.security_protocol,
         "reconnect.backoff.max.ms": settings.reconnect_backoff_max_ms,
+        # librdkafka's own log lines go through Python logging (not straight to stderr)
+        "logger": logging.getLogger("streamlearn.librdkafka"),
     }
     if settings.sasl_mechanism:
         config["sasl.mechanism"] = settings.sasl_mechanism
@@ -57,8 +59,9 @@ def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
 
-def _raise(exc: KafkaException | KafkaError | Exception, what: str) -> TransportError:
-    return TransportError(f"{what}: {exc}")
+def _raise(exc: Exception, what: str) -> TransportError:
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return TransportError(f"{what}: {exc}", retriable=bool(error is not None and error.retriable()))
 
 
 class ConfluentConsumer:
@@ -284,7 +287,10 @@ class ConfluentConsumer:
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if self._up:
+                log.warning("Kafka unreachable (%s); reconnecting", error)
             self._up = False
+            return
         log.warning("Kafka client error: %s", error)
 
     def group_metadata(self) -> Any:
@@ -302,7 +308,15 @@ class ConfluentProducer:
     """
 
     def __init__(self, settings: KafkaSettings, *, transactional: bool = False) -> None:
-        self._failures: list[str] = []
+        failures: list[str] = []
+        self._failures = failures
+
+        def on_delivery(error: KafkaError | None, message: Any) -> None:
+            # a closure over the list, not a bound method: no cycle keeps a dropped producer (and its
+            # transactional id's background work) alive
+            if error is not None and len(failures) < 100:
+                failures.append(f"{message.topic()}: {error}")
+
         config: dict[str, Any] = {
             **common_config(settings),
             "acks": "all",
@@ -311,7 +325,7 @@ class ConfluentProducer:
             "partitioner": "murmur2_random",
             "compression.type": settings.compression_type,
             "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery,
+            "on_delivery": on_delivery,
             "error_cb": self._on_error,
         }
         if transactional:
@@ -319,13 +333,12 @@ class ConfluentProducer:
             config["transaction.timeout.ms"] = settings.transaction_timeout_ms
         self.raw = Producer(config)
 
-    def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
-        if error is not None and len(self._failures) < 100:
-            self._failures.append(f"{message.topic()}: {error}")
-
     @staticmethod
     def _on_error(error: KafkaError) -> None:
-        log.warning("Kafka producer error: %s", error)
+        # connection errors repeat at every reconnect attempt; the consumer reports the outage once
+        level = logging.DEBUG if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) \
+            else logging.WARNING
+        log.log(level, "Kafka producer error: %s", error)
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         try:
@@ -386,3 +399,4 @@ class ConfluentProducer:
             self.raw.flush(timeout_s)
         self.raw.purge()
         self.raw.flush(0)
+        self.raw.close()

@@ -24,7 +24,15 @@ TP = tuple[str, int]
 
 
 class TransportError(Exception):
-    """A Kafka operation failed or timed out (the broker is unreachable, a transaction was fenced, ...)."""
+    """A Kafka operation failed or timed out (the broker is unreachable, a transaction was fenced, ...).
+
+    ``retriable``: the same call on the same client may be repeated (librdkafka's timed-out ``init_transactions``
+    goes on in the background and must be resumed, not replaced by a second producer).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class RebalanceHandler(Protocol):

@@ -32,10 +32,12 @@ LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"
 RATE = 400.0
 
 
-def _settings(kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]) -> Settings:
+def _settings(kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str],
+              client: str = "kafka-python") -> Settings:
     settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG],
-        kafka={"exactly_once": True, "session_timeout_ms": 6000, "transaction_op_timeout_ms": 10_000},
+        kafka={"exactly_once": True, "session_timeout_ms": 6000, "transaction_op_timeout_ms": 10_000,
+               "client": client},
         worker={"commit_interval_s": 0.5},
         checkpoint={"every_events": 1000, "every_seconds": 1.0, "max_backoff_s": 2.0},
     )
@@ -99,10 +101,11 @@ def _ready(port: int) -> tuple[int, str]:
 
 
 def test_broker_restart_mid_stream(
-    kafka_server: KafkaServer, kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+    kafka_server: KafkaServer, kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str],
+    kafka_client: str,
 ) -> None:
     n = 6000
-    settings = _settings(kafka_bootstrap, redis_url, unique_name)
+    settings = _settings(kafka_bootstrap, redis_url, unique_name, kafka_client)
     registry = CollectorRegistry()
     with running_worker(settings, registry) as worker:
         assert worker.endpoint is not None

@@ -55,11 +55,11 @@ def _committed(bootstrap: str, settings: Settings) -> int:
 
 
 def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str
 ) -> None:
     base = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
-        kafka={"exactly_once": True, "session_timeout_ms": 6000},
+        kafka={"exactly_once": True, "session_timeout_ms": 6000, "client": kafka_client},
         # no periodic checkpoint during the test: what the second worker restores comes from the revoke
         checkpoint={"every_events": 1_000_000, "every_seconds": 3600.0},
     )

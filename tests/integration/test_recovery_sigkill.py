@@ -72,12 +72,12 @@ def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
 
 
 def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str
 ) -> None:
     started = time.monotonic()
     settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
-        kafka={"exactly_once": True, "session_timeout_ms": 6000, "max_poll_records": 500},
+        kafka={"exactly_once": True, "session_timeout_ms": 6000, "max_poll_records": 500, "client": kafka_client},
         worker={"commit_interval_s": 0.5, "commit_every_events": 1500},
         checkpoint={"every_events": 4000, "every_seconds": 3.0},
     )

@@ -107,9 +107,9 @@ MALFORMED_KINDS: list[tuple[str, bytes | None]] = [
 
 
 def test_malformed_events_go_to_the_dead_letter_topic(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, unique_name: Callable[[str], str], kafka_client: str
 ) -> None:
-    settings = make_settings(kafka_bootstrap, unique_name, models=[LOGREG])
+    settings = make_settings(kafka_bootstrap, unique_name, models=[LOGREG], kafka={"client": kafka_client})
     _create_topics(kafka_bootstrap, settings)
     samples = list(iter_source("phishing", limit=300))
     items: list[tuple[bytes | None, bytes | None]] = []
