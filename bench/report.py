@@ -67,8 +67,14 @@ CONTENDERS = {
     "b": "(b) plain kafka-python + River loop",
     "c": "(c) streamlearn worker, exactly-once",
     "c-alos": "(c) streamlearn worker, at-least-once",
+    "c-rd": "(c) streamlearn worker, exactly-once, `kafka.client: confluent`",
+    "c-rd-alos": "(c) streamlearn worker, at-least-once, `kafka.client: confluent`",
     "t": "(t) kafka-python alone: poll, orjson, send; no model",
 }
+#: the worker's Kafka transports (``kafka.client``), each benchmarked
+CLIENTS = ("kafka-python", "confluent")
+#: the transport of each worker contender
+CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent", "c-rd-alos": "confluent"}
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 
 
@@ -87,10 +93,12 @@ class Outcome:
     #: model -> contender key -> runs
     throughput: dict[str, dict[str, list[Measured]]] = field(default_factory=dict)
     latency: dict[str, LatencyResult] = field(default_factory=dict)
-    scale: list[ScaleResult] = field(default_factory=list)
-    memory: MemoryResult | None = None
-    profile: dict[str, str] = field(default_factory=dict)
-    profiled: Measured | None = None
+    #: per transport, one worker then two
+    scale: dict[str, list[ScaleResult]] = field(default_factory=dict)
+    memory: dict[str, MemoryResult] = field(default_factory=dict)
+    #: per transport, pyinstrument's listings and the profiled run
+    profile: dict[str, dict[str, str]] = field(default_factory=dict)
+    profiled: dict[str, Measured] = field(default_factory=dict)
 
     # --- running --------------------------------------------------------------------------------------------
 
@@ -99,17 +107,20 @@ class Outcome:
         stages = self.config.stages
         if "throughput" in stages:
             for model in (m for m in MODELS_IN_ORDER if m in self.config.models):
-                self._throughput(bench, model, ("a", "b", "c", "c-alos", "t") if model == "logreg" else ("a", "b", "c"))
+                keys = ("a", "b", "c", "c-alos", "c-rd", "c-rd-alos", "t") if model == "logreg" \
+                    else ("a", "b", "c", "c-rd")
+                self._throughput(bench, model, keys)
         if "latency" in stages:
             if "logreg" not in self.throughput:
-                self._throughput(bench, "logreg", ("b", "c", "c-alos"))
+                self._throughput(bench, "logreg", ("b", "c", "c-alos", "c-rd", "c-rd-alos"))
             self._latency(bench)
         if "scale" in stages:
             self._scale(bench)
         if "memory" in stages:
             n = self.config.memory_events
-            log(f"memory: one worker (logreg) over {n:,} events, produced while it runs")
-            self.memory = bench.memory("logreg", n)
+            for client in CLIENTS:
+                log(f"memory: one worker (logreg, {client}) over {n:,} events, produced while it runs")
+                self.memory[client] = bench.memory("logreg", n, client)
         if "profile" in stages:
             self._profile(bench)
 
@@ -127,7 +138,8 @@ class Outcome:
                 else:
                     contender = {"b": "plain", "t": "transport"}.get(key, "worker")
                     measured = bench.kafka_contender(contender, model, topic, n, label=label,
-                                                     at_least_once=key == "c-alos")
+                                                     at_least_once=key.endswith("alos"),
+                                                     client=CLIENT_OF.get(key, "kafka-python"))
                 runs.setdefault(key, []).append(measured)
                 log(f"  {model} {label}: {measured.rate:,.0f} events/s, {measured.cpu_per_1k:.3f} CPU s/1k, "
                     f"peak RSS {measured.usage.peak_rss_mib:.0f} MiB")
@@ -147,14 +159,18 @@ class Outcome:
             ("c-alos-light", "worker", CONTENDERS["c-alos"] + " at a tenth of max", True, None, "c-alos", 0.1),
             ("c", "worker", CONTENDERS["c"] + " (commit_interval_s 1.0, default)", False, None, "c", 0.5),
             ("c-100ms", "worker", CONTENDERS["c"] + " (commit_interval_s 0.1)", False, 0.1, "c", 0.5),
+            ("c-rd-alos", "worker", CONTENDERS["c-rd-alos"], True, None, "c-rd-alos", 0.5),
+            ("c-rd", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 1.0, default)", False, None, "c-rd", 0.5),
+            ("c-rd-100ms", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 0.1)", False, 0.1, "c-rd", 0.5),
         ]
         for key, contender, label, at_least_once, interval, of, fraction in plans:
             max_rate = self.rate("logreg", of)
-            assert max_rate is not None
+            if max_rate is None:
+                continue
             rate = fraction * max_rate
             log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
             result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
-                                 commit_interval_s=interval)
+                                 commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"))
             self.latency[key] = result
             log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} read)")
 
@@ -163,10 +179,11 @@ class Outcome:
         topic, _ = bench.topics(partitions=4)
         log(f"scale: producing {n:,} events on a 4-partition topic")
         bench.produce(topic, n)
-        for workers in (1, 2):
-            result = bench.scale("logreg", topic, workers)
-            self.scale.append(result)
-            log(f"  {workers} worker(s): {result.rate:,.0f} events/s")
+        for client in CLIENTS:
+            for workers in (1, 2):
+                result = bench.scale("logreg", topic, workers, client)
+                self.scale.setdefault(client, []).append(result)
+                log(f"  {client}, {workers} worker(s): {result.rate:,.0f} events/s")
 
     def _profile(self, bench: Bench) -> None:
         import json
@@ -174,12 +191,14 @@ class Outcome:
 
         n = self.config.profile_events
         topic, _ = bench.topics()
-        log(f"profile: the worker (logreg, exactly-once) under pyinstrument over {n:,} events")
         bench.produce(topic, n)
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=bench.work_dir) as handle:
-            path = Path(handle.name)
-        self.profiled = bench.kafka_contender("worker", "logreg", topic, n, label="profiled worker", profile=path)
-        self.profile = json.loads(path.read_text())
+        for client in CLIENTS:
+            log(f"profile: the worker (logreg, exactly-once, {client}) under pyinstrument over {n:,} events")
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=bench.work_dir) as handle:
+                path = Path(handle.name)
+            self.profiled[client] = bench.kafka_contender("worker", "logreg", topic, n, label="profiled worker",
+                                                          profile=path, client=client)
+            self.profile[client] = json.loads(path.read_text())
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
@@ -255,49 +274,55 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def targets(outcome: Outcome) -> list[list[str]]:
     """The issue's five targets: what was measured, as a ratio of the same run, and whether it is met."""
     rows: list[list[str]] = []
-    worker, plain = outcome.rate("logreg", "c"), outcome.rate("logreg", "b")
-    if worker is not None and plain is not None:
-        ratio = worker / plain
-        rows.append(["1. logreg: worker (exactly-once, everything on) vs plain loop (b)",
-                     f">= {TARGET_LOGREG_VS_PLAIN}x",
-                     f"{ratio:.2f}x ({worker:,.0f} vs {plain:,.0f} events/s; one worker: {worker:,.0f} events/s)",
-                     _verdict(ratio >= TARGET_LOGREG_VS_PLAIN)])
-    arf_worker, arf_bare = outcome.rate("arf", "c"), outcome.rate("arf", "a")
-    if arf_worker is not None and arf_bare is not None:
-        ratio = arf_worker / arf_bare
-        rows.append(["2. ARF: worker vs bare River loop (a)", f">= {TARGET_ARF_VS_BARE}x",
-                     f"{ratio:.2f}x ({arf_worker:,.0f} vs {arf_bare:,.0f} events/s)",
-                     _verdict(ratio >= TARGET_ARF_VS_BARE)])
-    alos = outcome.latency.get("c-alos")
-    if alos is not None:
-        rows.append(["3. p99 end-to-end latency, logreg, at-least-once, at half max throughput",
-                     f"<= {TARGET_P99_MS:.0f} ms", f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s",
-                     _verdict(alos.p99_ms <= TARGET_P99_MS)])
+    for key in ("c", "c-rd"):
+        worker, plain = outcome.rate("logreg", key), outcome.rate("logreg", "b")
+        if worker is not None and plain is not None:
+            ratio = worker / plain
+            rows.append([f"1. logreg: worker (exactly-once, everything on; {CLIENT_OF[key]}) vs plain loop (b)",
+                         f">= {TARGET_LOGREG_VS_PLAIN}x",
+                         f"{ratio:.2f}x ({worker:,.0f} vs {plain:,.0f} events/s; one worker: {worker:,.0f} events/s)",
+                         _verdict(ratio >= TARGET_LOGREG_VS_PLAIN)])
+    for key in ("c", "c-rd"):
+        arf_worker, arf_bare = outcome.rate("arf", key), outcome.rate("arf", "a")
+        if arf_worker is not None and arf_bare is not None:
+            ratio = arf_worker / arf_bare
+            rows.append([f"2. ARF: worker ({CLIENT_OF[key]}) vs bare River loop (a)", f">= {TARGET_ARF_VS_BARE}x",
+                         f"{ratio:.2f}x ({arf_worker:,.0f} vs {arf_bare:,.0f} events/s)",
+                         _verdict(ratio >= TARGET_ARF_VS_BARE)])
+    for key in ("c-alos", "c-rd-alos"):
+        alos = outcome.latency.get(key)
+        if alos is not None:
+            rows.append([f"3. p99 end-to-end latency, logreg, at-least-once ({CLIENT_OF[key]}), at half max "
+                         "throughput", f"<= {TARGET_P99_MS:.0f} ms",
+                         f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s", _verdict(alos.p99_ms <= TARGET_P99_MS)])
     for key, share in (("c-alos-quarter", "a quarter"), ("c-alos-light", "a tenth")):
         light = outcome.latency.get(key)
         if light is not None:
             rows.append([f"3. the same at {share} of max throughput (reference)", f"<= {TARGET_P99_MS:.0f} ms",
                          f"{light.p99_ms:.1f} ms at {light.rate:,.0f} events/s",
                          "within" if light.p99_ms <= TARGET_P99_MS else "above"])
-    for key in ("c", "c-100ms"):
+    for key in ("c", "c-100ms", "c-rd", "c-rd-100ms"):
         eos = outcome.latency.get(key)
         if eos is not None:
             interval = eos.commit_interval_s if eos.commit_interval_s is not None else 1.0
-            rows.append([f"3. p99 with exactly-once, transaction interval {interval:g} s",
+            client = "confluent" if key.startswith("c-rd") else "kafka-python"
+            rows.append([f"3. p99 with exactly-once ({client}), transaction interval {interval:g} s",
                          "report vs the interval",
                          f"{eos.p99_ms:.0f} ms = {eos.p99_ms / (1000 * interval):.2f}x the interval",
                          "reported"])
-    if len(outcome.scale) == 2:
-        one, two = outcome.scale
-        ratio = two.rate / one.rate
-        rows.append(["4. 2 workers vs 1 worker, 4 partitions", f">= {TARGET_SCALE}x",
-                     f"{ratio:.2f}x ({two.rate:,.0f} vs {one.rate:,.0f} events/s)", _verdict(ratio >= TARGET_SCALE)])
-    if outcome.memory is not None:
-        first, last, peak, growth = memory_summary(outcome.memory)
-        events = outcome.memory.result.events
+    for client, runs in outcome.scale.items():
+        if len(runs) == 2:
+            one, two = runs
+            ratio = two.rate / one.rate
+            rows.append([f"4. 2 workers vs 1 worker ({client}), 4 partitions", f">= {TARGET_SCALE}x",
+                         f"{ratio:.2f}x ({two.rate:,.0f} vs {one.rate:,.0f} events/s)",
+                         _verdict(ratio >= TARGET_SCALE)])
+    for client, memory in outcome.memory.items():
+        first, last, peak, growth = memory_summary(memory)
+        events = memory.result.events
         flat = growth <= FLAT_TOLERANCE
         note = "" if events >= 1_000_000 else f" (over {events:,} events, not 1,000,000)"
-        rows.append(["5. resident memory flat over a long run", f"flat (<= {FLAT_TOLERANCE:.0%} growth)",
+        rows.append([f"5. resident memory flat over a long run ({client})", f"flat (<= {FLAT_TOLERANCE:.0%} growth)",
                      f"{first:.0f} -> {last:.0f} MiB (max {peak:.0f}), {growth:+.1%}{note}",
                      _verdict(flat) if events >= 1_000_000 else _verdict(flat) + " (shorter run)"])
     return rows
@@ -393,39 +418,46 @@ def render(outcome: Outcome) -> str:
                 "worker commits every `worker.commit_interval_s` seconds or `worker.commit_every_events` "
                 "events, whichever comes first, so p99 follows the interval.", ""]
     if outcome.scale:
-        base = outcome.scale[0].rate
         out += ["## Horizontal scale (logreg, exactly-once, 4-partition topic)", "",
                 f"{c.scale_events:,} events already on the topic; the workers of one group keep their partitions "
                 "paused until the group has formed and split the partitions, then start together. Events/s from "
                 "the first event processed by any worker to the last one processed and committed.", ""]
-        srows = [[str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}", f"{s.rate:,.0f}", _ratio(s.rate, base),
-                  "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
-                            for r in s.reports)] for s in outcome.scale]
-        out += _table(["workers", "events", "seconds", "events/s", "vs 1 worker", "per worker"], srows)
+        srows = []
+        for client, scale_runs in outcome.scale.items():
+            base = scale_runs[0].rate
+            srows += [[client, str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}", f"{s.rate:,.0f}",
+                       _ratio(s.rate, base),
+                       "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
+                                 for r in s.reports)] for s in scale_runs]
+        out += _table(["transport", "workers", "events", "seconds", "events/s", "vs 1 worker", "per worker"], srows)
         out += ["", f"This machine has {m['nproc']} CPUs, shared by the workers, the broker and Redis.", ""]
-    if outcome.memory is not None:
-        mem = outcome.memory
-        first, last, peak, growth = memory_summary(mem)
+    if outcome.memory:
         out += ["## Resident memory over a long run (logreg, exactly-once)", "",
-                f"One worker over {mem.result.events:,} events ({mem.result.rate:,.0f} events/s while a producer "
-                "sends them), its RSS sampled every 0.5 s from `/proc` from its first event on (`--memory-events` "
-                "sets the count; the default is the issue's 1,000,000).", ""]
-        total = mem.samples[-1][0] if mem.samples else 0.0
-        marks = []
-        for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
-            at = [rss for t, rss in mem.samples if t >= fraction * total]
-            marks.append(f"{at[0]:.0f}" if at else "n/a")
-        header = ["RSS (MiB) after 10% of the run", "25%", "50%", "75%", "end", "max (after 10%)", "growth"]
-        out += [*_table(header, [[*marks, f"{peak:.0f}", f"{growth:+.1%} ({last - first:+.1f} MiB)"]]), ""]
-    if outcome.profile:
-        prof = outcome.profiled
-        out += ["## Profile of the worker (logreg, exactly-once)", "",
-                f"pyinstrument, main thread (the poll loop and the steps; kafka-python's IO thread is not "
-                f"sampled) over {c.profile_events:,} events"
+                "One worker per transport over the events of the row (a producer sends them while it runs), its "
+                "RSS sampled every 0.5 s from `/proc` from its first event on (`--memory-events` sets the count; "
+                "the default is the issue's 1,000,000).", ""]
+        mrows = []
+        for client, mem in outcome.memory.items():
+            first, last, peak, growth = memory_summary(mem)
+            total = mem.samples[-1][0] if mem.samples else 0.0
+            marks = []
+            for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
+                at = [rss for t, rss in mem.samples if t >= fraction * total]
+                marks.append(f"{at[0]:.0f}" if at else "n/a")
+            mrows.append([client, f"{mem.result.events:,} at {mem.result.rate:,.0f}/s", *marks, f"{peak:.0f}",
+                          f"{growth:+.1%} ({last - first:+.1f} MiB)"])
+        header = ["transport", "events", "RSS (MiB) after 10% of the run", "25%", "50%", "75%", "end",
+                  "max (after 10%)", "growth"]
+        out += [*_table(header, mrows), ""]
+    for client, profile in outcome.profile.items():
+        prof = outcome.profiled.get(client)
+        out += [f"## Profile of the worker (logreg, exactly-once, {client})", "",
+                f"pyinstrument, main thread (the poll loop and the steps; the client library's own threads are "
+                f"not sampled) over {c.profile_events:,} events"
                 + (f" ({prof.rate:,.0f} events/s under the profiler)." if prof else "."), "",
                 "The call tree (library frames folded by pyinstrument; seconds of wall time):", "", "```"]
-        out += [*_tree(outcome.profile.get("tree", ""), 70), "```", "", "Functions by own time (top 25):", "", "```"]
-        out += [*_flat(outcome.profile.get("flat_self", ""), 25), "```", ""]
+        out += [*_tree(profile.get("tree", ""), 70), "```", "", "Functions by own time (top 25):", "", "```"]
+        out += [*_flat(profile.get("flat_self", ""), 25), "```", ""]
     out += [END]
     return "\n".join(out) + "\n"
 

@@ -264,15 +264,16 @@ class Bench:
 
     def kafka_contender(
         self, contender: str, model: str, events_topic: str, n: int, *, label: str,
-        at_least_once: bool = False, profile: Path | None = None,
+        at_least_once: bool = False, profile: Path | None = None, client: str = "kafka-python",
     ) -> Measured:
         """The plain loop or the worker over ``n`` events already on ``events_topic`` (a fresh group)."""
         return self.retrying(label, lambda: self._kafka_contender(contender, model, events_topic, n, label=label,
-                                                                  at_least_once=at_least_once, profile=profile))
+                                                                  at_least_once=at_least_once, profile=profile,
+                                                                  client=client))
 
     def _kafka_contender(
         self, contender: str, model: str, events_topic: str, n: int, *, label: str,
-        at_least_once: bool, profile: Path | None,
+        at_least_once: bool, profile: Path | None, client: str,
     ) -> Measured:
         _, predictions = self.topics()
         result_path, stop_path, ready_path = self.path("result"), self.path("stop"), self.path("ready")
@@ -284,6 +285,8 @@ class Bench:
             args.append("--at-least-once")
         if profile is not None:
             args += ["--profile", str(profile)]
+        if contender == "worker":
+            args += ["--client", client]
         broker0 = self.stack.broker_cpu_s()
         child = self.spawn(*args)
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
@@ -297,17 +300,17 @@ class Bench:
 
     def paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
-        at_least_once: bool = False, commit_interval_s: float | None = None,
+        at_least_once: bool = False, commit_interval_s: float | None = None, client: str = "kafka-python",
     ) -> LatencyResult:
         """Produce at ``rate`` for ``seconds``; latency from each send to its prediction being readable by a
         ``read_committed`` consumer."""
         return self.retrying(label, lambda: self._paced(contender, model, rate, seconds, label=label,
                                                         at_least_once=at_least_once,
-                                                        commit_interval_s=commit_interval_s))
+                                                        commit_interval_s=commit_interval_s, client=client))
 
     def _paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
-        at_least_once: bool, commit_interval_s: float | None,
+        at_least_once: bool, commit_interval_s: float | None, client: str,
     ) -> LatencyResult:
         events, predictions = self.topics()
         ready_path, stop_path = self.path("ready"), self.path("stop")
@@ -318,6 +321,8 @@ class Bench:
             args.append("--at-least-once")
         if commit_interval_s is not None:
             args += ["--commit-interval", str(commit_interval_s)]
+        if contender == "worker":
+            args += ["--client", client]
         child = self.spawn(*args)
         n = max(50, int(rate * seconds))
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
@@ -334,15 +339,15 @@ class Bench:
 
     # --- scale --------------------------------------------------------------------------------------------
 
-    def scale(self, model: str, events_topic: str, workers: int) -> ScaleResult:
+    def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python") -> ScaleResult:
         """``workers`` worker processes in one group over the events already on the (4-partition) topic.
 
         Every worker keeps its partitions paused until all have joined and the partitions are split among
         them; then all start at once ("go") and each reports when it has reached its partitions' end offsets.
         """
-        return self.retrying(f"{workers} worker(s)", lambda: self._scale(model, events_topic, workers))
+        return self.retrying(f"{workers} worker(s)", lambda: self._scale(model, events_topic, workers, client))
 
-    def _scale(self, model: str, events_topic: str, workers: int) -> ScaleResult:
+    def _scale(self, model: str, events_topic: str, workers: int, client: str) -> ScaleResult:
         _, predictions = self.topics()
         group, go_path, stop_path = self.name("group"), self.path("go"), self.path("stop")
         children, results, readies = [], [], []
@@ -352,7 +357,7 @@ class Bench:
                 "worker", "--model", model, "--result", str(result_path), "--ready-file", str(ready_path),
                 "--go-file", str(go_path), "--stop-file", str(stop_path), "--bootstrap", self.stack.bootstrap,
                 "--topic", events_topic, "--predictions", predictions, "--group", group,
-                "--redis-url", self.stack.redis_url, "--transactional-id", f"{group}-{index}",
+                "--redis-url", self.stack.redis_url, "--transactional-id", f"{group}-{index}", "--client", client,
             ))
             results.append(result_path)
             readies.append(ready_path)
@@ -377,18 +382,18 @@ class Bench:
 
     # --- memory -------------------------------------------------------------------------------------------
 
-    def memory(self, model: str, n: int) -> MemoryResult:
+    def memory(self, model: str, n: int, client: str = "kafka-python") -> MemoryResult:
         """A worker over ``n`` events, produced while it runs; its RSS sampled over time by this process."""
-        return self.retrying("memory run", lambda: self._memory(model, n))
+        return self.retrying("memory run", lambda: self._memory(model, n, client))
 
-    def _memory(self, model: str, n: int) -> MemoryResult:
+    def _memory(self, model: str, n: int, client: str) -> MemoryResult:
         events, predictions = self.topics()
         result_path, stop_path, ready_path = self.path("result"), self.path("stop"), self.path("ready")
         child = self.spawn("worker", "--model", model, "--n", str(n), "--result", str(result_path),
                            "--stop-file", str(stop_path), "--ready-file", str(ready_path),
                            "--bootstrap", self.stack.bootstrap, "--topic", events,
                            "--predictions", predictions, "--group", self.name("group"),
-                           "--redis-url", self.stack.redis_url)
+                           "--redis-url", self.stack.redis_url, "--client", client)
         self.await_ready(ready_path, [child], "the worker to get its partitions")
         producer = threading.Thread(target=self.produce, args=(events, n), name="memory-producer", daemon=True)
         producer.start()

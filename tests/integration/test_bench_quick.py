@@ -24,4 +24,6 @@ def test_quick_bench_writes_a_report(tmp_path: Path) -> None:
     report = output.read_text()
     assert "| (a) bare model loop, no Kafka |" in report
     assert "| (c) streamlearn worker, exactly-once |" in report
-    assert "1. logreg: worker (exactly-once, everything on) vs plain loop (b)" in report
+    assert "| (c) streamlearn worker, exactly-once, `kafka.client: confluent` |" in report
+    assert "1. logreg: worker (exactly-once, everything on; kafka-python) vs plain loop (b)" in report
+    assert "1. logreg: worker (exactly-once, everything on; confluent) vs plain loop (b)" in report

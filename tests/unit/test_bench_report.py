@@ -21,6 +21,7 @@ def _outcome() -> Outcome:
         "a": [_measured("bare", "logreg", 10_000, 0.5)],
         "b": [_measured("plain", "logreg", 10_000, 2.0)],
         "c": [_measured("worker", "logreg", 10_000, 1.0)],
+        "c-rd": [_measured("worker", "logreg", 10_000, 0.8)],
     }
     outcome.throughput["arf"] = {
         "a": [_measured("bare", "arf", 1_000, 1.0)],
@@ -28,13 +29,14 @@ def _outcome() -> Outcome:
     }
     outcome.latency["c-alos"] = LatencyResult("alos", 5_000.0, 1000, 1000, None, 5.0, 20.0, 30.0)
     outcome.latency["c"] = LatencyResult("eos", 5_000.0, 1000, 1000, None, 500.0, 990.0, 1000.0)
-    outcome.scale = [
+    outcome.scale["kafka-python"] = [
         ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 1.0)], 0.0),
         ScaleResult(2, [RunResult("worker", "logreg", 2_000, 0.0, 0.6), RunResult("worker", "logreg", 2_000, 0.1,
                                                                                     0.65)], 0.0),
     ]
     samples = [(float(t), 100.0 + (5.0 if t > 1 else 0.0)) for t in range(20)]
-    outcome.memory = MemoryResult(RunResult("worker", "logreg", 1_000_000, 0.0, 100.0), samples, Usage(0, 1.0, 110))
+    outcome.memory["kafka-python"] = MemoryResult(RunResult("worker", "logreg", 1_000_000, 0.0, 100.0), samples,
+                                                  Usage(0, 1.0, 110))
     return outcome
 
 
@@ -43,11 +45,13 @@ def test_targets_are_ratios_of_the_same_run() -> None:
     for row in targets(_outcome()):
         rows.setdefault(row[0][:2], row)  # the first row of each target
     assert "2.00x" in rows["1."][2] and rows["1."][3] == "**met**"  # 5,000 vs 2,500 events/s
+    confluent = [row for row in targets(_outcome()) if row[0].startswith("1.") and "confluent" in row[0]]
+    assert confluent and "2.50x" in confluent[0][2]  # 12,500 vs 5,000 events/s
     assert "0.80x" in rows["2."][2] and rows["2."][3] == "**missed**"  # 800 vs 1,000 events/s
     assert "20.0 ms" in rows["3."][2] and rows["3."][3] == "**met**"
     assert "1.54x" in rows["4."][2] and rows["4."][3] == "**missed**"  # 4,000 in 0.65 s vs 4,000 in 1 s
     assert rows["5."][3] == "**met**"  # 105 -> 105 MiB after the first 10%
-    eos = [row for row in targets(_outcome()) if "exactly-once, transaction interval" in row[0]]
+    eos = [row for row in targets(_outcome()) if "transaction interval" in row[0]]
     assert eos and "0.99x the interval" in eos[0][2]
 
 
