@@ -57,7 +57,7 @@ def settings_for(args: argparse.Namespace, bootstrap: str, redis_url: str, event
     group = f"profile-{uuid.uuid4().hex[:8]}"
     kafka: dict[str, Any] = {
         "bootstrap_servers": bootstrap, "group_id": group, "exactly_once": not args.at_least_once,
-        "transactional_id": group, "max_poll_records": args.max_poll_records,
+        "transactional_id": group, "max_poll_records": args.max_poll_records, "client": args.client,
         "topics": {"events": events, "predictions": predictions, "shadow_predictions": f"{predictions}.shadow",
                    "dead_letters": f"{events}.dlq", "labels": f"{events}.labels"},
     }
@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--model", choices=sorted(MODELS), default="logreg")
     parser.add_argument("--at-least-once", action="store_true")
+    parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
+                        help="the worker's Kafka transport")
     parser.add_argument("--max-poll-records", type=int, default=500)
     parser.add_argument("--plain", action="store_true", help="also time the tutorial loop on the same events")
     parser.add_argument("--bare", action="store_true", help="also time the model's own loop (no Kafka)")

@@ -76,6 +76,8 @@ class ConfluentConsumer:
         #: per assigned partition, the next offset to deliver (start offset, last delivered + 1, or a seek)
         self._next: dict[TP, int] = {}
         self._paused: set[TP] = set()
+        #: the current assignment, kept from the rebalance callbacks (asking librdkafka costs a call per loop)
+        self._assigned: set[TP] = set()
         #: paused partitions whose next offset must be sought again when they are resumed
         self._seek_on_resume: set[TP] = set()
         self.raw = Consumer({
@@ -103,6 +105,7 @@ class ConfluentConsumer:
         consumer.pause(starts)
         for p in starts:
             tp = (p.topic, p.partition)
+            self._assigned.add(tp)
             self._next[tp] = p.offset
             self._paused.add(tp)
             self._seek_on_resume.add(tp)
@@ -128,6 +131,7 @@ class ConfluentConsumer:
 
     def _drop(self, tps: Sequence[TP]) -> None:
         for tp in tps:
+            self._assigned.discard(tp)
             self._next.pop(tp, None)
             self._paused.discard(tp)
             self._seek_on_resume.discard(tp)
@@ -249,7 +253,7 @@ class ConfluentConsumer:
         return int(result.offset) if result.offset >= 0 else None
 
     def assignment(self) -> set[TP]:
-        return set(_tps(self.raw.assignment()))
+        return set(self._assigned)
 
     def highwater(self, tp: TP) -> int | None:
         try:
