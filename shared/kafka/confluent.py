@@ -64,6 +64,11 @@ def _raise(exc: Exception, what: str) -> TransportError:
     return TransportError(f"{what}: {exc}", retriable=bool(error is not None and error.retriable()))
 
 
+def _log_commit_failure(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    if error is not None:
+        log.warning("offset commit not acknowledged (%s); a later commit carries later offsets", error)
+
+
 class ConfluentConsumer:
     """:class:`~shared.kafka.transport.EventConsumer` over confluent-kafka's ``Consumer``."""
 
@@ -92,6 +97,7 @@ class ConfluentConsumer:
             "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 3),
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
             "error_cb": self._on_error,
+            "on_commit": _log_commit_failure,
         })
 
     # --- group membership ----------------------------------------------------------------------------------
@@ -161,7 +167,14 @@ class ConfluentConsumer:
     # --- reading ---------------------------------------------------------------------------------------------
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         try:
-            messages = self.raw.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+            # consume() waits until it has max_records or the timeout passed; poll() returns with the first
+            # record, and what has been fetched with it is then taken without waiting
+            first = self.raw.poll(timeout_ms / 1000)
+            if first is None:
+                return []
+            messages = [first]
+            if max_records > 1:
+                messages += self.raw.consume(num_messages=max_records - 1, timeout=0)
         except KafkaException as exc:
             raise _raise(exc, "consume") from exc
         records: list[Record] = []
@@ -262,12 +275,15 @@ class ConfluentConsumer:
             return None
         return int(high) if high >= 0 else None
 
-    def commit(self, offsets: dict[TP, int]) -> None:
+    def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         if not offsets:
             return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            results = self.raw.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                      asynchronous=False)
+            if not wait:
+                self.raw.commit(offsets=partitions, asynchronous=True)
+                return
+            results = self.raw.commit(offsets=partitions, asynchronous=False)
         except KafkaException as exc:
             raise _raise(exc, "committing offsets") from exc
         failed = [f"{r.topic}[{r.partition}]: {r.error}" for r in results or () if r.error is not None]
