@@ -40,10 +40,14 @@ class Committer:
         """Hand one output record to the producer."""
         self._producer.send(topic, value, key, headers)
 
-    def commit(self, offsets: dict[TP, int]) -> None:
-        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read)."""
+    def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
+        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read).
+
+        ``wait=False`` does not wait for the broker to acknowledge the offsets (the outputs are delivered
+        either way): the loop's periodic commits save a round trip; a lost one only means re-reading.
+        """
         self._producer.flush(None)
-        self._consumer.commit(offsets)
+        self._consumer.commit(offsets, wait=wait)
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """The same commit from inside a rebalance listener (kafka-python: on its IO thread, awaited)."""
@@ -86,8 +90,10 @@ class TransactionalCommitter(Committer):
         except TransportError as exc:  # the producer is in an error state: the transaction cannot complete
             raise TransactionFailed(f"send failed: {exc}") from exc
 
-    def commit(self, offsets: dict[TP, int]) -> None:
-        """Commit the open transaction with ``offsets``; raise :class:`TransactionFailed` when that fails."""
+    def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
+        """Commit the open transaction with ``offsets``; raise :class:`TransactionFailed` when that fails.
+
+        A transaction's commit always waits (``wait`` is ignored): its outputs become readable only then."""
         if not offsets and not self._open:
             return
         try:

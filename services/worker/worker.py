@@ -300,13 +300,18 @@ class Worker:
             or time.monotonic() - self._last_commit >= self.settings.worker.commit_interval_s
         )
         if due and (self._pending_offsets or force):
-            self.commit()
+            self.commit(wait=False)
 
-    def commit(self, *, checkpoint: bool = False) -> None:
-        """Deliver everything sent so far, commit the processed offsets, then checkpoint when due."""
+    def commit(self, *, checkpoint: bool = False, wait: bool = True) -> None:
+        """Deliver everything sent so far, commit the processed offsets, then checkpoint when due.
+
+        ``wait=False`` (the loop's periodic commits, at-least-once) does not wait for the offset commit's answer.
+        A checkpoint may then run ahead of the committed offset, which is safe: its outputs were delivered
+        before it was taken, and a restore resumes from the checkpoint (docs/architecture.md).
+        """
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
-        self.committer.commit(offsets)
+        self.committer.commit(offsets, wait=wait)
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:

@@ -7,6 +7,7 @@ plain offsets; each library's quirks stay in its adapter (docs/architecture.md, 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from shared.kafka.clients import build_consumer, build_producer
 from shared.settings import KafkaSettings
 from shared.steps.batch import Record
+
+log = logging.getLogger("streamlearn.kafka")
 
 TP = tuple[str, int]
 
@@ -84,8 +87,12 @@ class EventConsumer(Protocol):
     def highwater(self, tp: TP) -> int | None:
         """The last known end offset of ``tp`` (from fetch responses; ``None`` when unknown)."""
 
-    def commit(self, offsets: dict[TP, int]) -> None:
-        """Commit the next offsets to read, synchronously; raises :class:`TransportError`."""
+    def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
+        """Commit the next offsets to read; raises :class:`TransportError`.
+
+        ``wait=False`` sends the commit without waiting for the answer (a failure is logged; the next commit
+        carries later offsets anyway).
+        """
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """The same commit from inside :meth:`RebalanceHandler.on_revoked`."""
@@ -221,11 +228,14 @@ class KafkaPythonConsumer:
         high = self.raw.highwater(TopicPartition(*tp))
         return None if high is None else int(high)
 
-    def commit(self, offsets: dict[TP, int]) -> None:
+    def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         if not offsets:
             return
         try:
-            self.raw.commit(_kafka_offsets(offsets))
+            if wait:
+                self.raw.commit(_kafka_offsets(offsets))
+            else:
+                self.raw.commit_async(_kafka_offsets(offsets), callback=_log_commit_failure)
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
 
@@ -246,6 +256,11 @@ class KafkaPythonConsumer:
 
     def close(self) -> None:
         self.raw.close(autocommit=False)
+
+
+def _log_commit_failure(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.warning("offset commit not acknowledged (%r); a later commit carries later offsets", response)
 
 
 class _KafkaPythonListener(AsyncConsumerRebalanceListener):

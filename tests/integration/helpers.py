@@ -68,18 +68,28 @@ def running_worker(settings: Settings, registry: CollectorRegistry | None = None
             raise errors[0]
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
-    """Read committed records from the start of ``topic`` until ``expected`` arrived or time is up."""
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, *, to_end: bool = False
+) -> list[Any]:
+    """Read committed records from the start of ``topic`` until ``expected`` arrived or time is up.
+
+    ``to_end``: then also on until the end offsets the topic had when reading began (every duplicate included).
+    """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
         auto_offset_reset="earliest", consumer_timeout_ms=1000,
     )
-    partitions = consumer.partitions_for_topic(topic) or {0}
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(partitions)
     consumer.seek_to_beginning()
+    ends = consumer.end_offsets(partitions) if to_end else {}
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
-    while len(records) < expected and time.monotonic() < deadline:
+
+    def short() -> bool:
+        return len(records) < expected or any(consumer.position(tp) < end for tp, end in ends.items())
+
+    while short() and time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():
             records.extend(batch)
     # one more short poll: anything beyond ``expected`` is a duplicate the test must see

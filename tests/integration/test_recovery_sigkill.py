@@ -71,13 +71,18 @@ def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events and o.offset >= 0)
 
 
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
 def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str,
+    exactly_once: bool,
 ) -> None:
+    """Exactly-once: nothing lost or duplicated. At-least-once: nothing lost; a prediction published again after
+    a kill (its offset was not committed yet) is the same prediction, and the models learn every event once."""
     started = time.monotonic()
     settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
-        kafka={"exactly_once": True, "session_timeout_ms": 6000, "max_poll_records": 500, "client": kafka_client},
+        kafka={"exactly_once": exactly_once, "session_timeout_ms": 6000, "max_poll_records": 500,
+               "client": kafka_client},
         worker={"commit_interval_s": 0.5, "commit_every_events": 1500},
         checkpoint={"every_events": 4000, "every_seconds": 3.0},
     )
@@ -122,28 +127,35 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     assert process.returncode == 0, output[-3000:]
     assert output.count("worker stopped") == 1, "only the last run drained; the others were killed"
 
-    records = read_topic(kafka_bootstrap, topics.predictions, N_EVENTS, timeout_s=90)
+    records = read_topic(kafka_bootstrap, topics.predictions, N_EVENTS, timeout_s=90, to_end=True)
     payloads = [orjson.loads(r.value) for r in records]
     counts = Counter(p["id"] for p in payloads)
     expected_ids = [f"agrawal-{SEED}-{i:09d}" for i in range(N_EVENTS)]
     lost = sum(1 for i in expected_ids if i not in counts)
     duplicated = sum(c - 1 for c in counts.values() if c > 1)
     print(f"\nkill points (committed offsets at SIGKILL): {killed_at}; lost={lost} duplicated={duplicated}")
+    missing = [i for i in expected_ids if i not in counts]
+    if missing:
+        print(f"lost ids: {missing[:20]}")
     restores = [(int(a), int(b)) for a, b in RESTORED.findall(output)]
     print(f"restores (checkpoint offset, committed offset): {restores}")
-    assert lost == 0 and duplicated == 0
-    assert len(payloads) == N_EVENTS and set(counts) == set(expected_ids)
-    assert [p["id"] for p in payloads] == expected_ids, "in order"
+    assert lost == 0 and set(counts) == set(expected_ids)
     assert len(restores) == 3, "\n".join(line for line in output.splitlines()
                                         if "streamlearn.checkpoint" in line or "assigned" in line)
-    assert any(k < c for k, c in restores), "at least one restart replayed a gap learn-only"
+    if exactly_once:
+        assert duplicated == 0 and len(payloads) == N_EVENTS
+        assert [p["id"] for p in payloads] == expected_ids, "in order"
+        assert any(k < c for k, c in restores), "at least one restart replayed a gap learn-only"
+    else:
+        assert list(dict.fromkeys(p["id"] for p in payloads)) == expected_ids, "first publications in order"
 
     # The uninterrupted run: the same learner, in-process, over the same stream.
     samples = list(iter_source("agrawal", seed=SEED, limit=N_EVENTS + N_PROBE))
     stream, probe = samples[:N_EVENTS], samples[N_EVENTS:]
     reference = build_learner(ModelSettings(**LOGREG), settings.preprocessing, settings.worker.seed)
     outputs = reference.process([Row(s.features, s.key) for s in stream], [s.label for s in stream])
-    mismatched = sum(1 for p, o in zip(payloads, outputs, strict=True) if p["prediction"] != o.prediction)
+    by_id = dict(zip(expected_ids, outputs, strict=True))
+    mismatched = sum(1 for p in payloads if p["prediction"] != by_id[p["id"]].prediction)
     print(f"published predictions different from the uninterrupted run: {mismatched} of {N_EVENTS}")
     assert mismatched == 0
 
