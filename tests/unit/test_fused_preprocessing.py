@@ -146,10 +146,15 @@ def _format_1_snapshot(learner: RiverLearner) -> bytes:
     return json.dumps(header, sort_keys=True).encode() + b"\n" + pickle.dumps(state, protocol=5)
 
 
+@pytest.mark.parametrize("settings", SETTINGS[:2] + SETTINGS[3:], ids=["all-on", "scale", "clean-only"])
 @pytest.mark.parametrize(("estimator", "params"), [ARF, LOGREG], ids=["arf", "logreg"])
-def test_a_format_1_snapshot_restores_fused_and_goes_on_identically(estimator: str, params: dict[str, Any]) -> None:
+def test_a_format_1_snapshot_restores_fused_and_goes_on_identically(
+    estimator: str, params: dict[str, Any], settings: PreprocessingSettings
+) -> None:
     stream = _phishing(1500)
-    old = RiverLearner(_layered(estimator, params, ALL_ON), Task.BINARY, estimator, params)
+    old = RiverLearner(_layered(estimator, params, settings), Task.BINARY, estimator, params)
+    assert len(old.pipeline.steps) == (2 if settings is SETTINGS[3] or (settings is SETTINGS[1] and estimator == ARF[0])
+                                       else 3)
     first, rest = stream[:700], stream[700:]
     old.process([Row(x) for x, _ in first], [y for _, y in first])
     restored = RiverLearner.restore(_format_1_snapshot(old))
