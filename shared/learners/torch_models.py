@@ -105,6 +105,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_available(name: str) -> bool:
+    """Whether ``name`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``) can be used on this machine."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+
+
 class TorchLearner(Learner):
     """A torch network behind :class:`Learner`, trained on mini-batches of labelled rows.
 
@@ -489,7 +497,13 @@ class TorchLearner(Learner):
             raise SnapshotError(f"snapshot of kind {header['kind']!r} cannot be restored as {cls.kind!r}")
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-            learner = cls(TorchOptions(**state["options"]), Task(state["task"]), int(state["seed"]), clock=clock)
+            options = dict(state["options"])
+            if not device_available(str(options.get("device", "auto"))):
+                # a checkpoint taken on a GPU worker restores on a CPU-only one (the tensors are loaded to the CPU)
+                log.warning("%s snapshot was taken on device %r, which this machine lacks: restoring on the CPU",
+                            cls.kind, options["device"])
+                options["device"] = "cpu"
+            learner = cls(TorchOptions(**options), Task(state["task"]), int(state["seed"]), clock=clock)
             learner._load_state(state)
         except SnapshotError:
             raise

@@ -126,3 +126,15 @@ def test_model_step_train_if_due_reaches_every_partition() -> None:
     assert step.train_if_due() == 0
     clock.now += 2.0
     assert step.train_if_due() == 2, "one partial batch per partition trained; River has nothing to do"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the restore on a machine without CUDA")
+def test_a_snapshot_taken_on_cuda_restores_on_a_cpu_only_machine() -> None:
+    mlp = _torch("torch.mlp", device="cpu", batch_size=4)
+    rows, labels = [Row({"x": float(i % 5)}, None) for i in range(40)], [i % 2 == 0 for i in range(40)]
+    mlp.process(rows, labels)
+    # what a GPU worker writes: the same state with device "cuda" in its options
+    mlp.options = mlp.options.model_copy(update={"device": "cuda"})
+    restored = type(mlp).restore(mlp.snapshot())
+    assert restored.device.type == "cpu" and restored.options.device == "cpu"
+    assert [restored.predict_one(r) for r in rows[:5]] == [mlp.predict_one(r) for r in rows[:5]]
