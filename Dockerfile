@@ -8,11 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (CPU-only torch), in their own layer: editing the code does not reinstall them.
+# Dependencies first (CPU-only torch, both Kafka clients), in their own layer: editing the code does not reinstall
+# them.
 COPY pyproject.toml README.md ./
 RUN mkdir shared services \
     && touch shared/__init__.py services/__init__.py \
-    && pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[confluent]' \
     && pip uninstall --yes streamlearn \
     && rm -rf shared services build
 
