@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MODEL_TITLES, SOURCE
-from bench.suite import Bench, LatencyResult, Measured, MemoryResult, ScaleResult, log
+from bench.suite import WARMUP_S, Bench, LatencyResult, Measured, MemoryResult, ScaleResult, log
 
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"
@@ -401,12 +401,13 @@ def render(outcome: Outcome) -> str:
             out += [*_table(["model", "snapshot ms", "snapshot KiB", "memory gauge ms"], costs), ""]
     if outcome.latency:
         out += ["## End-to-end latency (logreg)", "",
-                "A paced producer sends events at half the contender's maximum throughput of this run (measured "
-                "above; for reference also at a quarter and a tenth of it); latency runs from just before "
-                "`send()` to the moment a "
-                "`read_committed` consumer of the predictions topic receives the prediction. The paced producer "
-                "and that reader run in the benchmark's own process, on the same CPUs as the contender and the "
-                f"broker. Each run lasts {c.latency_seconds:g} s; the first 5% of events are warm-up and left out. "
+                "A paced producer (librdkafka) sends events at half the contender's maximum throughput of this run "
+                "(measured above; for reference also at a quarter and a tenth of it); latency runs from just "
+                "before `send()` to the moment a `read_committed` consumer (librdkafka) of the predictions topic "
+                "receives the prediction. The paced producer and that reader run in the benchmark's own process, "
+                "on the same CPUs as the contender and the "
+                f"broker. Each run sends for {WARMUP_S:g} s of warm-up (not measured: connections, producer ids and "
+                f"fetch sessions settle), then for {c.latency_seconds:g} s that are measured. "
                 "The two right-hand columns split each latency at the prediction record's timestamp (when the "
                 "contender called `send()` for it).", ""]
         lrows = [[r.label, f"{r.rate:,.0f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",

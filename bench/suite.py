@@ -35,6 +35,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: a contender without partitions this long after start hit kafka-python's join-before-metadata race: retry
 ASSIGN_TIMEOUT_S = 45.0
 ATTEMPTS = 3
+#: a paced run sends at its rate this long before the measured seconds: the clients' connections, the idempotent
+#: producers' ids and the broker's first fetch sessions settle, and those events are not measured
+WARMUP_S = 2.0
 T = TypeVar("T")
 
 
@@ -322,7 +325,7 @@ class Bench:
         if contender == "worker":
             args += ["--client", client]
         child = self.spawn(*args)
-        n = max(50, int(rate * seconds))
+        n = max(50, int(rate * (WARMUP_S + seconds)))
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
         try:
             reader = _Reader(self.stack.bootstrap, predictions, n)
@@ -428,7 +431,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(slots=True)
 class LatencyResult:
-    """End-to-end latencies of a paced run (the first 5% of events are warm-up and left out).
+    """End-to-end latencies of a paced run (the events of the first ``WARMUP_S`` seconds are left out).
 
     ``to_send`` is from the event's send to the contender's send of its prediction (the prediction record's
     timestamp), ``to_read`` from there to the prediction being read: the wait for the flush, the transaction
@@ -451,7 +454,8 @@ class LatencyResult:
     @classmethod
     def of(cls, label: str, rate: float, sent: dict[str, float], received: dict[str, tuple[float, float]],
            commit_interval_s: float | None) -> LatencyResult:
-        ids = [i for i in list(sent)[len(sent) // 20:] if i in received]
+        first = min(sent.values(), default=0.0)
+        ids = [i for i, at in sent.items() if at >= first + WARMUP_S and i in received]
         total = [1000.0 * (received[i][0] - sent[i]) for i in ids]
         to_send = [1000.0 * (received[i][1] - sent[i]) for i in ids]
         to_read = [1000.0 * (received[i][0] - received[i][1]) for i in ids]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -169,6 +170,7 @@ class Worker:
                                                   **security_options(kafka)), kafka.topics.events, kafka.topics.labels)
         self.consumer.subscribe(topics, self)
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
+        _freeze_startup_objects()
 
     def _build_steps(self, publish: PublishStep) -> list[Step]:
         """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
@@ -568,6 +570,14 @@ class Worker:
                 self.endpoint.stop()
                 self.endpoint = None
         log.info("worker stopped")
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything allocated so far (imported modules: torch, River, pydantic; the clients) out of the
+    collector's reach. A full collection walked about a million such objects and paused the loop 75-90 ms twice
+    every 8 s at 6,000 events/s; objects created from now on are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 class TopicLayoutError(RuntimeError):

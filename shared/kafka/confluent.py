@@ -35,6 +35,9 @@ TP = tuple[str, int]
 REQUEST_TIMEOUT_S = 10.0
 #: how often ``connected()`` may ask the broker while it believes the cluster is down
 PROBE_INTERVAL_S = 2.0
+#: a poll that found fewer records than this waits up to ``SMALL_BATCH_WAIT_S`` for more
+SMALL_BATCH = 64
+SMALL_BATCH_WAIT_S = 0.002
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -175,6 +178,10 @@ class ConfluentConsumer:
             messages = [first]
             if max_records > 1:
                 messages += self.raw.consume(num_messages=max_records - 1, timeout=0)
+            if len(messages) < SMALL_BATCH < max_records:
+                # records are trickling in (a fetch response each): give the next ones a moment, so that the
+                # steps' per-batch costs (a Redis round trip, the metric exports) are shared by more records
+                messages += self.raw.consume(num_messages=max_records - len(messages), timeout=SMALL_BATCH_WAIT_S)
         except KafkaException as exc:
             raise _raise(exc, "consume") from exc
         records: list[Record] = []
