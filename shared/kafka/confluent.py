@@ -16,8 +16,9 @@ librdkafka differs from kafka-python where the worker cares, and this module hid
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -35,6 +36,8 @@ TP = tuple[str, int]
 REQUEST_TIMEOUT_S = 10.0
 #: how often ``connected()`` may ask the broker while it believes the cluster is down
 PROBE_INTERVAL_S = 2.0
+#: how much longer than its own timeout a transactional call may take before the producer is abandoned
+TRANSACTION_GRACE_S = 5.0
 #: a poll that found fewer records than this waits up to ``SMALL_BATCH_WAIT_S`` for more
 SMALL_BATCH = 64
 SMALL_BATCH_WAIT_S = 0.002
@@ -359,6 +362,8 @@ class ConfluentProducer:
             config["transactional.id"] = default_transactional_id(settings)
             config["transaction.timeout.ms"] = settings.transaction_timeout_ms
         self.raw = Producer(config)
+        #: a transactional call outlived its timeout: the handle is left alone (never closed) from then on
+        self._abandoned = False
 
     @staticmethod
     def _on_error(error: KafkaError) -> None:
@@ -395,10 +400,7 @@ class ConfluentProducer:
             raise TransportError(f"{len(failures)} records failed: " + "; ".join(failures[:3]))
 
     def init_transactions(self, timeout_s: float) -> None:
-        try:
-            self.raw.init_transactions(timeout_s)
-        except KafkaException as exc:
-            raise _raise(exc, "init_transactions") from exc
+        self._bounded("init_transactions", lambda: self.raw.init_transactions(timeout_s), timeout_s)
 
     def begin_transaction(self) -> None:
         try:
@@ -407,21 +409,53 @@ class ConfluentProducer:
             raise _raise(exc, "begin_transaction") from exc
 
     def send_offsets_to_transaction(self, offsets: dict[TP, int], consumer: EventConsumer, timeout_s: float) -> None:
-        try:
-            self.raw.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                                 consumer.group_metadata(), timeout_s)
-        except KafkaException as exc:
-            raise _raise(exc, "send_offsets_to_transaction") from exc
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        metadata = consumer.group_metadata()
+        self._bounded("send_offsets_to_transaction",
+                      lambda: self.raw.send_offsets_to_transaction(partitions, metadata, timeout_s), timeout_s)
 
     def commit_transaction(self, timeout_s: float) -> None:
         try:
-            self.raw.commit_transaction(timeout_s)
-        except KafkaException as exc:
-            raise _raise(exc, "commit_transaction") from exc
+            self._bounded("commit_transaction", lambda: self.raw.commit_transaction(timeout_s), timeout_s)
         finally:
             self._failures.clear()  # a failed delivery fails the commit itself
 
+    def _bounded(self, what: str, call: Callable[[], object], timeout_s: float) -> None:
+        """Run a transactional call with a deadline of its own.
+
+        librdkafka 2.16 was seen to stay in ``send_offsets_to_transaction`` for minutes past its timeout when
+        the broker stopped at the wrong moment (``tests/integration/test_outage.py``). The call runs on a helper
+        thread; when it outlives ``timeout_s`` plus a grace, the producer is abandoned (the worker rewinds with a
+        new one, whose ``init_transactions`` fences this one) and the stuck thread ends whenever librdkafka lets
+        it.
+        """
+        if self._abandoned:
+            raise TransportError(f"{what}: the producer was abandoned after a call that did not return")
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the calling thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+        thread.start()
+        thread.join(timeout_s + TRANSACTION_GRACE_S)
+        if thread.is_alive():
+            self._abandoned = True
+            log.error("%s did not return within %.0f s although its timeout was %.0f s; abandoning this producer",
+                      what, timeout_s + TRANSACTION_GRACE_S, timeout_s)
+            raise TransportError(f"{what} did not return within {timeout_s + TRANSACTION_GRACE_S:.0f} s")
+        if outcome:
+            error = outcome[0]
+            if isinstance(error, KafkaException):
+                raise _raise(error, what) from error
+            raise error
+
     def close(self, timeout_s: float) -> None:
+        if self._abandoned:
+            return  # another thread may still be inside librdkafka with this handle
         if timeout_s > 0:
             self.raw.flush(timeout_s)
         self.raw.purge()
