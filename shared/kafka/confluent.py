@@ -38,6 +38,11 @@ REQUEST_TIMEOUT_S = 10.0
 PROBE_INTERVAL_S = 2.0
 #: how much longer than its own timeout a transactional call may take before the producer is abandoned
 TRANSACTION_GRACE_S = 5.0
+#: the consumer fetches ahead at most this many polls' worth of records, and at most this many KiB per partition
+PREFETCH_POLLS = 10
+PREFETCH_MAX_KBYTES = 16 * 1024
+#: the producer's queue of records not yet delivered (librdkafka's default is 1 GiB)
+PRODUCER_QUEUE_KBYTES = 64 * 1024
 #: a poll that found fewer records than this waits up to ``SMALL_BATCH_WAIT_S`` for more
 SMALL_BATCH = 64
 SMALL_BATCH_WAIT_S = 0.002
@@ -102,6 +107,10 @@ class ConfluentConsumer:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 3),
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            # librdkafka prefetches until 100,000 records or 64 MiB per partition are queued; a few polls ahead
+            # are enough, and a lagging worker's memory then stays flat
+            "queued.min.messages": max(1_000, PREFETCH_POLLS * settings.max_poll_records),
+            "queued.max.messages.kbytes": PREFETCH_MAX_KBYTES,
             "error_cb": self._on_error,
             "on_commit": _log_commit_failure,
         })
@@ -355,6 +364,7 @@ class ConfluentProducer:
             "partitioner": "murmur2_random",
             "compression.type": settings.compression_type,
             "delivery.report.only.error": True,
+            "queue.buffering.max.kbytes": PRODUCER_QUEUE_KBYTES,
             "on_delivery": on_delivery,
             "error_cb": self._on_error,
         }
