@@ -355,6 +355,14 @@ def build_preprocessing(
     ``scale_numbers`` overrides the setting of the same name (see :func:`scales_numbers`). Anomaly detectors
     always get numbers scaled to [0, 1] and one-hot categories, whatever the settings say.
     """
+    numeric_scaler, encoder = _scaler_and_encoder(preprocessing_settings, task, scale_numbers)
+    return Preprocessor(impute_missing=preprocessing_settings.impute_missing, scaler=numeric_scaler, encoder=encoder)
+
+
+def _scaler_and_encoder(
+    preprocessing_settings: PreprocessingSettings, task: Task, scale_numbers: bool | None
+) -> tuple[base.Transformer | None, preprocessing.OneHotEncoder | None]:
+    """The numeric scaler and the category encoder the prefix gets (either may be absent)."""
     numeric_scaler: base.Transformer | None = None
     scale = preprocessing_settings.scale_numbers if scale_numbers is None else scale_numbers
     if task is Task.ANOMALY:
@@ -362,8 +370,7 @@ def build_preprocessing(
     elif scale:
         numeric_scaler = preprocessing.StandardScaler()
     one_hot = preprocessing_settings.one_hot_categories or task is Task.ANOMALY
-    encoder = preprocessing.OneHotEncoder(drop_zeros=True) if one_hot else None
-    return Preprocessor(impute_missing=preprocessing_settings.impute_missing, scaler=numeric_scaler, encoder=encoder)
+    return numeric_scaler, preprocessing.OneHotEncoder(drop_zeros=True) if one_hot else None
 
 
 def build_layered_preprocessing(
@@ -376,14 +383,7 @@ def build_layered_preprocessing(
     layout that old snapshots hold.
     """
     cleaner = compose.Pipeline(FeatureCleaner(impute_missing=preprocessing_settings.impute_missing))
-    numeric_scaler: base.Transformer | None = None
-    scale = preprocessing_settings.scale_numbers if scale_numbers is None else scale_numbers
-    if task is Task.ANOMALY:
-        numeric_scaler = UnitRangeScaler()
-    elif scale:
-        numeric_scaler = preprocessing.StandardScaler()
-    one_hot = preprocessing_settings.one_hot_categories or task is Task.ANOMALY
-    encoder = preprocessing.OneHotEncoder(drop_zeros=True) if one_hot else None
+    numeric_scaler, encoder = _scaler_and_encoder(preprocessing_settings, task, scale_numbers)
     if numeric_scaler is None and encoder is None:
         return cleaner
     numbers_part: base.Transformer | compose.Pipeline = compose.SelectType(numbers.Number)
