@@ -79,6 +79,9 @@ class MetricsSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     rolling_window: int = Field(1000, ge=10, le=1_000_000)
+    #: the model-quality gauges are refreshed at most this often (0: after every batch); a scrape sees values at
+    #: most this old, and a poll of a few records does not pay for recomputing every score
+    export_interval_s: float = Field(1.0, ge=0.0, le=60.0)
     enabled: bool = True
 
 

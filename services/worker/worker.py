@@ -93,7 +93,8 @@ class Worker:
         self._rewind_reason: str | None = None
         self._kafka_ok = True
         self.steps: list[Step] = []
-        self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window)
+        self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
+                                    export_interval_s=settings.metrics.export_interval_s)
         self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
                                          paused_gauge=self.metrics.paused_partitions)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
@@ -244,6 +245,7 @@ class Worker:
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
+                    self.score_step.export()
                     self.model_step.train_if_due()
                     self._maybe_commit()
                 except TransactionFailed as exc:
@@ -268,7 +270,6 @@ class Worker:
         if self.delayed_labels is not None:
             # labels after the events of the same poll: a label never waits for an event it came with
             next_offsets.update(self.delayed_labels.resolve(label_records))
-        self.score_step.export()
         self._update_champion()
         self._pending_offsets.update(next_offsets)
         self._processed.update(next_offsets)
@@ -558,6 +559,7 @@ class Worker:
                 except TransactionFailed as exc:  # aborted: the next owner resumes from the last commit
                     log.error("final commit failed (%s); the next owner resumes from the last commit", exc)
         finally:
+            self.score_step.export(force=True)
             self._ready = False
             self.metrics.ready.set(0)
             if self.consumer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Hashable, Mapping, Sequence
+from itertools import chain, islice
 from operator import itemgetter
 from typing import Final
 
@@ -35,6 +36,8 @@ OTHER_CLASS: Final = "__other__"
 DEFAULT_MAX_CLASSES: Final = 256
 DEFAULT_AUC_BINS: Final = 1000
 _PROBA_EPSILON: Final = 1e-15
+#: batches of at most this many examples update the AUC histograms item by item, larger ones with numpy
+_FEW: Final = 32
 
 
 def metric_names(task: Task) -> tuple[str, ...]:
@@ -91,6 +94,18 @@ class BinnedROCAUC:
 
     def add_many(self, is_positive: Sequence[bool], scores: Sequence[float], sign: int = 1) -> None:
         """Count (``sign`` 1) or remove (-1) a batch of examples: :meth:`update` / :meth:`revert` for each."""
+        if len(scores) <= _FEW:  # a few examples: item by item (two histograms of ``bins`` each cost more)
+            positives, negatives, n_positive = self._positives, self._negatives, 0
+            for counts_as_positive, score in zip(is_positive, scores, strict=True):
+                index = self._bin(score)
+                if counts_as_positive:
+                    positives[index] += sign
+                    n_positive += 1
+                else:
+                    negatives[index] += sign
+            self.n_positive += sign * n_positive
+            self.n_negative += sign * (len(scores) - n_positive)
+            return
         values = np.asarray(scores, dtype=float)
         bins = np.zeros(len(values), dtype=np.int64)
         above = values > 0.0  # NaN and non-positive scores go to bin 0, as in ``_bin``
@@ -309,12 +324,13 @@ class Scoreboard:
         return items
 
     def _update_classification(self, items: list[_Scored]) -> None:
+        """Add a batch in O(batch): the window is read only where items leave it (and once a window, to re-sum)."""
         window, history = self.window, self._history
         cumulative, rolling = self._cumulative, self._rolling
         k, n_old = len(items), len(history)
         n_removed = max(0, n_old + k - window)
-        old = list(history)
-        removed = old[:n_removed] if n_removed <= n_old else old + items[: n_removed - n_old]
+        # the items that leave the window: the oldest of the history, then (a batch longer than the window) its own
+        removed = list(islice(history, min(n_removed, n_old))) + items[: max(0, n_removed - n_old)]
         # counts: exact whole numbers, so one addition per batch equals one per example
         cumulative.add_counts(items, 1.0)
         rolling.add_counts(items, 1.0)
@@ -327,28 +343,34 @@ class Scoreboard:
                 loss_sum += loss
                 loss_n += 1
         cumulative.loss_sum, cumulative.loss_n = loss_sum, loss_n
-        # rolling log loss: replay the removals, additions and periodic re-sums in the order of one at a time
-        losses = [item[2] for item in old] + [item[2] for item in items]
+        # rolling log loss: replay the removals, additions and periodic re-sums in the order of one at a time;
+        # counting positions over history + items, the item that leaves at position j is removed[j - window]
         loss_sum, loss_n = rolling.loss_sum, rolling.loss_n
         updates = self._updates
-        fsum = math.fsum
         for j in range(n_old, n_old + k):
             if j >= window:
-                gone = losses[j - window]
+                gone = removed[j - window][2]
                 if gone is not None:
                     loss_sum -= gone
                     loss_n -= 1
-            loss = losses[j]
+            loss = items[j - n_old][2]
             if loss is not None:
                 loss_sum += loss
                 loss_n += 1
             updates += 1
             if updates % window == 0:  # re-add from scratch (float subtraction drifts over millions of reverts)
-                kept = [x for x in losses[j + 1 - window: j + 1] if x is not None]
-                loss_sum, loss_n = fsum(kept), len(kept)
+                loss_sum, loss_n = self._window_losses(items, j - n_old + 1)
         rolling.loss_sum, rolling.loss_n = loss_sum, loss_n
         self._updates = updates
         history.extend(items)
+
+    def _window_losses(self, items: list[_Scored], taken: int) -> tuple[float, int]:
+        """The exact sum and count of the losses in the window once the first ``taken`` of ``items`` are in it."""
+        window, history = self.window, self._history
+        from_items = items[max(0, taken - window): taken]
+        from_history = islice(history, max(0, len(history) + len(from_items) - window), None)
+        kept = [x[2] for x in chain(from_history, from_items) if x[2] is not None]
+        return math.fsum(kept), len(kept)
 
     def _update_regression(self, items: list[_Scored]) -> None:
         history, window = self._history, self.window

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 
 from shared.learners.base import Output, Target, Task
@@ -15,8 +16,14 @@ from shared.steps.batch import Batch
 class ScoreStep:
     """Keeps one scoreboard per model (over every partition of this worker) and the baselines."""
 
-    def __init__(self, metrics: Metrics, tasks: dict[str, Task], rolling_window: int) -> None:
+    def __init__(
+        self, metrics: Metrics, tasks: dict[str, Task], rolling_window: int, *, export_interval_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._metrics = metrics
+        self._export_interval_s = export_interval_s
+        self._monotonic = monotonic
+        self._last_export = -float("inf")
         self.tasks = dict(tasks)
         self.scoreboards = {name: Scoreboard(task, rolling_window) for name, task in tasks.items()}
         supervised = [t for t in tasks.values() if t is not Task.ANOMALY]
@@ -104,10 +111,15 @@ class ScoreStep:
         """Score each model's output, and the baselines, on one label."""
         self.score_many((outputs,), (label,))
 
-    def export(self) -> None:
-        """Copy the current scores into the gauges (called once per batch, not per event)."""
+    def export(self, *, force: bool = False) -> None:
+        """Copy the current scores into the gauges: when they changed, at most every ``export_interval_s`` unless
+        ``force``d (the worker calls it on every turn of its loop, and forces it when it stops)."""
         if not self._dirty:
             return
+        now = self._monotonic()
+        if not force and now - self._last_export < self._export_interval_s:
+            return
+        self._last_export = now
         gauge = self._metrics.model_metric
         for name, board in self.scoreboards.items():
             for (metric, window), value in board.values().items():

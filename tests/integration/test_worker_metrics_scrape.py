@@ -57,10 +57,13 @@ def test_prometheus_scrapes_the_worker_during_a_replay(
         labels = {"model": "logreg", "metric": "accuracy", "window": "cumulative"}
 
         def prometheus_has_final() -> bool:
-            # the gauge is exported just after the batch's events are counted: re-read it each time
+            # the gauges are refreshed from the scores at most every metrics.export_interval_s: wait for the
+            # worker to export its final score (the loop keeps exporting while idle), then for a scrape of it
+            scored = worker.score_step.scoreboards["logreg"].values().get(("accuracy", "cumulative"))
             final = sample_value(registry, "streamlearn_model_metric", labels)
             result = prometheus_server.query(query)
-            return final is not None and bool(result) and abs(float(result[0]["value"][1]) - final) < 1e-12
+            return (final is not None and final == scored and bool(result)
+                    and abs(float(result[0]["value"][1]) - final) < 1e-12)
 
         wait_for(prometheus_has_final, 15, "Prometheus to hold the worker's final accuracy")
         final = sample_value(registry, "streamlearn_model_metric", labels)

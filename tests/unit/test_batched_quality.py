@@ -112,6 +112,27 @@ def test_auc_add_many_equals_update_and_revert() -> None:
     assert (batched.n_positive, batched.n_negative) == (single.n_positive, single.n_negative)
 
 
+@pytest.mark.parametrize("size", [1, 2, quality._FEW, quality._FEW + 1])
+def test_auc_small_and_large_batches_equal_update_and_revert(size: int) -> None:
+    """Batches up to ``_FEW`` examples take the item-by-item path, larger ones numpy's: both equal ``update``."""
+    rng = random.Random(size)
+    batched, single = quality.BinnedROCAUC(20), quality.BinnedROCAUC(20)
+    examples = [(rng.random() < 0.4, rng.choice([rng.random(), 0.0, 1.0, 1.5, -1.0, float("nan")])) for _ in range(400)]
+    for start in range(0, len(examples), size):
+        chunk = examples[start:start + size]
+        batched.add_many([e[0] for e in chunk], [e[1] for e in chunk])
+        for is_positive, score in chunk:
+            single.update(is_positive, score)
+        if start % (3 * size) == 0:  # take some back out, as the rolling window does
+            batched.add_many([e[0] for e in chunk], [e[1] for e in chunk], -1)
+            for is_positive, score in chunk:
+                single.revert(is_positive, score)
+        assert batched.get() == single.get()
+        assert (batched.n_positive, batched.n_negative) == (single.n_positive, single.n_negative)
+    assert batched._positives.tolist() == single._positives.tolist()
+    assert batched._negatives.tolist() == single._negatives.tolist()
+
+
 def _record(i: int, rng: random.Random) -> Record:
     record = Record("events", 0, i, None, b"{}", 0)
     roll = rng.random()
@@ -169,3 +190,31 @@ def test_score_step_metrics_equal_reference_step() -> None:
         old.export()
         assert _samples(new_metrics) == _samples(old_metrics)
     assert new.take_labelled() == old.take_labelled() > 1000
+
+
+def test_score_step_exports_at_most_every_interval_unless_forced() -> None:
+    rng = random.Random(13)
+    now = [100.0]
+    metrics = Metrics(CollectorRegistry())
+    step = ScoreStep(metrics, {"a": Task.BINARY, "b": Task.BINARY}, 50, export_interval_s=1.0,
+                     monotonic=lambda: now[0])
+    labels = {"model": "a", "metric": "accuracy", "window": "cumulative"}
+
+    def exported() -> float | None:
+        return metrics.registry.get_sample_value("streamlearn_model_metric", labels)
+
+    step.process(Batch([_record(i, rng) for i in range(40)], 0.0))
+    step.export()
+    first = exported()
+    assert first is not None  # the first export is never held back
+    step.process(Batch([_record(40 + i, rng) for i in range(200)], 0.0))
+    now[0] += 0.5
+    step.export()
+    assert exported() == first  # within the interval: the gauges keep their values
+    now[0] += 0.5
+    step.export()
+    current = step.scoreboards["a"].values()[("accuracy", "cumulative")]
+    assert exported() == current != first
+    step.process(Batch([_record(240 + i, rng) for i in range(200)], 0.0))
+    step.export(force=True)  # the worker forces the last export when it stops
+    assert exported() == step.scoreboards["a"].values()[("accuracy", "cumulative")]
