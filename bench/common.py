@@ -50,6 +50,7 @@ def worker_settings(
     redis_url: str | None,
     exactly_once: bool = True,
     commit_interval_s: float | None = None,
+    linger_ms: int | None = None,
     transactional_id: str | None = None,
     namespace: str | None = None,
     client: str = "kafka-python",
@@ -66,6 +67,8 @@ def worker_settings(
     overrides: dict[str, Any] = {"kafka": kafka, "models": [MODELS[model]], "metrics": {"port": 0}}
     if commit_interval_s is not None:
         overrides["worker"] = {"commit_interval_s": commit_interval_s}
+    if linger_ms is not None:
+        kafka["linger_ms"] = linger_ms
     if redis_url is None:
         overrides["checkpoint"] = {"enabled": False}
     else:

@@ -73,6 +73,8 @@ CONTENDERS = {
 }
 #: the worker's Kafka transports (``kafka.client``), each benchmarked
 CLIENTS = ("kafka-python", "confluent")
+#: the worker's ``kafka.linger_ms`` in the latency rows that show what a lower linger buys (the default is 5)
+LATENCY_LINGER_MS = 1
 #: the transport of each worker contender
 CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent", "c-rd-alos": "confluent"}
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
@@ -150,27 +152,34 @@ class Outcome:
 
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
-        # (key, contender, label, at-least-once, commit interval, whose maximum, fraction of it)
+        linger = f" with `kafka.linger_ms: {LATENCY_LINGER_MS}`"
+        # (key, contender, label, at-least-once, commit interval, whose maximum, fraction of it, linger_ms)
         plans = [
-            ("b", "plain", CONTENDERS["b"], True, None, "b", 0.5),
-            ("c-alos", "worker", CONTENDERS["c-alos"], True, None, "c-alos", 0.5),
+            ("b", "plain", CONTENDERS["b"], True, None, "b", 0.5, None),
+            ("t", "transport", CONTENDERS["t"] + ", at the rate of the next row", True, None, "c-alos", 0.5, None),
+            ("c-alos", "worker", CONTENDERS["c-alos"], True, None, "c-alos", 0.5, None),
+            ("c-alos-linger", "worker", CONTENDERS["c-alos"] + linger, True, None, "c-alos", 0.5, LATENCY_LINGER_MS),
             ("c-alos-quarter", "worker", CONTENDERS["c-alos"] + " at a quarter of max", True, None, "c-alos",
-             0.25),
-            ("c-alos-light", "worker", CONTENDERS["c-alos"] + " at a tenth of max", True, None, "c-alos", 0.1),
-            ("c", "worker", CONTENDERS["c"] + " (commit_interval_s 1.0, default)", False, None, "c", 0.5),
-            ("c-100ms", "worker", CONTENDERS["c"] + " (commit_interval_s 0.1)", False, 0.1, "c", 0.5),
-            ("c-rd-alos", "worker", CONTENDERS["c-rd-alos"], True, None, "c-rd-alos", 0.5),
-            ("c-rd", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 1.0, default)", False, None, "c-rd", 0.5),
-            ("c-rd-100ms", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 0.1)", False, 0.1, "c-rd", 0.5),
+             0.25, None),
+            ("c-alos-light", "worker", CONTENDERS["c-alos"] + " at a tenth of max", True, None, "c-alos", 0.1, None),
+            ("c", "worker", CONTENDERS["c"] + " (commit_interval_s 1.0, default)", False, None, "c", 0.5, None),
+            ("c-100ms", "worker", CONTENDERS["c"] + " (commit_interval_s 0.1)", False, 0.1, "c", 0.5, None),
+            ("c-rd-alos", "worker", CONTENDERS["c-rd-alos"], True, None, "c-rd-alos", 0.5, None),
+            ("c-rd-alos-linger", "worker", CONTENDERS["c-rd-alos"] + linger, True, None, "c-rd-alos", 0.5,
+             LATENCY_LINGER_MS),
+            ("c-rd", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 1.0, default)", False, None, "c-rd", 0.5,
+             None),
+            ("c-rd-100ms", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 0.1)", False, 0.1, "c-rd", 0.5, None),
         ]
-        for key, contender, label, at_least_once, interval, of, fraction in plans:
+        for key, contender, label, at_least_once, interval, of, fraction, linger_ms in plans:
             max_rate = self.rate("logreg", of)
             if max_rate is None:
                 continue
             rate = fraction * max_rate
             log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
             result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
-                                 commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"))
+                                 commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"),
+                                 linger_ms=linger_ms)
             self.latency[key] = result
             log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} read)")
 
@@ -295,6 +304,18 @@ def targets(outcome: Outcome) -> list[list[str]]:
             rows.append([f"3. p99 end-to-end latency, logreg, at-least-once ({CLIENT_OF[key]}), at half max "
                          "throughput", f"<= {TARGET_P99_MS:.0f} ms",
                          f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s", _verdict(alos.p99_ms <= TARGET_P99_MS)])
+    for key in ("c-alos-linger", "c-rd-alos-linger"):
+        tuned = outcome.latency.get(key)
+        if tuned is not None:
+            client = "confluent" if key.startswith("c-rd") else "kafka-python"
+            rows.append([f"3. the same ({client}) with `kafka.linger_ms: {LATENCY_LINGER_MS}` (reference)",
+                         f"<= {TARGET_P99_MS:.0f} ms", f"{tuned.p99_ms:.1f} ms at {tuned.rate:,.0f} events/s",
+                         "within" if tuned.p99_ms <= TARGET_P99_MS else "above"])
+    floor = outcome.latency.get("t")
+    if floor is not None:
+        rows.append(["3. kafka-python alone (t), no model and no steps, at the same rate (the floor)",
+                     f"<= {TARGET_P99_MS:.0f} ms", f"{floor.p99_ms:.1f} ms at {floor.rate:,.0f} events/s",
+                     "within" if floor.p99_ms <= TARGET_P99_MS else "above"])
     for key, share in (("c-alos-quarter", "a quarter"), ("c-alos-light", "a tenth")):
         light = outcome.latency.get(key)
         if light is not None:

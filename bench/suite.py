@@ -302,16 +302,18 @@ class Bench:
     def paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
         at_least_once: bool = False, commit_interval_s: float | None = None, client: str = "kafka-python",
+        linger_ms: int | None = None,
     ) -> LatencyResult:
         """Produce at ``rate`` for ``seconds``; latency from each send to its prediction being readable by a
         ``read_committed`` consumer."""
         return self.retrying(label, lambda: self._paced(contender, model, rate, seconds, label=label,
                                                         at_least_once=at_least_once,
-                                                        commit_interval_s=commit_interval_s, client=client))
+                                                        commit_interval_s=commit_interval_s, client=client,
+                                                        linger_ms=linger_ms))
 
     def _paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
-        at_least_once: bool, commit_interval_s: float | None, client: str,
+        at_least_once: bool, commit_interval_s: float | None, client: str, linger_ms: int | None,
     ) -> LatencyResult:
         events, predictions = self.topics()
         ready_path, stop_path = self.path("ready"), self.path("stop")
@@ -322,6 +324,8 @@ class Bench:
             args.append("--at-least-once")
         if commit_interval_s is not None:
             args += ["--commit-interval", str(commit_interval_s)]
+        if linger_ms is not None:
+            args += ["--linger-ms", str(linger_ms)]
         if contender == "worker":
             args += ["--client", client]
         child = self.spawn(*args)
