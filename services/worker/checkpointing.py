@@ -12,11 +12,24 @@ time: a checkpoint that took *t* seconds (snapshot and Redis write) makes the ne
 millisecond) keep the event/second cadence; a large forest is checkpointed less often, at the price of a longer
 learn-only replay after a crash (nothing is lost or published twice: see above). Forced checkpoints (assignment,
 revoke, shutdown) are not deferred.
+
+Where (``checkpoint.background``): a periodic checkpoint of River models is taken by a forked child process, which
+pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on;
+the parent collects its outcome (metrics, backoff, the duty-cycle bound from the child's duration) at the next
+commit. One child at a time; every synchronous checkpoint, and every restore, first waits for it, so checkpoints
+land in the order they were taken. Torch models are always saved in the loop (their thread pools and CUDA contexts
+must not be used after a fork).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +46,23 @@ from shared.steps.models import ModelSet, ModelStep
 log = logging.getLogger("streamlearn.checkpoint")
 
 TP = tuple[str, int]
+
+#: learner kinds whose snapshot may be taken in a forked child: plain Python objects (River)
+FORK_SAFE_KINDS = frozenset({"river"})
+#: the child's exit codes
+_SAVED, _NOT_SAVED, _CRASHED = 0, 1, 2
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(slots=True)
+class _Child:
+    """A forked child writing one checkpoint."""
+
+    pid: int
+    #: monotonic time of the fork
+    started: float
+    #: events accounted when it was forked (its snapshot holds them)
+    events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +100,11 @@ class Checkpointer:
         self.last_duration_s = 0.0
         self._store_started: float | None = None
         self.healthy = True
+        self._background = settings.background and hasattr(os, "fork")
+        self._child: _Child | None = None
+        #: guards ``_child``, and keeps saves one at a time: revoke listeners may run on another thread
+        self._child_lock = threading.Lock()
+        self._save_lock = threading.RLock()
 
     def account(self, events: int) -> None:
         """Count events processed since the last checkpoint."""
@@ -81,6 +116,9 @@ class Checkpointer:
         ``every_events`` or ``every_seconds`` since the last attempt, unless Redis is being backed off or the
         duty-cycle bound (``max_time_fraction``) defers it.
         """
+        self.poll()
+        if self._child is not None:
+            return False
         now = self._monotonic()
         if now - self._last_attempt < self._backoff_s or now < self._not_before:
             return False
@@ -103,13 +141,25 @@ class Checkpointer:
         self.last_duration_s = duration
         self._not_before = started + duration / self._settings.max_time_fraction
 
-    def save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> bool:
+    def save(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None, *, background: bool = False,
+    ) -> bool:
         """Snapshot the model sets of ``offsets``' partitions (next offsets to process) in one transaction.
 
         ``extra`` adds small JSON-ready state per partition (the worker's label-partition offsets).
+        ``background`` (periodic checkpoints): a forked child takes the snapshot and writes it, when
+        ``checkpoint.background`` is on and every model is fork-safe; ``True`` then means the child started, and
+        its outcome is collected by :meth:`poll` / :meth:`join`.
 
         Returns ``False`` (and backs off) when Redis is unavailable; the worker keeps predicting.
         """
+        with self._save_lock:
+            self.join()  # one checkpoint at a time, in the order they were taken
+            if background and self._background and self._fork_safe(offsets):
+                return self._fork(offsets, extra)
+            return self._save_here(offsets, extra)
+
+    def _save_here(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
         started = self._last_attempt = self._monotonic()
         self._store_started = None
         stored = False
@@ -119,7 +169,94 @@ class Checkpointer:
         finally:
             self._timed(started, stored)
 
-    def _save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
+    def _fork_safe(self, offsets: dict[TP, int]) -> bool:
+        """Whether every model of these partitions may be snapshotted in a forked child."""
+        for tp in offsets:
+            model_set = self._models.sets.get(tp)
+            if model_set is None:
+                continue
+            if any(learner.kind not in FORK_SAFE_KINDS for learner in model_set.learners.values()):
+                return False
+        return True
+
+    def _fork(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
+        """Start a child that snapshots the model sets as they are now and writes them; do not wait for it."""
+        started = self._last_attempt = self._monotonic()
+        parent = os.getpid()
+        with self._child_lock:
+            try:
+                pid = os.fork()
+            except OSError as exc:  # no memory or processes left for a child: save in the loop
+                log.warning("cannot start a background checkpoint (%s): saving in the loop", exc)
+                return self._save_here(offsets, extra)
+            if pid == 0:  # the child: never returns
+                code = _CRASHED
+                try:
+                    _die_with(parent)
+                    gc.disable()  # a collection would only copy the parent's pages
+                    code = self._write_in_child(offsets, extra)
+                finally:
+                    os._exit(code)
+            self._child = _Child(pid, started, self._events_since)
+        return True
+
+    def _write_in_child(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> int:
+        """The child's work: snapshot and write, touching no metric (another thread may have held a metric's lock
+        at the fork); the outcome is the exit code."""
+        states = self._states(offsets, extra)
+        try:
+            if states:
+                self._store.save(states)
+        except Exception as exc:  # Redis down or failing: the parent backs off and retries
+            log.warning("background checkpoint failed (%s)", exc)
+            return _NOT_SAVED
+        return _SAVED
+
+    def poll(self) -> None:
+        """Collect the outcome of a finished background checkpoint, if any (never waits)."""
+        self._reap(wait=False)
+
+    def join(self) -> None:
+        """Wait for the background checkpoint in flight, if any, and collect its outcome."""
+        self._reap(wait=True)
+
+    def _reap(self, *, wait: bool) -> None:
+        with self._child_lock:
+            child = self._child
+            if child is None:
+                return
+            try:
+                pid, status = os.waitpid(child.pid, 0 if wait else os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (a SIGCHLD handler): its outcome is unknown
+                pid, status = child.pid, -1
+            if pid == 0:
+                return
+            self._child = None
+        code = os.waitstatus_to_exitcode(status) if status != -1 else _CRASHED
+        duration = max(0.0, self._monotonic() - child.started)
+        self.last_duration_s = duration
+        self._not_before = child.started + duration / self._settings.max_time_fraction
+        if code == _SAVED:
+            self._metrics.checkpoints.labels("ok").inc()
+            self._metrics.redis_up.set(1)
+            self._backoff_s = 0.0
+            self._events_since = max(0, self._events_since - child.events)
+            self._last_success = time.time()
+            self.healthy = True
+            return
+        self._metrics.checkpoints.labels("failed").inc()
+        self._backoff_s = min(max(1.0, self._backoff_s * 2), self._settings.max_backoff_s)
+        if code == _NOT_SAVED:  # the child could not write to Redis (it logged why)
+            self._metrics.redis_up.set(0)
+            self.healthy = False
+        else:
+            log.error("background checkpoint process %d ended with %s; retrying in %.0f s", child.pid,
+                      f"exit code {code}" if code >= 0 else f"signal {-code}", self._backoff_s)
+
+    def _states(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None,
+    ) -> dict[TP, PartitionCheckpoint]:
+        """The checkpoints of ``offsets``' partitions: the models' snapshots as they are now."""
         states: dict[TP, PartitionCheckpoint] = {}
         for tp, offset in offsets.items():
             model_set = self._models.sets.get(tp)
@@ -130,6 +267,10 @@ class Checkpointer:
                 next_offset=offset,
                 extra={**(extra or {}).get(tp, {}), "learned": dict(model_set.learned)},
             )
+        return states
+
+    def _save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
+        states = self._states(offsets, extra)
         if not states:
             return True
         self._store_started = self._monotonic()
@@ -170,6 +311,7 @@ class Checkpointer:
 
     def restore(self, tp: TP, committed: int | None) -> Restored:
         """The model set for a newly assigned partition, and where to resume reading it."""
+        self.join()  # a checkpoint still being written is read back complete
         try:
             checkpoint = self._store.load(*tp)
         except redis.RedisError:
@@ -207,3 +349,12 @@ class Checkpointer:
         log.error("no usable checkpoint for %s although Kafka committed offset %d: starting fresh models "
                   "from the committed offset (on_state_lost=fresh)", tp, committed)
         return Restored(self._models.fresh_set(), None, committed)
+
+
+def _die_with(parent: int) -> None:
+    """In a forked child: be killed when the parent dies (Linux), and exit at once if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(_CRASHED)

@@ -319,14 +319,15 @@ class Worker:
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
             if checkpoint or self.checkpointer.due():
-                self._checkpoint(list(self.model_step.sets))
+                # a periodic checkpoint may go to a forked child; a forced one (revoke, shutdown) is written now
+                self._checkpoint(list(self.model_step.sets), background=not checkpoint)
             self.checkpointer.export_age()
         self._update_gauges()
 
-    def _checkpoint(self, tps: Sequence[TP]) -> None:
+    def _checkpoint(self, tps: Sequence[TP], *, background: bool = False) -> None:
         assert self.checkpointer is not None
         self.checkpointer.save({tp: self._processed[tp] for tp in tps if tp in self._processed},
-                               extra=self._label_offsets(tps))
+                               extra=self._label_offsets(tps), background=background)
 
     # --- the labels topic (co-partitioned with the events topic; docs/contract.md) --------------------
     @property

@@ -172,3 +172,37 @@ def test_a_checkpoint_survives_a_redis_crash(redis_server: RedisServer, redis_cl
     finally:
         client.close()
     assert loaded is not None and loaded.next_offset == 42 and loaded.models == _state(42, b"d").models
+
+
+def test_a_background_checkpoint_written_by_a_forked_child_restores(redis_client: redis.Redis) -> None:
+    """``checkpoint.background``: the child writes through the parent's Redis client (redis-py reconnects after a
+    fork), and the restored ARF predicts like the forest at the fork; the parent's connection still works."""
+    from prometheus_client import CollectorRegistry
+
+    from services.worker.checkpointing import Checkpointer
+    from shared.datasets import iter_source
+    from shared.learners.base import Row
+    from shared.learners.registry import build_learner
+    from shared.monitoring.metrics import Metrics
+    from shared.settings import CheckpointSettings, ModelSettings, PreprocessingSettings
+    from shared.steps.models import ModelStep
+
+    arf = ModelSettings(name="arf", estimator="river.forest.ARFClassifier", params={"n_models": 3})
+    models = ModelStep([arf], lambda m: build_learner(m, PreprocessingSettings(), 7))
+    tp = ("events", 0)
+    models.assign(tp)
+    samples = list(iter_source("phishing", seed=7, limit=1500))
+    learner = models.sets[tp].learners["arf"]
+    learner.learn_many([Row(s.features) for s in samples[:1000]], [s.label for s in samples[:1000]])
+    probe = [Row(s.features) for s in samples[1000:1100]]
+    at_fork = [learner.predict_one(row) for row in probe]
+    metrics = Metrics(CollectorRegistry())
+    checkpointer = Checkpointer(_store(redis_client), models, CheckpointSettings(), metrics)
+    assert checkpointer.save({tp: 1000}, background=True)
+    learner.learn_many([Row(s.features) for s in samples[1100:]], [s.label for s in samples[1100:]])
+    checkpointer.join()
+    assert metrics.registry.get_sample_value("streamlearn_checkpoints_total", {"outcome": "ok"}) == 1
+    restored = checkpointer.restore(tp, committed=1000)
+    assert restored.seek_to == 1000
+    assert [restored.model_set.learners["arf"].predict_one(row) for row in probe] == at_fork
+    assert redis_client.ping()

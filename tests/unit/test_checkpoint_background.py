@@ -1,0 +1,171 @@
+"""Background checkpoints: a forked child snapshots River models and writes them while the loop goes on.
+
+The store is a file (a forked child's writes to memory would not be seen): each save appends one line with the
+writer's pid and the offsets, and may be slow or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.worker.checkpointing import Checkpointer
+from shared.learners.base import Learner, Output, Row, Target, Task
+from shared.learners.registry import build_learner
+from shared.monitoring.metrics import Metrics
+from shared.settings import CheckpointSettings, ModelSettings, PreprocessingSettings
+from shared.state.checkpoints import PartitionCheckpoint
+from shared.steps.models import ModelStep
+
+TP = ("events", 0)
+LOGREG = ModelSettings(name="logreg", estimator="river.linear_model.LogisticRegression")
+
+
+class FileStore:
+    """Appends ``{"pid", "offsets", "snapshot_bytes"}`` per save to a file; ``write_s`` slows it, ``fail`` fails it."""
+
+    def __init__(self, path: Path, *, write_s: float = 0.0, fail: bool = False) -> None:
+        self.path, self.write_s, self.fail = path, write_s, fail
+
+    def save(self, states: Mapping[tuple[str, int], PartitionCheckpoint]) -> float:
+        time.sleep(self.write_s)
+        if self.fail:
+            raise ConnectionError("Redis down")
+        line = {"pid": os.getpid(), "offsets": {f"{t}:{p}": s.next_offset for (t, p), s in states.items()},
+                "snapshot_bytes": sum(len(data) for s in states.values() for _, data in s.models.values())}
+        with self.path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        return time.time()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+class TorchLike(Learner):
+    """A learner of a kind that must not be snapshotted after a fork."""
+
+    kind = "torch.mlp"
+    task = Task.BINARY
+
+    def predict_one(self, row: Row) -> Output:
+        return Output(None)
+
+    def learn_one(self, row: Row, target: Target | None) -> None:
+        pass
+
+    def snapshot(self) -> bytes:
+        return b"state"
+
+    @classmethod
+    def restore(cls, data: bytes) -> TorchLike:
+        raise NotImplementedError
+
+    def clone(self) -> TorchLike:
+        return self
+
+    def memory_bytes(self) -> int:
+        return 0
+
+
+def make(store: FileStore, *, torch: bool = False, **settings: object) -> tuple[Checkpointer, ModelStep, Metrics]:
+    if torch:
+        models = ModelStep([ModelSettings(name="m", kind="torch.mlp")], lambda _: TorchLike())
+    else:
+        models = ModelStep([LOGREG], lambda m: build_learner(m, PreprocessingSettings(), 42))
+    models.assign(TP)
+    metrics = Metrics(CollectorRegistry())
+    checkpointer = Checkpointer(store, models, CheckpointSettings(**settings), metrics)  # type: ignore[arg-type]
+    return checkpointer, models, metrics
+
+
+def outcomes(metrics: Metrics, outcome: str) -> float:
+    return metrics.registry.get_sample_value("streamlearn_checkpoints_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_periodic_checkpoint_is_written_by_a_child_while_the_loop_goes_on(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "saves", write_s=0.3)
+    checkpointer, models, metrics = make(store, every_events=100)
+    learner = models.sets[TP].learners["logreg"]
+    learner.learn_one(Row({"x": 1.0}), True)
+    checkpointer.account(150)
+    started = time.monotonic()
+    assert checkpointer.save({TP: 150}, background=True)
+    assert time.monotonic() - started < 0.25, "the loop did not wait for the 0.3 s write"
+    learner.learn_one(Row({"x": 2.0}), False)  # the parent goes on; the child has the state of the fork
+    checkpointer.account(120)
+    assert not checkpointer.due(), "no second checkpoint while one is being written"
+    assert outcomes(metrics, "ok") == 0
+    checkpointer.join()
+    (line,) = store.lines()
+    assert line["pid"] != os.getpid() and line["offsets"] == {"events:0": 150} and line["snapshot_bytes"] > 0
+    assert outcomes(metrics, "ok") == 1 and checkpointer.healthy
+    assert checkpointer.last_duration_s >= 0.3  # the child's time counts towards max_time_fraction
+    assert checkpointer.not_before >= started + 0.3 / 0.02
+    # the 120 events learned after the fork are still to be checkpointed
+    assert checkpointer._events_since == 120
+
+
+def test_the_snapshot_is_the_state_at_the_fork(tmp_path: Path) -> None:
+    from shared.learners.registry import restore_learner
+
+    class Keeping(FileStore):
+        def save(self, states: Mapping[tuple[str, int], PartitionCheckpoint]) -> float:
+            time.sleep(self.write_s)
+            ((_kind, data),) = states[TP].models.values()
+            (self.path.parent / "snapshot").write_bytes(data)
+            return super().save(states)
+
+    store = Keeping(tmp_path / "saves", write_s=0.2)
+    checkpointer, models, _ = make(store)
+    learner = models.sets[TP].learners["logreg"]
+    for i in range(20):
+        learner.learn_one(Row({"x": float(i % 3)}), i % 2 == 0)
+    at_fork = learner.predict_one(Row({"x": 1.0}))
+    assert checkpointer.save({TP: 20}, background=True)
+    for _ in range(200):  # learn a lot more while the child pickles
+        learner.learn_one(Row({"x": 5.0}), True)
+    checkpointer.join()
+    restored = restore_learner("river", (tmp_path / "snapshot").read_bytes())
+    assert restored.predict_one(Row({"x": 1.0})) == at_fork != learner.predict_one(Row({"x": 1.0}))
+
+
+def test_a_forced_checkpoint_waits_for_the_background_one_so_they_land_in_order(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "saves", write_s=0.3)
+    checkpointer, _, metrics = make(store)
+    assert checkpointer.save({TP: 100}, background=True)
+    assert checkpointer.save({TP: 200})  # revoke or shutdown: written now, after the one in flight
+    lines = store.lines()
+    assert [line["offsets"]["events:0"] for line in lines] == [100, 200]
+    assert lines[0]["pid"] != os.getpid() and lines[1]["pid"] == os.getpid()
+    assert outcomes(metrics, "ok") == 2
+
+
+def test_a_failed_background_write_backs_off_and_marks_redis_down(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "saves", fail=True)
+    checkpointer, _, metrics = make(store, every_events=1)
+    assert checkpointer.save({TP: 10}, background=True)
+    checkpointer.join()
+    assert outcomes(metrics, "failed") == 1 and outcomes(metrics, "ok") == 0
+    assert not checkpointer.healthy
+    assert metrics.registry.get_sample_value("streamlearn_redis_up") == 0
+    checkpointer.account(5)
+    assert not checkpointer.due(), "backing off"
+
+
+@pytest.mark.parametrize("case", ["torch", "disabled"])
+def test_torch_models_and_background_false_are_saved_in_the_loop(tmp_path: Path, case: str) -> None:
+    store = FileStore(tmp_path / "saves", write_s=0.1)
+    if case == "torch":
+        checkpointer, _, metrics = make(store, torch=True)
+    else:
+        checkpointer, _, metrics = make(store, background=False)
+    assert checkpointer.save({TP: 7}, background=True)
+    (line,) = store.lines()  # written before save() returned
+    assert line["pid"] == os.getpid()
+    assert outcomes(metrics, "ok") == 1
