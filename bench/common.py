@@ -51,6 +51,7 @@ def worker_settings(
     exactly_once: bool = True,
     commit_interval_s: float | None = None,
     linger_ms: int | None = None,
+    checkpoint_background: bool = True,
     transactional_id: str | None = None,
     namespace: str | None = None,
     client: str = "kafka-python",
@@ -71,6 +72,8 @@ def worker_settings(
         kafka["linger_ms"] = linger_ms
     if redis_url is None:
         overrides["checkpoint"] = {"enabled": False}
+    elif not checkpoint_background:
+        overrides["checkpoint"] = {"background": False}
     else:
         overrides["redis"] = {"url": redis_url, "namespace": namespace or f"bench-{suffix}"}
     return load_settings(None, **overrides)

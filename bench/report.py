@@ -69,6 +69,7 @@ CONTENDERS = {
     "c-alos": "(c) streamlearn worker, at-least-once",
     "c-rd": "(c) streamlearn worker, exactly-once, `kafka.client: confluent`",
     "c-rd-alos": "(c) streamlearn worker, at-least-once, `kafka.client: confluent`",
+    "c-ckl": "(c) streamlearn worker, exactly-once, checkpoints in the poll loop (`checkpoint.background: false`)",
     "t": "(t) kafka-python alone: poll, orjson, send; no model",
 }
 #: the worker's Kafka transports (``kafka.client``), each benchmarked
@@ -109,8 +110,8 @@ class Outcome:
         stages = self.config.stages
         if "throughput" in stages:
             for model in (m for m in MODELS_IN_ORDER if m in self.config.models):
-                keys = ("a", "b", "c", "c-alos", "c-rd", "c-rd-alos", "t") if model == "logreg" \
-                    else ("a", "b", "c", "c-rd")
+                keys = {"logreg": ("a", "b", "c", "c-alos", "c-rd", "c-rd-alos", "t"),
+                        "arf": ("a", "b", "c", "c-rd", "c-ckl")}.get(model, ("a", "b", "c", "c-rd"))
                 self._throughput(bench, model, keys)
         if "latency" in stages:
             if "logreg" not in self.throughput:
@@ -141,7 +142,8 @@ class Outcome:
                     contender = {"b": "plain", "t": "transport"}.get(key, "worker")
                     measured = bench.kafka_contender(contender, model, topic, n, label=label,
                                                      at_least_once=key.endswith("alos"),
-                                                     client=CLIENT_OF.get(key, "kafka-python"))
+                                                     client=CLIENT_OF.get(key, "kafka-python"),
+                                                     checkpoint_in_loop=key == "c-ckl")
                 runs.setdefault(key, []).append(measured)
                 log(f"  {model} {label}: {measured.rate:,.0f} events/s, {measured.cpu_per_1k:.3f} CPU s/1k, "
                     f"peak RSS {measured.usage.peak_rss_mib:.0f} MiB")
@@ -298,6 +300,12 @@ def targets(outcome: Outcome) -> list[list[str]]:
             rows.append([f"2. ARF: worker ({CLIENT_OF[key]}) vs bare River loop (a)", f">= {TARGET_ARF_VS_BARE}x",
                          f"{ratio:.2f}x ({arf_worker:,.0f} vs {arf_bare:,.0f} events/s)",
                          _verdict(ratio >= TARGET_ARF_VS_BARE)])
+    in_loop, arf_bare = outcome.rate("arf", "c-ckl"), outcome.rate("arf", "a")
+    if in_loop is not None and arf_bare is not None:
+        rows.append(["2. the same (kafka-python) with checkpoints in the poll loop, `checkpoint.background: false` "
+                     "(reference)", f">= {TARGET_ARF_VS_BARE}x",
+                     f"{in_loop / arf_bare:.2f}x ({in_loop:,.0f} vs {arf_bare:,.0f} events/s)",
+                     "within" if in_loop / arf_bare >= TARGET_ARF_VS_BARE else "below"])
     for key in ("c-alos", "c-rd-alos"):
         alos = outcome.latency.get(key)
         if alos is not None:

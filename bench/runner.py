@@ -210,7 +210,7 @@ def run_worker(args: argparse.Namespace) -> None:
         bootstrap=args.bootstrap, model=args.model, events_topic=args.topic, predictions_topic=args.predictions,
         group_id=args.group, redis_url=args.redis_url, exactly_once=not args.at_least_once,
         commit_interval_s=args.commit_interval, transactional_id=args.transactional_id, client=args.client,
-        linger_ms=args.linger_ms,
+        linger_ms=args.linger_ms, checkpoint_background=not args.checkpoint_in_loop,
     )
     worker = _bench_worker(settings, args)
     stop = _stop_flag(args.stop_file, on_stop=worker.stop)
@@ -356,6 +356,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url")
     parser.add_argument("--at-least-once", action="store_true")
     parser.add_argument("--commit-interval", type=float)
+    parser.add_argument("--checkpoint-in-loop", action="store_true",
+                        help="the worker's periodic checkpoints in the poll loop (checkpoint.background: false)")
     parser.add_argument("--linger-ms", type=int, help="the worker's kafka.linger_ms (default: the settings' default)")
     parser.add_argument("--transactional-id")
     parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",

@@ -266,15 +266,17 @@ class Bench:
     def kafka_contender(
         self, contender: str, model: str, events_topic: str, n: int, *, label: str,
         at_least_once: bool = False, profile: Path | None = None, client: str = "kafka-python",
+        checkpoint_in_loop: bool = False,
     ) -> Measured:
         """The plain loop or the worker over ``n`` events already on ``events_topic`` (a fresh group)."""
         return self.retrying(label, lambda: self._kafka_contender(contender, model, events_topic, n, label=label,
                                                                   at_least_once=at_least_once, profile=profile,
-                                                                  client=client))
+                                                                  client=client,
+                                                                  checkpoint_in_loop=checkpoint_in_loop))
 
     def _kafka_contender(
         self, contender: str, model: str, events_topic: str, n: int, *, label: str,
-        at_least_once: bool, profile: Path | None, client: str,
+        at_least_once: bool, profile: Path | None, client: str, checkpoint_in_loop: bool,
     ) -> Measured:
         _, predictions = self.topics()
         result_path, stop_path, ready_path = self.path("result"), self.path("stop"), self.path("ready")
@@ -288,6 +290,8 @@ class Bench:
             args += ["--profile", str(profile)]
         if contender == "worker":
             args += ["--client", client]
+        if checkpoint_in_loop:
+            args.append("--checkpoint-in-loop")
         broker0 = self.stack.broker_cpu_s()
         child = self.spawn(*args)
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
