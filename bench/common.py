@@ -70,10 +70,10 @@ def worker_settings(
         overrides["worker"] = {"commit_interval_s": commit_interval_s}
     if linger_ms is not None:
         kafka["linger_ms"] = linger_ms
+    if not checkpoint_background:
+        overrides["checkpoint"] = {"background": False}
     if redis_url is None:
         overrides["checkpoint"] = {"enabled": False}
-    elif not checkpoint_background:
-        overrides["checkpoint"] = {"background": False}
     else:
         overrides["redis"] = {"url": redis_url, "namespace": namespace or f"bench-{suffix}"}
     return load_settings(None, **overrides)

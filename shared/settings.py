@@ -161,7 +161,7 @@ class CheckpointSettings(_Frozen):
     #: a large forest is checkpointed less often, so a crash replays more, learning only)
     max_time_fraction: float = Field(0.02, gt=0.0, le=1.0)
     #: periodic checkpoints of River models are pickled and written by a forked child process (copy-on-write), so
-    #: the poll loop does not wait for them (Linux and macOS); torch models and forced checkpoints are saved in the loop
+    #: the poll loop does not wait for them (Linux only); torch models and forced checkpoints are saved in the loop
     background: bool = True
     #: Redis holds no checkpoint although Kafka has committed offsets: start fresh models from the committed
     #: offsets, or rebuild them by learning again (without publishing) from the earliest retained offsets

@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -100,7 +101,8 @@ class Checkpointer:
         self.last_duration_s = 0.0
         self._store_started: float | None = None
         self.healthy = True
-        self._background = settings.background and hasattr(os, "fork")
+        # Linux only: elsewhere fork() in a threaded process is unsafe (macOS) or missing, and so is PR_SET_PDEATHSIG
+        self._background = settings.background and sys.platform.startswith("linux")
         self._child: _Child | None = None
         #: guards ``_child``, and keeps saves one at a time: revoke listeners may run on another thread
         self._child_lock = threading.Lock()
