@@ -15,10 +15,10 @@ revoke, shutdown) are not deferred.
 
 Where (``checkpoint.background``): a periodic checkpoint of River models is taken by a forked child process, which
 pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on;
-the parent collects its outcome (metrics, backoff, the duty-cycle bound from the child's duration) at the next
-commit. One child at a time; every synchronous checkpoint, and every restore, first waits for it, so checkpoints
-land in the order they were taken. Torch models are always saved in the loop (their thread pools and CUDA contexts
-must not be used after a fork).
+the parent collects its outcome (metrics, backoff, the duty-cycle bound from the child's duration) on the next
+turn of its loop after the child exits. One child at a time; every synchronous checkpoint, and every restore,
+first waits for it, so checkpoints land in the order they were taken. Torch models are always saved in the loop
+(their thread pools and CUDA contexts must not be used after a fork).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -53,6 +54,8 @@ FORK_SAFE_KINDS = frozenset({"river"})
 #: the child's exit codes
 _SAVED, _NOT_SAVED, _CRASHED = 0, 1, 2
 _PR_SET_PDEATHSIG = 1
+#: what the child reports: seconds spent on the snapshots, and in all (snapshots and the Redis write)
+_TIMINGS = struct.Struct("=dd")
 
 
 @dataclass(slots=True)
@@ -64,6 +67,8 @@ class _Child:
     started: float
     #: events accounted when it was forked (its snapshot holds them)
     events: int
+    #: the read end of the pipe on which the child reports how long its work took
+    timings: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ class Checkpointer:
         parent = os.getpid()
         with self._child_lock:
             try:
+                timings_in, timings_out = os.pipe()
                 pid = os.fork()
             except OSError as exc:  # no memory or processes left for a child: save in the loop
                 log.warning("cannot start a background checkpoint (%s): saving in the loop", exc)
@@ -196,27 +202,37 @@ class Checkpointer:
                 try:
                     _die_with(parent)
                     gc.disable()  # a collection would only copy the parent's pages
-                    code = self._write_in_child(offsets, extra)
+                    os.close(timings_in)
+                    code = self._write_in_child(offsets, extra, timings_out)
                 finally:
                     os._exit(code)
-            self._child = _Child(pid, started, self._events_since)
+            os.close(timings_out)
+            self._child = _Child(pid, started, self._events_since, timings_in)
         return True
 
-    def _write_in_child(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> int:
+    def _write_in_child(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None, timings: int,
+    ) -> int:
         """The child's work: snapshot and write, touching no metric (another thread may have held a metric's lock
-        at the fork); the outcome is the exit code."""
+        at the fork); the outcome is the exit code, and the time it took goes to the ``timings`` pipe."""
+        began = time.perf_counter()
         states = self._states(offsets, extra)
+        snapshots_s = time.perf_counter() - began
+        code = _SAVED
         try:
             if states:
                 self._store.save(states)
         except Exception as exc:  # Redis down or failing: the parent backs off and retries
             log.warning("background checkpoint failed (%s)", exc)
-            return _NOT_SAVED
-        return _SAVED
+            code = _NOT_SAVED
+        os.write(timings, _TIMINGS.pack(snapshots_s, time.perf_counter() - began))
+        return code
 
     def poll(self) -> None:
-        """Collect the outcome of a finished background checkpoint, if any (never waits)."""
-        self._reap(wait=False)
+        """Collect the outcome of a finished background checkpoint, if any (never waits; the loop calls it every
+        turn, so the metrics and readiness follow the child even when no commit comes after it)."""
+        if self._child is not None:
+            self._reap(wait=False)
 
     def join(self) -> None:
         """Wait for the background checkpoint in flight, if any, and collect its outcome."""
@@ -234,8 +250,17 @@ class Checkpointer:
             if pid == 0:
                 return
             self._child = None
+            try:
+                report = os.read(child.timings, _TIMINGS.size)
+            finally:
+                os.close(child.timings)
         code = os.waitstatus_to_exitcode(status) if status != -1 else _CRASHED
-        duration = max(0.0, self._monotonic() - child.started)
+        if len(report) == _TIMINGS.size:
+            snapshots_s, total_s = _TIMINGS.unpack(report)
+            # as in the loop: a failed Redis write (mostly waiting, spaced by the backoff) does not count
+            duration = total_s if code == _SAVED else snapshots_s
+        else:  # the child died before it could say: count it from the fork to now
+            duration = max(0.0, self._monotonic() - child.started)
         self.last_duration_s = duration
         self._not_before = child.started + duration / self._settings.max_time_fraction
         if code == _SAVED:

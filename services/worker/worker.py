@@ -246,6 +246,8 @@ class Worker:
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
                     self.score_step.export()
+                    if self.checkpointer is not None:
+                        self.checkpointer.poll()  # a background checkpoint's outcome, also while idle
                     self.model_step.train_if_due()
                     self._maybe_commit()
                 except TransactionFailed as exc:

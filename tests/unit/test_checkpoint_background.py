@@ -169,3 +169,18 @@ def test_torch_models_and_background_false_are_saved_in_the_loop(tmp_path: Path,
     (line,) = store.lines()  # written before save() returned
     assert line["pid"] == os.getpid()
     assert outcomes(metrics, "ok") == 1
+
+
+def test_poll_collects_the_outcome_without_waiting_or_a_commit(tmp_path: Path) -> None:
+    """The worker calls poll() on every turn of its loop, so an idle worker still sees the child's outcome."""
+    store = FileStore(tmp_path / "saves", write_s=0.2)
+    checkpointer, _, metrics = make(store)
+    assert checkpointer.save({TP: 3}, background=True)
+    started = time.monotonic()
+    checkpointer.poll()
+    assert time.monotonic() - started < 0.1 and outcomes(metrics, "ok") == 0  # still writing: poll() did not wait
+    deadline = time.monotonic() + 10
+    while outcomes(metrics, "ok") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        checkpointer.poll()
+    assert outcomes(metrics, "ok") == 1 and len(store.lines()) == 1
