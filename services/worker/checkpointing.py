@@ -191,10 +191,12 @@ class Checkpointer:
         started = self._last_attempt = self._monotonic()
         parent = os.getpid()
         with self._child_lock:
+            timings_in, timings_out = os.pipe()
             try:
-                timings_in, timings_out = os.pipe()
                 pid = os.fork()
             except OSError as exc:  # no memory or processes left for a child: save in the loop
+                os.close(timings_in)
+                os.close(timings_out)
                 log.warning("cannot start a background checkpoint (%s): saving in the loop", exc)
                 return self._save_here(offsets, extra)
             if pid == 0:  # the child: never returns
@@ -264,19 +266,10 @@ class Checkpointer:
         self.last_duration_s = duration
         self._not_before = child.started + duration / self._settings.max_time_fraction
         if code == _SAVED:
-            self._metrics.checkpoints.labels("ok").inc()
-            self._metrics.redis_up.set(1)
-            self._backoff_s = 0.0
-            self._events_since = max(0, self._events_since - child.events)
-            self._last_success = time.time()
-            self.healthy = True
+            self._stored(child.events)
             return
-        self._metrics.checkpoints.labels("failed").inc()
-        self._backoff_s = min(max(1.0, self._backoff_s * 2), self._settings.max_backoff_s)
-        if code == _NOT_SAVED:  # the child could not write to Redis (it logged why)
-            self._metrics.redis_up.set(0)
-            self.healthy = False
-        else:
+        self._failed(redis_down=code == _NOT_SAVED)  # _NOT_SAVED: the child could not write to Redis (it logged why)
+        if code != _NOT_SAVED:
             log.error("background checkpoint process %d ended with %s; retrying in %.0f s", child.pid,
                       f"exit code {code}" if code >= 0 else f"signal {-code}", self._backoff_s)
 
@@ -304,19 +297,28 @@ class Checkpointer:
         try:
             self._store.save(states)
         except Exception as exc:  # Redis down or failing: keep serving, retry with backoff
-            self._metrics.checkpoints.labels("failed").inc()
-            self._metrics.redis_up.set(0)
-            self._backoff_s = min(max(1.0, self._backoff_s * 2), self._settings.max_backoff_s)
-            self.healthy = False
+            self._failed(redis_down=True)
             log.warning("checkpoint failed (%s); retrying in %.0f s", exc, self._backoff_s)
             return False
+        self._stored(self._events_since)
+        return True
+
+    def _stored(self, events: int) -> None:
+        """A checkpoint holding ``events`` of the events accounted so far reached Redis."""
         self._metrics.checkpoints.labels("ok").inc()
         self._metrics.redis_up.set(1)
         self._backoff_s = 0.0
-        self._events_since = 0
+        self._events_since = max(0, self._events_since - events)
         self._last_success = time.time()
         self.healthy = True
-        return True
+
+    def _failed(self, *, redis_down: bool) -> None:
+        """A checkpoint did not reach Redis: count it and back off (``redis_down``: Redis refused or failed it)."""
+        self._metrics.checkpoints.labels("failed").inc()
+        self._backoff_s = min(max(1.0, self._backoff_s * 2), self._settings.max_backoff_s)
+        if redis_down:
+            self._metrics.redis_up.set(0)
+            self.healthy = False
 
     def probe(self) -> bool:
         """Ping Redis and export the answer (``streamlearn_redis_up``, :attr:`healthy`); used at start-up."""
