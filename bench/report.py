@@ -79,6 +79,21 @@ LATENCY_LINGER_MS = 1
 #: the transport of each worker contender
 CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent", "c-rd-alos": "confluent"}
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
+#: the latency rows measured ``repeat`` times (target 3 and its floor); the median p99 is reported
+LATENCY_REPEATED = ("t", "c-alos", "c-rd-alos")
+
+
+def median_run(runs: list[LatencyResult]) -> LatencyResult:
+    """The run of median p99 (of an even count, the higher of the middle two: the report errs on the slow side)."""
+    ordered = sorted(runs, key=lambda r: r.p99_ms)
+    return ordered[len(ordered) // 2]
+
+
+def _spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
+    """"median of N paired runs: a, b, c" when there is more than one value, else ""."""
+    if len(values) < 2:
+        return ""
+    return f"median of {len(values)} runs: " + ", ".join(f"{v:.{digits}f}{unit}" for v in values) + "; "
 
 
 @dataclass(slots=True)
@@ -95,8 +110,11 @@ class Outcome:
     seconds: float = 0.0
     #: model -> contender key -> runs
     throughput: dict[str, dict[str, list[Measured]]] = field(default_factory=dict)
+    #: key -> the run of median p99 (the only run, for the rows measured once)
     latency: dict[str, LatencyResult] = field(default_factory=dict)
-    #: per transport, one worker then two
+    #: key -> every run of the rows measured ``repeat`` times (the target rows of target 3)
+    latency_runs: dict[str, list[LatencyResult]] = field(default_factory=dict)
+    #: per transport, one worker then two, ``repeat`` times
     scale: dict[str, list[ScaleResult]] = field(default_factory=dict)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
     #: per transport, pyinstrument's listings and the profiled run
@@ -152,6 +170,17 @@ class Outcome:
         runs = self.throughput.get(model, {}).get(key)
         return statistics.median(r.rate for r in runs) if runs else None
 
+    def paired_ratios(self, model: str, key: str, base: str) -> list[float]:
+        """``key``'s rate over ``base``'s, repeat by repeat (the runs of one repeat ran one after the other, so
+        a machine that slows down between repeats moves both sides of a ratio alike)."""
+        runs, bases = self.throughput.get(model, {}).get(key, []), self.throughput.get(model, {}).get(base, [])
+        return [r.rate / b.rate for r, b in zip(runs, bases, strict=False) if b.rate > 0]
+
+    def scale_ratios(self, client: str) -> list[float]:
+        """Two workers over one, repeat by repeat."""
+        runs = self.scale.get(client, [])
+        return [two.rate / one.rate for one, two in zip(runs[0::2], runs[1::2], strict=False) if one.rate > 0]
+
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
         linger = f" with `kafka.linger_ms: {LATENCY_LINGER_MS}`"
@@ -173,28 +202,36 @@ class Outcome:
              None),
             ("c-rd-100ms", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 0.1)", False, 0.1, "c-rd", 0.5, None),
         ]
-        for key, contender, label, at_least_once, interval, of, fraction, linger_ms in plans:
-            max_rate = self.rate("logreg", of)
-            if max_rate is None:
-                continue
-            rate = fraction * max_rate
-            log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
-            result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
-                                 commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"),
-                                 linger_ms=linger_ms)
-            self.latency[key] = result
-            log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} read)")
+        # the rows of the target itself run ``repeat`` times, interleaved; the others once
+        repeated = [plan for plan in plans if plan[0] in LATENCY_REPEATED]
+        rounds = [plans] + [repeated] * (self.config.repeat - 1)
+        for round_plans in rounds:
+            for key, contender, label, at_least_once, interval, of, fraction, linger_ms in round_plans:
+                max_rate = self.rate("logreg", of)
+                if max_rate is None:
+                    continue
+                rate = fraction * max_rate
+                log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
+                result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
+                                     commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"),
+                                     linger_ms=linger_ms)
+                runs = self.latency_runs.setdefault(key, [])
+                runs.append(result)
+                self.latency[key] = median_run(runs)
+                log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} "
+                    "read)")
 
     def _scale(self, bench: Bench) -> None:
         n = self.config.scale_events
         topic, _ = bench.topics(partitions=4)
         log(f"scale: producing {n:,} events on a 4-partition topic")
         bench.produce(topic, n)
-        for client in CLIENTS:
-            for workers in (1, 2):
-                result = bench.scale("logreg", topic, workers, client)
-                self.scale.setdefault(client, []).append(result)
-                log(f"  {client}, {workers} worker(s): {result.rate:,.0f} events/s")
+        for _ in range(self.config.repeat):
+            for client in CLIENTS:
+                for workers in (1, 2):
+                    result = bench.scale("logreg", topic, workers, client)
+                    self.scale.setdefault(client, []).append(result)
+                    log(f"  {client}, {workers} worker(s): {result.rate:,.0f} events/s")
 
     def _profile(self, bench: Bench) -> None:
         import json
@@ -288,30 +325,35 @@ def targets(outcome: Outcome) -> list[list[str]]:
     for key in ("c", "c-rd"):
         worker, plain = outcome.rate("logreg", key), outcome.rate("logreg", "b")
         if worker is not None and plain is not None:
-            ratio = worker / plain
+            pairs = outcome.paired_ratios("logreg", key, "b")
+            ratio = statistics.median(pairs) if pairs else worker / plain
             rows.append([f"1. logreg: worker (exactly-once, everything on; {CLIENT_OF[key]}) vs plain loop (b)",
                          f">= {TARGET_LOGREG_VS_PLAIN}x",
-                         f"{ratio:.2f}x ({worker:,.0f} vs {plain:,.0f} events/s; one worker: {worker:,.0f} events/s)",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {worker:,.0f} vs {plain:,.0f} events/s; one worker: "
+                         f"{worker:,.0f} events/s)",
                          _verdict(ratio >= TARGET_LOGREG_VS_PLAIN)])
-    for key in ("c", "c-rd"):
+    for key in ("c", "c-rd", "c-ckl"):
         arf_worker, arf_bare = outcome.rate("arf", key), outcome.rate("arf", "a")
         if arf_worker is not None and arf_bare is not None:
-            ratio = arf_worker / arf_bare
-            rows.append([f"2. ARF: worker ({CLIENT_OF[key]}) vs bare River loop (a)", f">= {TARGET_ARF_VS_BARE}x",
-                         f"{ratio:.2f}x ({arf_worker:,.0f} vs {arf_bare:,.0f} events/s)",
-                         _verdict(ratio >= TARGET_ARF_VS_BARE)])
-    in_loop, arf_bare = outcome.rate("arf", "c-ckl"), outcome.rate("arf", "a")
-    if in_loop is not None and arf_bare is not None:
-        rows.append(["2. the same (kafka-python) with checkpoints in the poll loop, `checkpoint.background: false` "
-                     "(reference)", f">= {TARGET_ARF_VS_BARE}x",
-                     f"{in_loop / arf_bare:.2f}x ({in_loop:,.0f} vs {arf_bare:,.0f} events/s)",
-                     "within" if in_loop / arf_bare >= TARGET_ARF_VS_BARE else "below"])
+            pairs = outcome.paired_ratios("arf", key, "a")
+            ratio = statistics.median(pairs) if pairs else arf_worker / arf_bare
+            measured = f"{ratio:.2f}x ({_spread(pairs)}medians {arf_worker:,.0f} vs {arf_bare:,.0f} events/s)"
+            if key == "c-ckl":
+                rows.append(["2. the same (kafka-python) with checkpoints in the poll loop, "
+                             "`checkpoint.background: false` (reference)", f">= {TARGET_ARF_VS_BARE}x", measured,
+                             "within" if ratio >= TARGET_ARF_VS_BARE else "below"])
+            else:
+                rows.append([f"2. ARF: worker ({CLIENT_OF[key]}) vs bare River loop (a)",
+                             f">= {TARGET_ARF_VS_BARE}x", measured, _verdict(ratio >= TARGET_ARF_VS_BARE)])
     for key in ("c-alos", "c-rd-alos"):
         alos = outcome.latency.get(key)
         if alos is not None:
+            p99s = [r.p99_ms for r in outcome.latency_runs.get(key, [])]
             rows.append([f"3. p99 end-to-end latency, logreg, at-least-once ({CLIENT_OF[key]}), at half max "
                          "throughput", f"<= {TARGET_P99_MS:.0f} ms",
-                         f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s", _verdict(alos.p99_ms <= TARGET_P99_MS)])
+                         f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s"
+                         + (f" ({_spread(p99s, ' ms', 1).rstrip('; ')})" if len(p99s) > 1 else ""),
+                         _verdict(alos.p99_ms <= TARGET_P99_MS)])
     for key in ("c-alos-linger", "c-rd-alos-linger"):
         tuned = outcome.latency.get(key)
         if tuned is not None:
@@ -321,8 +363,10 @@ def targets(outcome: Outcome) -> list[list[str]]:
                          "within" if tuned.p99_ms <= TARGET_P99_MS else "above"])
     floor = outcome.latency.get("t")
     if floor is not None:
+        p99s = [r.p99_ms for r in outcome.latency_runs.get("t", [])]
         rows.append(["3. kafka-python alone (t), no model and no steps, at the same rate (the floor)",
-                     f"<= {TARGET_P99_MS:.0f} ms", f"{floor.p99_ms:.1f} ms at {floor.rate:,.0f} events/s",
+                     f"<= {TARGET_P99_MS:.0f} ms", f"{floor.p99_ms:.1f} ms at {floor.rate:,.0f} events/s"
+                     + (f" ({_spread(p99s, ' ms', 1).rstrip('; ')})" if len(p99s) > 1 else ""),
                      "within" if floor.p99_ms <= TARGET_P99_MS else "above"])
     for key, share in (("c-alos-quarter", "a quarter"), ("c-alos-light", "a tenth")):
         light = outcome.latency.get(key)
@@ -340,11 +384,13 @@ def targets(outcome: Outcome) -> list[list[str]]:
                          f"{eos.p99_ms:.0f} ms = {eos.p99_ms / (1000 * interval):.2f}x the interval",
                          "reported"])
     for client, runs in outcome.scale.items():
-        if len(runs) == 2:
-            one, two = runs
-            ratio = two.rate / one.rate
+        pairs = outcome.scale_ratios(client)
+        if pairs:
+            ratio = statistics.median(pairs)
+            one = statistics.median(r.rate for r in runs[0::2])
+            two = statistics.median(r.rate for r in runs[1::2])
             rows.append([f"4. 2 workers vs 1 worker ({client}), 4 partitions", f">= {TARGET_SCALE}x",
-                         f"{ratio:.2f}x ({two.rate:,.0f} vs {one.rate:,.0f} events/s)",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {two:,.0f} vs {one:,.0f} events/s)",
                          _verdict(ratio >= TARGET_SCALE)])
     for client, memory in outcome.memory.items():
         first, last, peak, growth = memory_summary(memory)
@@ -399,7 +445,9 @@ def render(outcome: Outcome) -> str:
                 "the model) and the others (kafka-python's IO threads, the metrics endpoint; from `/proc`, in "
                 "clock ticks); the broker's CPU in the same window is shown apart. Peak RSS is the process's "
                 "maximum resident set (`os.wait4`). "
-                + (f"Median of {c.repeat} runs per contender." if c.repeat > 1 else "One run per contender."), ""]
+                + (f"Median of {c.repeat} runs per contender, the contenders taking turns (every contender once, "
+                   f"then again); the targets take the median of the {c.repeat} ratios of runs of the same turn."
+                   if c.repeat > 1 else "One run per contender."), ""]
         for model in MODELS_IN_ORDER:
             runs = outcome.throughput.get(model)
             if not runs:
@@ -437,13 +485,17 @@ def render(outcome: Outcome) -> str:
                 "on the same CPUs as the contender and the "
                 f"broker. Each run sends for {WARMUP_S:g} s of warm-up (not measured: connections, producer ids and "
                 f"fetch sessions settle), then for {c.latency_seconds:g} s that are measured. "
-                "The two right-hand columns split each latency at the prediction record's timestamp (when the "
+                + (f"The rows of target 3 at half max and the floor (t) run {c.repeat} times, interleaved with "
+                   "each other; their row shows the run of median p99. " if c.repeat > 1 else "")
+                + "The two right-hand columns split each latency at the prediction record's timestamp (when the "
                 "contender called `send()` for it).", ""]
         lrows = [[r.label, f"{r.rate:,.0f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+                  ", ".join(f"{run.p99_ms:.1f}" for run in outcome.latency_runs.get(key, [r])),
                   f"{r.max_ms:.1f}", f"{r.to_send_p50_ms:.1f} / {r.to_send_p99_ms:.1f}",
-                  f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}"] for r in outcome.latency.values()]
-        out += _table(["contender", "rate (events/s)", "predictions read", "p50 ms", "p99 ms", "max ms",
-                       "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms"], lrows)
+                  f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}"] for key, r in outcome.latency.items()]
+        out += _table(["contender", "rate (events/s)", "predictions read", "p50 ms", "p99 ms", "p99 ms of each run",
+                       "max ms", "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms"],
+                      lrows)
         out += ["", "With exactly-once on, a prediction is readable only once its transaction commits; the "
                 "worker commits every `worker.commit_interval_s` seconds or `worker.commit_every_events` "
                 "events, whichever comes first, so p99 follows the interval.", ""]
@@ -451,15 +503,19 @@ def render(outcome: Outcome) -> str:
         out += ["## Horizontal scale (logreg, exactly-once, 4-partition topic)", "",
                 f"{c.scale_events:,} events already on the topic; the workers of one group keep their partitions "
                 "paused until the group has formed and split the partitions, then start together. Events/s from "
-                "the first event processed by any worker to the last one processed and committed.", ""]
+                "the first event processed by any worker to the last one processed and committed."
+                + (f" One worker then two, {c.repeat} times; the target takes the median of the {c.repeat} "
+                   "ratios, each of two runs that ran one after the other." if c.repeat > 1 else ""), ""]
         srows = []
         for client, scale_runs in outcome.scale.items():
-            base = scale_runs[0].rate
-            srows += [[client, str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}", f"{s.rate:,.0f}",
-                       _ratio(s.rate, base),
-                       "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
-                                 for r in s.reports)] for s in scale_runs]
-        out += _table(["transport", "workers", "events", "seconds", "events/s", "vs 1 worker", "per worker"], srows)
+            for index, s in enumerate(scale_runs):
+                base = scale_runs[index - index % 2].rate
+                srows.append([client, str(index // 2 + 1), str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}",
+                              f"{s.rate:,.0f}", _ratio(s.rate, base),
+                              "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
+                                        for r in s.reports)])
+        out += _table(["transport", "repeat", "workers", "events", "seconds", "events/s", "vs 1 worker (same repeat)",
+                       "per worker"], srows)
         out += ["", f"This machine has {m['nproc']} CPUs, shared by the workers, the broker and Redis.", ""]
     if outcome.memory:
         out += ["## Resident memory over a long run (logreg, exactly-once)", "",

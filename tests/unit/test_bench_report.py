@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.common import RunResult
-from bench.report import BEGIN, END, Config, Outcome, render, targets, write_doc
+from bench.report import BEGIN, END, Config, Outcome, median_run, render, targets, write_doc
 from bench.suite import LatencyResult, Measured, MemoryResult, ScaleResult, Usage, percentile
 
 
@@ -79,3 +79,32 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([3.0], 99) == 3.0
+
+
+def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
+    outcome = _outcome()
+    # three turns: the machine slows down in the last one, for both contenders alike
+    outcome.throughput["arf"] = {
+        "a": [_measured("bare", "arf", 1_000, s) for s in (1.0, 1.0, 2.0)],
+        "c": [_measured("worker", "arf", 1_000, s) for s in (1.05, 1.2, 2.1)],
+    }
+    arf = next(row for row in targets(outcome) if row[0].startswith("2. ARF"))
+    # per turn 0.95x, 0.83x, 0.95x: median 0.95x (the ratio of medians would be 1,000/1,052 ... 833/1,000)
+    assert arf[2].startswith("0.95x (median of 3 runs: 0.95x, 0.83x, 0.95x;") and arf[3] == "**met**"
+
+    one = ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 1.0)], 0.0)
+    slow_one = ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 2.0)], 0.0)
+    two = ScaleResult(2, [RunResult("worker", "logreg", 4_000, 0.0, 0.6)], 0.0)
+    slow_two = ScaleResult(2, [RunResult("worker", "logreg", 4_000, 0.0, 1.2)], 0.0)
+    outcome.scale["kafka-python"] = [one, two, slow_one, slow_two, one, ScaleResult(2, [
+        RunResult("worker", "logreg", 4_000, 0.0, 0.8)], 0.0)]
+    scale = next(row for row in targets(outcome) if row[0].startswith("4."))
+    assert scale[2].startswith("1.67x (median of 3 runs: 1.67x, 1.67x, 1.25x;") and scale[3] == "**met**"
+
+    outcome.latency_runs["c-alos"] = [LatencyResult("alos", 5_000.0, 1000, 1000, None, 5.0, p99, 40.0)
+                                      for p99 in (30.0, 22.0, 24.0)]
+    outcome.latency["c-alos"] = median_run(outcome.latency_runs["c-alos"])
+    latency = next(row for row in targets(outcome) if row[0].startswith("3. p99 end-to-end"))
+    assert latency[2].startswith("24.0 ms") and "30.0 ms, 22.0 ms, 24.0 ms" in latency[2]
+    assert latency[3] == "**met**"
+    assert "| 24.0 | 30.0, 22.0, 24.0 |" in render(outcome)
