@@ -14,7 +14,8 @@ learn-only replay after a crash (nothing is lost or published twice: see above).
 revoke, shutdown) are not deferred.
 
 Where (``checkpoint.background``): a periodic checkpoint of River models is taken by a forked child process, which
-pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on;
+pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on
+(once a checkpoint takes ``background_min_ms``: below that, the fork itself would stall the loop longer);
 the parent collects its outcome (metrics, backoff, the duty-cycle bound from the child's duration) on the next
 turn of its loop after the child exits. One child at a time; every synchronous checkpoint, and every restore,
 first waits for it, so checkpoints land in the order they were taken. Torch models are always saved in the loop
@@ -162,7 +163,7 @@ class Checkpointer:
         """
         with self._save_lock:
             self.join()  # one checkpoint at a time, in the order they were taken
-            if background and self._background and self._fork_safe(offsets):
+            if background and self._worth_a_child() and self._fork_safe(offsets):
                 return self._fork(offsets, extra)
             return self._save_here(offsets, extra)
 
@@ -175,6 +176,10 @@ class Checkpointer:
             return stored
         finally:
             self._timed(started, stored)
+
+    def _worth_a_child(self) -> bool:
+        """Background checkpoints are on, and the last checkpoint took long enough to be worth a fork."""
+        return self._background and self.last_duration_s * 1000.0 >= self._settings.background_min_ms
 
     def _fork_safe(self, offsets: dict[TP, int]) -> bool:
         """Whether every model of these partitions may be snapshotted in a forked child."""

@@ -197,7 +197,7 @@ def test_a_background_checkpoint_written_by_a_forked_child_restores(redis_client
     probe = [Row(s.features) for s in samples[1000:1100]]
     at_fork = [learner.predict_one(row) for row in probe]
     metrics = Metrics(CollectorRegistry())
-    checkpointer = Checkpointer(_store(redis_client), models, CheckpointSettings(), metrics)
+    checkpointer = Checkpointer(_store(redis_client), models, CheckpointSettings(background_min_ms=0.0), metrics)
     assert checkpointer.save({tp: 1000}, background=True)
     learner.learn_many([Row(s.features) for s in samples[1100:]], [s.label for s in samples[1100:]])
     checkpointer.join()

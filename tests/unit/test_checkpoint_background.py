@@ -80,7 +80,9 @@ def make(store: FileStore, *, torch: bool = False, **settings: object) -> tuple[
         models = ModelStep([LOGREG], lambda m: build_learner(m, PreprocessingSettings(), 42))
     models.assign(TP)
     metrics = Metrics(CollectorRegistry())
-    checkpointer = Checkpointer(store, models, CheckpointSettings(**settings), metrics)  # type: ignore[arg-type]
+    # these tests are about the child: it takes every periodic checkpoint unless a test says otherwise
+    options = {"background_min_ms": 0.0, **settings}
+    checkpointer = Checkpointer(store, models, CheckpointSettings(**options), metrics)  # type: ignore[arg-type]
     return checkpointer, models, metrics
 
 
@@ -184,3 +186,22 @@ def test_poll_collects_the_outcome_without_waiting_or_a_commit(tmp_path: Path) -
         time.sleep(0.02)
         checkpointer.poll()
     assert outcomes(metrics, "ok") == 1 and len(store.lines()) == 1
+
+
+def test_a_child_takes_over_only_once_a_checkpoint_took_background_min_ms(tmp_path: Path) -> None:
+    """A fork stalls the loop for milliseconds of its own: a model whose checkpoint is quicker stays in the loop."""
+    store = FileStore(tmp_path / "saves")
+    checkpointer, _, metrics = make(store, background_min_ms=50.0)
+    assert checkpointer.save({TP: 1}, background=True)  # nothing measured yet: in the loop
+    assert checkpointer.last_duration_s < 0.05
+    store.write_s = 0.06  # the model (or Redis) got slower: this one is still in the loop, and takes 60 ms
+    assert checkpointer.save({TP: 2}, background=True)
+    assert checkpointer.last_duration_s >= 0.06
+    store.write_s = 0.0
+    assert checkpointer.save({TP: 3}, background=True)  # the last one took 60 ms: a child writes this one
+    checkpointer.join()  # quick again, as the child reports: the next one goes back to the loop
+    assert checkpointer.save({TP: 4}, background=True)
+    pids = [line["pid"] for line in store.lines()]
+    assert [line["offsets"]["events:0"] for line in store.lines()] == [1, 2, 3, 4]
+    assert pids[0] == pids[1] == pids[3] == os.getpid() != pids[2]
+    assert outcomes(metrics, "ok") == 4
