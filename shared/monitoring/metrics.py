@@ -128,6 +128,9 @@ class Metrics:
             "streamlearn_dedup_entries", "Event ids in the dedup window.", registry=r)
         self.entity_keys = Gauge(
             "streamlearn_entity_keys", "Entities with per-entity aggregates.", registry=r)
+        self.entity_evictions = Counter(
+            "streamlearn_entity_evictions", "Entities dropped, least recently updated first, to keep the entity "
+            "store within entities.max_entities.", registry=r)
         self.redis_up = Gauge(
             "streamlearn_redis_up", "1 when the last Redis operation succeeded.", registry=r)
         self.kafka_up = Gauge(

@@ -65,12 +65,15 @@ class EntityFeaturesStep:
             assert record.event is not None
             events.append((record.event.key, event_time(record), record.features or record.event.features))
             positions.append((record.topic, record.partition, record.offset))
+        evicted_before = self.store.evicted_total
         try:
             aggregates = self.store.update_and_get(events, positions)
         except redis.RedisError as exc:
             self._metrics.redis_up.set(0)
             log.warning("entity features unavailable (%s): %d events go on without them", exc, len(records))
             return
+        if self.store.evicted_total > evicted_before:
+            self._metrics.entity_evictions.inc(self.store.evicted_total - evicted_before)
         for record, values in zip(records, aggregates, strict=True):
             if values:
                 features = dict(record.features) if record.features is not None else {}

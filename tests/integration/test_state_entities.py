@@ -164,3 +164,26 @@ def test_replay_with_a_time_window(redis_client: redis.Redis) -> None:
     replayed = store.update_and_get(events, positions)
     assert replayed[-1] == first[-1] and replayed[-1]["entity_count"] == 1.0, "window (22, 27] is still kept"
     assert replayed[:-1] == [{}] * 9
+
+
+def test_the_step_counts_evicted_entities(redis_client: redis.Redis) -> None:
+    """``streamlearn_entity_evictions_total``: every entity dropped by the bound, counted once."""
+    from prometheus_client import CollectorRegistry
+
+    from shared.contract import Event
+    from shared.monitoring.metrics import Metrics
+    from shared.steps.batch import Batch, Record
+    from shared.steps.entities import EntityFeaturesStep
+
+    metrics = Metrics(CollectorRegistry())
+    step = EntityFeaturesStep(_store(redis_client, last_n=5, max_entities=10), metrics)
+    offset = 0
+    for batch in range(5):
+        records = []
+        for i in range(10):
+            event = Event(id=f"e-{offset}", key=f"user-{batch * 10 + i}", ts=float(batch), features={"amount": 1.0})
+            records.append(Record("events", 0, offset, None, b"{}", 0, event=event, features={"amount": 1.0}))
+            offset += 1
+        step.process(Batch(records, 0.0))
+    assert metrics.registry.get_sample_value("streamlearn_entity_evictions_total") == 40
+    assert "entity_count_total" in records[-1].features  # type: ignore[operator]
