@@ -93,7 +93,7 @@ class LimitSettings(_Frozen):
     max_id_length: int = Field(256, ge=1)
     max_string_length: int = Field(1024, ge=1)
     #: stop the worker when more than this share of the last ``dead_letter_window`` records is invalid
-    #: (``null``: no ratio limit)
+    #: (``null``: no ratio limit); the events topic and the labels topic are counted apart, each with these limits
     dead_letter_max_ratio: float | None = Field(0.5, gt=0.0, le=1.0)
     dead_letter_window: int = Field(1000, ge=10, le=1_000_000)
     #: stop the worker after more than this many invalid records in a row (``null``: no limit)

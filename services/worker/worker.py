@@ -204,6 +204,7 @@ class Worker:
             self.delayed_labels = DelayedLabels(
                 join, self.model_step, self.score_step, self.metrics, observe=self.drift_step.observe,
                 send=self.committer.send, dead_letter_topic=s.kafka.topics.dead_letters,
+                limit=DeadLetterLimitStep(s.limits),
             )
             steps.append(self.delayed_labels)
         steps += [self.score_step, self.drift_step, publish]

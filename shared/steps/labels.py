@@ -41,6 +41,7 @@ from shared.learners.base import Output, Row, Target
 from shared.monitoring.metrics import Metrics
 from shared.state.label_join import JoinedLabel, LabelJoin, PendingPrediction
 from shared.steps.batch import Batch, Record, Rejection
+from shared.steps.dead_letters import DeadLetterLimitStep
 from shared.steps.models import ModelSet, ModelStep
 from shared.steps.score import ScoreStep
 
@@ -89,6 +90,8 @@ class DelayedLabels:
 
     ``observe`` (optional) gets every first-time join like an inline label (the drift step's ``observe``).
     ``send`` (optional) dead-letters invalid label records to ``dead_letter_topic`` with the usual headers.
+    ``limit`` (optional) caps the invalid label records as the events' own cap does (its own window): a batch that
+    crosses it raises :class:`~shared.steps.dead_letters.DeadLetterLimitExceeded` before anything of it is sent.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class DelayedLabels:
         observe: Observe | None = None,
         send: Send | None = None,
         dead_letter_topic: str | None = None,
+        limit: DeadLetterLimitStep | None = None,
         max_retry: int = 10_000,
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -115,6 +119,7 @@ class DelayedLabels:
         self._observe = observe
         self._send = send
         self._dead_letter_topic = dead_letter_topic
+        self._limit = limit
         self._max_retry = max_retry
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
@@ -195,12 +200,16 @@ class DelayedLabels:
             try:
                 label = decode_label(record.value)
             except ValueError as exc:
-                if not record.already_published:
-                    outcomes["invalid"] += 1
-                    self._dead_letter(record, Rejection("invalid_label", str(exc)))
+                record.rejection = Rejection("invalid_label", str(exc))
                 continue
             fresh.append(_LabelRecord(record.topic, record.partition, record.offset, label.id, label.label,
                                       label.ts, record.already_published))
+        if self._limit is not None and records:
+            self._limit.process(Batch(list(records), 0.0))  # raises past the cap, before any dead letter is sent
+        for record in records:
+            if record.rejection is not None and not record.already_published:
+                outcomes["invalid"] += 1
+                self._dead_letter(record, record.rejection)
         offsets = _next_offsets(records)
         todo, self._deferred = self._deferred + fresh, []
         self._note_model_sets()
@@ -263,6 +272,7 @@ class DelayedLabels:
             (HEADER_SOURCE_OFFSET, str(record.offset).encode("ascii")),
         ]
         self._send(self._dead_letter_topic, record.value or b"", record.key, headers)
+        self._metrics.dead_letters.labels(rejection.code).inc()
 
     # --- both sides -------------------------------------------------------------------------------
     def _note_model_sets(self) -> None:

@@ -190,3 +190,22 @@ def test_when_redis_fails_predictions_wait_in_memory_for_the_next_put() -> None:
     join.fail = False
     step.process(Batch([], 0.0))
     assert [p.event_id for p in join.puts[0]] == ["e1"]
+
+
+def test_invalid_labels_count_towards_the_dead_letter_cap_and_the_crossing_batch_sends_nothing() -> None:
+    from shared.settings import LimitSettings
+    from shared.steps.dead_letters import DeadLetterLimitExceeded, DeadLetterLimitStep
+
+    step, _, _, registry, _ = _setup()
+    sent: list[tuple[str, bytes, list[tuple[str, bytes]] | None]] = []
+    step._send = lambda topic, value, key, headers: sent.append((topic, value, headers))
+    step._dead_letter_topic = "dlq"
+    step._limit = DeadLetterLimitStep(LimitSettings(dead_letter_max_consecutive=2, dead_letter_max_ratio=None))
+    step.resolve([_label_record(0, b"nope"), _label_record(1, b"nope")])  # two in a row: within the cap
+    assert len(sent) == 2
+    assert _value(registry, "streamlearn_dead_letters_total", {"reason": "invalid_label"}) == 2
+    with pytest.raises(DeadLetterLimitExceeded, match=r"3 invalid records in a row at labels\[0\]@2"):
+        step.resolve([_label_record(2, b"nope"), _label_record(3, b'{"id": "a", "label": true}')])
+    assert len(sent) == 2, "the batch that crossed the cap dead-lettered nothing"
+    assert _value(registry, "streamlearn_dead_letters_total", {"reason": "invalid_label"}) == 2
+    assert _value(registry, "streamlearn_labels_total", {"outcome": "invalid"}) == 2
