@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,11 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
     worker: subprocess.Popen[bytes] | None = None
     replayer: threading.Thread | None = None
     try:
+        # every demo starts from empty topics and an empty Redis: the replayer sends the same event ids each
+        # time, and the previous run's dedup window and committed offsets would swallow all of them
+        stack.down()  # servers a killed demo left running
+        shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
         print("starting Kafka, Redis and Prometheus (the first start downloads the Kafka jars) ...", flush=True)
         try:
             addresses = stack.up()
@@ -139,6 +145,9 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
             if not replayer.is_alive() and view.valid >= total:
                 break
         print("\nstopping ...", flush=True)
+        if last_valid == 0:
+            print(f"streamlearn demo: the worker processed no event; see {state_dir / 'worker.log'}", file=sys.stderr)
+            return 1
         return 0
     finally:
         stop.set()
