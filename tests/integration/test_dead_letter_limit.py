@@ -18,6 +18,23 @@ from tests.integration.helpers import committed_total, make_settings, produce, r
 pytestmark = pytest.mark.integration
 
 
+def _run_until_it_stops(worker: Worker) -> list[BaseException]:
+    """Run the worker on a thread for at most 90 s; what it raised (the cap stops it with an exception)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(max_seconds=90)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the worker should have stopped by itself"
+    return errors
+
+
 def test_worker_stops_when_the_invalid_ratio_passes_its_limit(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
@@ -35,19 +52,7 @@ def test_worker_stops_when_the_invalid_ratio_passes_its_limit(
     garbage = [(f"b{i}".encode(), b"{not json") for i in range(300)]
     produce(kafka_bootstrap, t.events, good + garbage)
 
-    worker = Worker(settings, registry=CollectorRegistry())
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(max_seconds=90)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the worker should have stopped by itself"
+    errors = _run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
     assert len(errors) == 1 and isinstance(errors[0], DeadLetterLimitExceeded), errors
     assert "dead_letter_max_ratio=0.5" in str(errors[0])
     # every valid event before the flood was predicted; the batch that crossed the limit was not committed
@@ -75,19 +80,7 @@ def test_a_flood_of_invalid_labels_stops_the_worker_too(
     produce(kafka_bootstrap, t.events, events)
     produce(kafka_bootstrap, t.labels, [(f"e{i}".encode(), b"{not json") for i in range(300)])
 
-    worker = Worker(settings, registry=CollectorRegistry())
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(max_seconds=90)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the worker should have stopped by itself"
+    errors = _run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
     assert len(errors) == 1 and isinstance(errors[0], DeadLetterLimitExceeded), errors
     assert t.labels in str(errors[0]) and "dead_letter_max_ratio=0.5" in str(errors[0])
     # what was committed before the crossing batch is all a reader sees: the flood did not reach the DLQ
