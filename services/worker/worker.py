@@ -91,6 +91,8 @@ class Worker:
         self._restore_backoff_s = 1.0
         #: exactly-once: why the open transaction must be given up (set by a rebalance listener)
         self._rewind_reason: str | None = None
+        #: at-least-once: outputs were not delivered; nothing processed may be committed or checkpointed any more
+        self._delivery_failure: TransportError | None = None
         self._kafka_ok = True
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
@@ -232,6 +234,8 @@ class Worker:
                 except TransportError as exc:  # kafka-python 3 raises here while the broker is unreachable
                     self._kafka_unreachable(exc)
                     continue
+                if self._delivery_failure is not None:  # found by a rebalance listener inside the poll
+                    raise self._delivery_failure
                 self._kafka_ok = self.consumer.connected()
                 self.metrics.kafka_up.set(1 if self._kafka_ok else 0)
                 if self._rewind_reason is not None:
@@ -317,7 +321,11 @@ class Worker:
         """
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
-        self.committer.commit(offsets, wait=wait)
+        try:
+            self.committer.commit(offsets, wait=wait)
+        except TransportError as exc:
+            self._delivery_failure = exc
+            raise
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
@@ -479,13 +487,16 @@ class Worker:
     async def on_revoked(self, tps: Sequence[TP]) -> None:
         """Rebalance listener (IO thread): commit what was processed, checkpoint, then let the partitions go."""
         self._to_restore = [tp for tp in self._to_restore if tp not in tps]
-        if self.committer is not None and self._rewind_reason is None:
+        # after a failed delivery nothing is committed or checkpointed, also when close() leaves the group
+        if self.committer is not None and self._rewind_reason is None and self._delivery_failure is None:
             offsets, self._pending_offsets = self._pending_offsets, {}
             try:
                 await self.committer.commit_in_listener(offsets)
             except TransactionFailed as exc:
                 # nothing of the open transaction is visible; the new owner resumes from the last commit
                 self._rewind_reason = f"{exc} (on revoke)"
+            except TransportError as exc:  # at-least-once: the poll loop stops the worker
+                self._delivery_failure = exc
             else:
                 self._events_since_commit = 0
                 self._last_commit = time.monotonic()
@@ -557,7 +568,11 @@ class Worker:
     def close(self) -> None:
         """Drain: commit what was processed, close the clients and the endpoint."""
         try:
-            if self.committer is not None and self.consumer is not None:
+            if self._delivery_failure is not None:
+                # a checkpoint now would skip the undelivered outputs on restart; the last commit and checkpoint
+                # are where the next owner resumes (and publishes them again)
+                log.error("outputs not delivered (%s); stopping without a final commit", self._delivery_failure)
+            elif self.committer is not None and self.consumer is not None:
                 try:
                     self.commit(checkpoint=True)
                 except TransactionFailed as exc:  # aborted: the next owner resumes from the last commit

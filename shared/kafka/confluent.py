@@ -24,7 +24,13 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from shared.kafka.clients import default_transactional_id
-from shared.kafka.transport import EventConsumer, RebalanceHandler, TransportError, run_listener_coroutine
+from shared.kafka.transport import (
+    DeliveryFailures,
+    EventConsumer,
+    RebalanceHandler,
+    TransportError,
+    run_listener_coroutine,
+)
 from shared.settings import KafkaSettings
 from shared.steps.batch import Record
 
@@ -351,14 +357,13 @@ class ConfluentProducer:
     """
 
     def __init__(self, settings: KafkaSettings, *, transactional: bool = False) -> None:
-        failures: list[str] = []
-        self._failures = failures
+        failures = self._failures = DeliveryFailures()
 
         def on_delivery(error: KafkaError | None, message: Any) -> None:
-            # a closure over the list, not a bound method: no cycle keeps a dropped producer (and its
+            # a closure over the counter, not a bound method: no cycle keeps a dropped producer (and its
             # transactional id's background work) alive
-            if error is not None and len(failures) < 100:
-                failures.append(f"{message.topic()}: {error}")
+            if error is not None:
+                failures.add(message.topic(), error)
 
         config: dict[str, Any] = {
             **common_config(settings),
@@ -404,14 +409,9 @@ class ConfluentProducer:
 
     def flush(self, timeout_s: float | None) -> None:
         left = self.raw.flush(-1 if timeout_s is None else timeout_s)
-        self._raise_failures()
+        self._failures.raise_any()
         if left:
             raise TransportError(f"{left} records not delivered within {timeout_s} s")
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise TransportError(f"{len(failures)} records failed: " + "; ".join(failures[:3]))
 
     def init_transactions(self, timeout_s: float) -> None:
         self._bounded("init_transactions", lambda: self.raw.init_transactions(timeout_s), timeout_s)

@@ -38,6 +38,37 @@ class TransportError(Exception):
         self.retriable = retriable
 
 
+class DeliveryFailures:
+    """The records a producer failed to deliver since the last :meth:`raise_any`: a count and the first reasons.
+
+    Filled by delivery callbacks (kafka-python's sender thread, or librdkafka's reports served on the caller's
+    thread); read after a flush, when nothing it counts is in flight any more.
+    """
+
+    REASONS_KEPT = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reasons: list[str] = []
+
+    def add(self, topic: str, error: object) -> None:
+        """Count one failed record."""
+        self.count += 1
+        if len(self.reasons) < self.REASONS_KEPT:
+            self.reasons.append(f"{topic}: {error!r}")
+
+    def clear(self) -> None:
+        """Forget the failures counted so far (a transaction's commit reports them itself)."""
+        self.count, self.reasons = 0, []
+
+    def raise_any(self) -> None:
+        """Raise :class:`TransportError` naming the failures counted so far (and start counting afresh)."""
+        if self.count:
+            count, reasons = self.count, self.reasons
+            self.count, self.reasons = 0, []
+            raise TransportError(f"{count} records failed: " + "; ".join(reasons))
+
+
 class RebalanceHandler(Protocol):
     """What the consumer calls on a group rebalance (from inside :meth:`EventConsumer.poll`)."""
 
@@ -288,18 +319,22 @@ class KafkaPythonProducer:
 
     def __init__(self, producer: KafkaProducer) -> None:
         self.raw = producer
+        self._failures = DeliveryFailures()
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         try:
-            self.raw.send(topic, value=value, key=key, headers=headers)
+            future = self.raw.send(topic, value=value, key=key, headers=headers)
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
+        future.add_errback(self._failures.add, topic)
 
     def flush(self, timeout_s: float | None) -> None:
+        """kafka-python's own flush returns also when records failed; this one raises for them."""
         try:
             self.raw.flush(timeout=timeout_s)
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
+        self._failures.raise_any()
 
     def init_transactions(self, timeout_s: float) -> None:
         try:
@@ -333,6 +368,8 @@ class KafkaPythonProducer:
                 self._await(manager.begin_commit(), timeout_s, "committing the transaction")
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
+        finally:
+            self._failures.clear()  # a failed delivery fails the commit itself
 
     def close(self, timeout_s: float) -> None:
         try:
