@@ -252,7 +252,8 @@ class LabelSettings(_Frozen):
     early_label_ttl_s: float = Field(30.0, gt=0)
     #: labels held at most (default ``max_entries``)
     max_held: int | None = Field(None, ge=1)
-    #: joined records kept for duplicate detection and one replay after a crash (default ``ttl_s``)
+    #: joined records kept for duplicate detection and for records read again after a crash or a rebalance
+    #: (default ``ttl_s``)
     joined_marker_ttl_s: float | None = Field(None, gt=0)
     #: how long a "prediction was made" marker tells a late label from an orphan (default ``4 * ttl_s``)
     late_marker_ttl_s: float | None = Field(None, gt=0)

@@ -204,7 +204,8 @@ class Worker:
             )
             assert self.committer is not None
             self.delayed_labels = DelayedLabels(
-                join, self.model_step, self.score_step, self.metrics, observe=self.drift_step.observe,
+                join, self.model_step, self.score_step, self.metrics, position=self._processed.get,
+                observe=self.drift_step.observe,
                 send=self.committer.send, dead_letter_topic=s.kafka.topics.dead_letters,
                 limit=DeadLetterLimitStep(s.limits),
             )
@@ -274,12 +275,18 @@ class Worker:
         for step in self.steps:
             step.process(events)
         next_offsets = events.next_offsets()
-        if self.delayed_labels is not None:
-            # labels after the events of the same poll: a label never waits for an event it came with
-            next_offsets.update(self.delayed_labels.resolve(label_records))
-        self._update_champion()
-        self._pending_offsets.update(next_offsets)
         self._processed.update(next_offsets)
+        if self.delayed_labels is not None:
+            # labels after the events of the same poll (read by then): a label never waits for an event it came with
+            label_offsets = self.delayed_labels.resolve(label_records)
+            self._processed.update(label_offsets)
+            next_offsets.update(label_offsets)
+        self._update_champion()
+        for tp, offset in next_offsets.items():
+            # a replay below the committed offset commits nothing: the commit must never move back (a restart
+            # would then publish again what is committed already)
+            if offset > self._replay_until.get(tp, -1):
+                self._pending_offsets[tp] = offset
         self._events_since_commit += len(batch.records)
         if self.checkpointer is not None:
             self.checkpointer.account(len(batch.records))

@@ -93,11 +93,8 @@ local function joined_parts(id)
   return {label_position, label, pending_position, payload, joined_at}
 end
 
-local function hand_out_again(out, id, value, joined_at)
-  redis.call('HDEL', joined_data, id)
-  table.insert(out, id)
-  table.insert(out, value)
-  table.insert(out, joined_at)
+local function hand_out(out, ...)
+  for _, value in ipairs({...}) do table.insert(out, value) end
 end
 """
 
@@ -109,18 +106,16 @@ for i = 11, #ARGV, 3 do
   if marker_live(joined, id) then
     local parts = joined_parts(id)
     if parts and position ~= '' and parts[3] == position then
-      hand_out_again(matched, id, parts[2], parts[5])
+      hand_out(matched, id, parts[2], parts[1], '1')
     else
       table.insert(already_joined, id)
     end
   elseif live(early_at, id, early_cutoff) and redis.call('HEXISTS', early, id) == 1 then
     local label_record = redis.call('HGET', early, id)
-    local _, label = split(label_record)
+    local label_position, label = split(label_record)
     drop(early, early_at, {id})
     record_join(id, label_record, position .. '\\n' .. payload)
-    table.insert(matched, id)
-    table.insert(matched, label)
-    table.insert(matched, '')
+    hand_out(matched, id, label, label_position, '')
   elseif redis.call('HEXISTS', pending, id) == 0 then
     if redis.call('ZSCORE', early_at, id) then
       orphaned_now = orphaned_now + drop(early, early_at, {id})
@@ -144,7 +139,7 @@ for i = 11, #ARGV, 3 do
   if marker_live(joined, id) then
     local parts = joined_parts(id)
     if parts and position ~= '' and parts[1] == position then
-      hand_out_again(joined_out, id, parts[4], parts[5])
+      hand_out(joined_out, id, parts[4], '1')
     else
       table.insert(duplicates, id)
     end
@@ -153,9 +148,7 @@ for i = 11, #ARGV, 3 do
     local _, payload = split(pending_record)
     drop(pending, pending_at, {id})
     record_join(id, label_record, pending_record)
-    table.insert(joined_out, id)
-    table.insert(joined_out, payload)
-    table.insert(joined_out, '')
+    hand_out(joined_out, id, payload, '')
   elseif pending_score then
     drop(pending, pending_at, {id})
     table.insert(late, id)
@@ -204,13 +197,15 @@ class PendingPrediction:
 
 @dataclass(frozen=True, slots=True)
 class JoinedLabel:
-    """A prediction and its label, removed from the store: learn from it exactly once."""
+    """A prediction and its label. The event's position is in ``pending``; which reader learns it: docs/state.md."""
 
     pending: PendingPrediction
     label: Target
     label_ts: float | None
-    #: set when this join is handed out again to a replayed record: when it was first joined (docs/state.md)
-    replayed_joined_at: float | None = None
+    #: where the label record was read (``None`` when it was resolved without positions)
+    label_position: Position | None = None
+    #: a join made before, handed out again to a record read again (its outcome was counted then)
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +257,12 @@ def _label_from_payload(data: bytes) -> tuple[Target, float | None]:
     return label, label_ts
 
 
-def _float_or_none(value: bytes | str) -> float | None:
-    return float(value) if value else None
+def _position(value: bytes | str) -> Position | None:
+    """``topic:partition:offset`` (topic names have no colon) as a position; ``None`` for an empty string."""
+    if not value:
+        return None
+    topic, partition, offset = _text(value).rsplit(":", 2)
+    return topic, int(partition), int(offset)
 
 
 def _text(value: bytes | str) -> str:
@@ -276,7 +275,7 @@ class LabelJoin:
     ``ttl_s``: how long a prediction waits for its label. ``early_label_ttl_s``: how long a label waits for its
     event. ``max_entries`` bounds the pending predictions (oldest evicted first); ``max_held`` (default
     ``max_entries``) the held labels. A joined record (``joined_marker_ttl_s``, default ``ttl_s``; at most
-    ``max_joined``, default ``max_entries``) flags duplicate labels and keeps the join for one replay; a seen
+    ``max_joined``, default ``max_entries``) flags duplicate labels and keeps the join for records read again; a seen
     marker (``late_marker_ttl_s``, default ``4 * ttl_s``; at most ``max_seen``, default ``4 * max_entries``)
     tells a late label (its prediction was dropped) from one that is merely early.
     """
@@ -331,7 +330,8 @@ class LabelJoin:
         """Store predictions awaiting their label (one round trip); join those whose label is already held.
 
         An id already pending keeps its first entry. An event record put again after it was joined (same
-        topic, partition and offset) gets the same join back once, with ``replayed_joined_at`` set.
+        topic, partition and offset) gets the same join back, with ``again`` set, every time while the joined
+        record lives (``joined_marker_ttl_s``, ``max_joined``).
         """
         if not items:
             return PutResult([], [], 0, 0, 0)
@@ -341,9 +341,10 @@ class LabelJoin:
             args += [item.event_id, f"{item.topic}:{item.partition}:{item.offset}", item.to_json()]
         matched, already_joined, expired, evicted, orphaned = self._put(keys=self._key_list, args=args)
         joined = []
-        for i in range(0, len(matched), 3):
+        for i in range(0, len(matched), 4):
             label, label_ts = _label_from_payload(matched[i + 1])
-            joined.append(JoinedLabel(by_id[_text(matched[i])], label, label_ts, _float_or_none(matched[i + 2])))
+            joined.append(JoinedLabel(by_id[_text(matched[i])], label, label_ts, _position(matched[i + 2]),
+                                      bool(matched[i + 3])))
         return PutResult(joined, [_text(x) for x in already_joined], int(evicted), int(expired), int(orphaned))
 
     def resolve_labels(
@@ -352,24 +353,29 @@ class LabelJoin:
         """Join labels ``(event_id, label, label_ts)`` with their predictions, in order (one round trip).
 
         With ``positions`` (``(topic, partition, offset)`` of each label record), a label record read again
-        after a crash gets the same join back once, with ``replayed_joined_at`` set, instead of a duplicate.
+        after a crash gets the same join back, with ``again`` set, instead of a duplicate (while the joined record
+        lives, as in :meth:`put_pending`).
         """
         if not labels:
             return JoinResult([], [], [], [], 0, 0, 0)
         sources = split_positions(positions, len(labels))
         label_of: dict[str, tuple[Target, float | None]] = {}
+        position_of: dict[str, Position] = {}
         args = self._header()
         for index, (event_id, label, label_ts) in enumerate(labels):
             label_of.setdefault(event_id, (label, label_ts))
+            if positions is not None:
+                position_of.setdefault(event_id, positions[index])
             position = "" if sources is None else f"{sources[index][0]}:{sources[index][1]}"
             args += [event_id, position, _label_payload(label, label_ts)]
         joined_flat, duplicates, late, held, expired, evicted, orphaned = self._resolve(
             keys=self._key_list, args=args)
         joined = []
         for i in range(0, len(joined_flat), 3):
-            label, label_ts = label_of[_text(joined_flat[i])]
+            event_id = _text(joined_flat[i])
+            label, label_ts = label_of[event_id]
             joined.append(JoinedLabel(PendingPrediction.from_json(joined_flat[i + 1]), label, label_ts,
-                                      _float_or_none(joined_flat[i + 2])))
+                                      position_of.get(event_id), bool(joined_flat[i + 2])))
         return JoinResult(
             joined, [_text(x) for x in held], [_text(x) for x in duplicates], [_text(x) for x in late],
             int(evicted), int(expired), int(orphaned),

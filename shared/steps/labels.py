@@ -9,16 +9,17 @@ Two halves, one object (:class:`DelayedLabels`):
   decoded, joined, scored on every model's stored output (``ScoreStep.score``) and learned
   (``ModelStep.learn_delayed``) into the model set of the partition its **event** was read from.
 
-Every join is learned exactly once. Joins handed out again to a record read a second time after a crash
-(``replayed_joined_at`` set, docs/state.md) are learned (the restored model has not seen them) but neither
-scored nor counted again. Outcomes go to ``streamlearn_labels_total{outcome}``; nothing here raises on bad labels.
+Every join is learned exactly once, by positions (docs/state.md): a partition's models learn a join when they read
+the second of its two records, that is when the record read now is one side and the other side's offset is below
+the position its partition has been read up to (``position``). The join hands itself out again to a record read
+again after a restore or a rebalance (``again``); such a hand-out is learned by the same rule, but neither scored
+nor counted again. Outcomes go to ``streamlearn_labels_total{outcome}``; nothing here raises on bad labels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ from shared.monitoring.metrics import Metrics
 from shared.state.label_join import JoinedLabel, LabelJoin, PendingPrediction
 from shared.steps.batch import Batch, Record, Rejection
 from shared.steps.dead_letters import DeadLetterLimitStep
-from shared.steps.models import ModelSet, ModelStep
+from shared.steps.models import ModelStep
 from shared.steps.score import ScoreStep
 
 log = logging.getLogger("streamlearn.labels")
@@ -50,6 +51,7 @@ log = logging.getLogger("streamlearn.labels")
 TopicPartition = tuple[str, int]
 Send = Callable[[str, bytes, bytes | None, list[tuple[str, bytes]] | None], None]
 Observe = Callable[[TopicPartition, int, Mapping[str, Output], Target], None]
+Position = Callable[[TopicPartition], int | None]
 
 #: label records larger than this are refused (a label is an id, a value and a time)
 MAX_LABEL_BYTES = 4096
@@ -92,6 +94,8 @@ class DelayedLabels:
     ``send`` (optional) dead-letters invalid label records to ``dead_letter_topic`` with the usual headers.
     ``limit`` (optional) caps the invalid label records as the events' own cap does (its own window): a batch that
     crosses it raises :class:`~shared.steps.dead_letters.DeadLetterLimitExceeded` before anything of it is sent.
+    ``position`` gives, per partition, the next offset its models will read (``None``: nothing read yet); the
+    worker counts the events of a batch as read before it resolves the labels of the same batch.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class DelayedLabels:
         scorer: ScoreStep,
         metrics: Metrics,
         *,
+        position: Position,
         observe: Observe | None = None,
         send: Send | None = None,
         dead_letter_topic: str | None = None,
@@ -109,11 +114,11 @@ class DelayedLabels:
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         gauge_interval_s: float = 1.0,
-        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.join = join
         self._models = models
+        self._position = position
         self._scorer = scorer
         self._metrics = metrics
         self._observe = observe
@@ -125,11 +130,6 @@ class DelayedLabels:
         self._max_backoff_s = max_backoff_s
         self._gauge_interval_s = gauge_interval_s
         self._monotonic = monotonic
-        #: must be the join's clock (``joined_at`` is compared with it)
-        self._clock = clock
-        #: per partition, its current model set and when it was first seen (see _note_model_sets)
-        self._set_ids: dict[TopicPartition, ModelSet] = {}
-        self._since: dict[TopicPartition, float] = {}
         self._last_gauge = -float("inf")
         #: pending predictions whose put failed (Redis down): retried before the next put, bounded
         self._retry: list[PendingPrediction] = []
@@ -144,7 +144,6 @@ class DelayedLabels:
     # --- event side -------------------------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         """Put the batch's unlabelled predictions in the join; learn the ones whose label was held."""
-        self._note_model_sets()
         items = [self._pending(r) for r in batch.records if r.is_valid and r.pending_label and r.event is not None]
         if self._retry:
             items, self._retry = self._retry + items, []
@@ -163,7 +162,7 @@ class DelayedLabels:
         if result.already_joined:
             log.info("%d events whose label was already joined were seen again (not stored)",
                      len(result.already_joined))
-        self._apply(result.joined)
+        self._apply(result.joined, reading="event")
         self._export_size()
 
     @staticmethod
@@ -212,7 +211,6 @@ class DelayedLabels:
                 self._dead_letter(record, record.rejection)
         offsets = _next_offsets(records)
         todo, self._deferred = self._deferred + fresh, []
-        self._note_model_sets()
         if todo and self._monotonic() >= self.retry_at:
             try:
                 result = self.join.resolve_labels([(r.event_id, r.label, r.label_ts) for r in todo],
@@ -233,7 +231,7 @@ class DelayedLabels:
                 for outcome, ids in (("held", result.held), ("duplicate", result.duplicates),
                                      ("late", result.late)):
                     outcomes[outcome] += sum(1 for event_id in ids if event_id in counted)
-                self._apply(result.joined)
+                self._apply(result.joined, reading="label")
         elif todo:
             self._defer(todo)
         for outcome, n in outcomes.items():
@@ -275,24 +273,14 @@ class DelayedLabels:
         self._metrics.dead_letters.labels(rejection.code).inc()
 
     # --- both sides -------------------------------------------------------------------------------
-    def _note_model_sets(self) -> None:
-        """Remember when each partition's current model set was first seen (restored or created).
+    def _read_before(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether the models of this worker have read ``tp`` past ``offset`` (their state reflects that record)."""
+        position = self._position(tp)
+        return position is not None and offset < position
 
-        A join handed out again (``replayed_joined_at``) is learned only if it was made before that time: by the
-        worker's previous life, whose models were lost. A join these models made themselves may be handed out
-        again when its other side is read again (an event replayed after its label came); they learned it once.
-        Called before every join script runs, so a join these models make is never older than their time.
-        """
-        sets = self._models.sets
-        for tp, model_set in sets.items():
-            if self._set_ids.get(tp) is not model_set:
-                self._set_ids[tp] = model_set
-                self._since[tp] = self._clock()
-        for tp in [tp for tp in self._set_ids if tp not in sets]:
-            del self._set_ids[tp], self._since[tp]
-
-    def _apply(self, joined: Sequence[JoinedLabel]) -> None:
-        """Score (first joins only) and learn each join, in order, into its event partition's model set."""
+    def _apply(self, joined: Sequence[JoinedLabel], *, reading: str) -> None:
+        """Score and count first joins; learn each join whose other side was read before, in order, into its event
+        partition's model set. ``reading`` is the side read now: ``event`` or ``label``."""
         if not joined:
             return
         rows: dict[TopicPartition, list[Row]] = {}
@@ -307,16 +295,20 @@ class DelayedLabels:
                             "not learned (produce labels with the event's key; docs/contract.md)",
                             pending.event_id, pending.topic, pending.partition)
                 continue
-            if item.replayed_joined_at is not None and item.replayed_joined_at >= self._since.get(tp, math.inf):
-                continue  # joined by these very models (after they were restored): learned already
-            rows.setdefault(tp, []).append(Row(pending.features, pending.key))
-            targets.setdefault(tp, []).append(item.label)
-            if item.replayed_joined_at is None:
+            if not item.again:
                 outputs = outputs_from_json(pending.outputs)
                 self._scorer.score(outputs, item.label)
                 if self._observe is not None:
                     self._observe(tp, pending.offset, outputs, item.label)
                 outcomes["joined"] += 1
+            if reading == "event":
+                other = item.label_position
+                learn = other is None or self._read_before((other[0], other[1]), other[2])
+            else:
+                learn = self._read_before(tp, pending.offset)
+            if learn:
+                rows.setdefault(tp, []).append(Row(pending.features, pending.key))
+                targets.setdefault(tp, []).append(item.label)
         for tp, tp_rows in rows.items():
             self._models.learn_delayed(tp, tp_rows, targets[tp])
             for name in self._models.sets[tp].learners:

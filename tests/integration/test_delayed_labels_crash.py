@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -61,9 +61,25 @@ def _labels(registry: CollectorRegistry) -> float:
                for o in ("joined", "held", "late", "duplicate", "invalid", "misrouted"))
 
 
+def _rebalance_twice(bootstrap: str, group_id: str, topics: list[str]) -> None:
+    """A second member joins ``group_id``, takes half of the partitions and leaves again without committing
+    anything: the worker's partitions are revoked and assigned twice, as when a deployment scales up and back."""
+    member = KafkaConsumer(*topics, group_id=group_id, bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not member.assignment():
+            assert time.monotonic() < deadline, "the extra member did not join the group"
+            member.poll(timeout_ms=50)
+    finally:
+        member.close()
+
+
+@pytest.mark.parametrize("rebalance", [False, True], ids=["crash", "crash-then-rebalances-during-recovery"])
 def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], rebalance: bool
 ) -> None:
+    """With ``rebalance``, B's partitions are revoked and assigned again twice while it re-reads the gap: the
+    revoke commits and checkpoints B's models in the middle of the replay, and the next restore starts there."""
     n = 3000
     windows = delayed_schedule(n, DelayedLabelPlan(max_delay=300, window=50, duplicate_labels=0.01), seed=5)
     samples = list(iter_source("phishing", limit=n))
@@ -122,7 +138,30 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
         labels_sent += send(window, "labels")
     producer.close()
     registry_b = CollectorRegistry()
-    with running_worker(settings, registry_b):
+    # B reads small batches slowly, so that the rebalances land inside its replay of the gap
+    settings_b = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"max_poll_records": 20})})
+    revoked_while_replaying: list[bool] = []
+    with running_worker(settings_b if rebalance else settings, registry_b) as b:
+        if rebalance:
+            on_revoked = b.on_revoked
+
+            async def revoked(tps: Any) -> None:
+                revoked_while_replaying.append(any(
+                    b._processed.get(tp, 0) < b._replay_until.get(tp, 0) for tp in tps if tp[0] == t.events))
+                await on_revoked(tps)
+
+            b.on_revoked = revoked  # type: ignore[method-assign]
+            process = b.process
+
+            def slowly(batch: Any) -> None:
+                time.sleep(0.1)  # the group hears of a new member at B's next heartbeat (3 s): the replay outlasts it
+                process(batch)
+
+            b.process = slowly  # type: ignore[method-assign]
+            wait_for(lambda: _processed(registry_b) > 0, 30, "B's first batch", interval_s=0.005)
+            _rebalance_twice(kafka_bootstrap, settings.kafka.group_id, [t.events, t.labels])
+            wait_for(lambda: len(revoked_while_replaying) >= 2, 30, "B's partitions revoked twice")
+            b.process = process  # type: ignore[method-assign]
         wait_for(lambda: _committed(kafka_bootstrap, settings.kafka.group_id, t.events) == events_sent
                  and _committed(kafka_bootstrap, settings.kafka.group_id, t.labels) == labels_sent,
                  90, "the whole stream committed")
@@ -136,9 +175,12 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
     print(f"\nA learned {learned_by_a:.0f} before dying; checkpointed label offsets {checkpointed_labels}, "
           f"committed {committed_labels}, sent {labels_sent}; final models learned {learned} "
           f"for {len(labelled)} labelled events")
+    if rebalance:
+        print(f"revokes during B's run, whether in the middle of its replay: {revoked_while_replaying}")
+        assert any(revoked_while_replaying), "the rebalance should have come while B re-read the gap"
     assert learned == len(labelled), "each labelled event learned exactly once across the crash"
     assert sample_value(registry_b, "streamlearn_labels_total", {"outcome": "misrouted"}) == 0
 
-    predictions = read_topic(kafka_bootstrap, t.predictions, n)
+    predictions = read_topic(kafka_bootstrap, t.predictions, n, to_end=True)
     got = [orjson.loads(r.value)["id"] for r in predictions]
     assert len(got) == n and set(got) == set(ids), "one committed prediction per event"

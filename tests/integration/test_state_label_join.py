@@ -86,31 +86,34 @@ def test_an_id_already_pending_keeps_its_first_entry(redis_client: redis.Redis) 
     assert join.resolve_labels([("e1", 1, None)]).joined[0].pending == _pending("e1", 1)
 
 
-def test_replayed_event_record_gets_its_join_back_once(redis_client: redis.Redis) -> None:
-    clock = ManualClock()
-    join = _join(redis_client, clock)
-    join.resolve_labels([("early", "yes", 3.0)])
+def test_an_event_record_read_again_gets_its_join_back_each_time_with_the_label_position(
+    redis_client: redis.Redis,
+) -> None:
+    join = _join(redis_client, ManualClock())
+    join.resolve_labels([("early", "yes", 3.0)], [("labels", 2, 10)])
     first = join.put_pending([_pending("early", 5), _pending("later", 6)])
-    assert first.joined[0].replayed_joined_at is None
-    clock.now += 1
-    join.resolve_labels([("later", "no", 4.0)])
-    clock.now += 1
-    replay = join.put_pending([_pending("early", 5), _pending("later", 6)])
-    again = {(j.pending.event_id, j.label, j.replayed_joined_at) for j in replay.joined}
-    assert again == {("early", "yes", 1_700_000_000.0), ("later", "no", 1_700_000_001.0)}
+    assert [(j.pending.event_id, j.label_position, j.again) for j in first.joined] == [
+        ("early", ("labels", 2, 10), False)]
+    join.resolve_labels([("later", "no", 4.0)], [("labels", 2, 11)])
+    for _ in range(2):  # every time the record is read again (a restore, then a rebalance), while the join lives
+        replay = join.put_pending([_pending("early", 5), _pending("later", 6)])
+        again = {(j.pending.event_id, j.label, j.label_position, j.again) for j in replay.joined}
+        assert again == {("early", "yes", ("labels", 2, 10), True), ("later", "no", ("labels", 2, 11), True)}
     assert join.size() == 0
-    assert join.put_pending([_pending("early", 5)]).already_joined == ["early"], "handed out again only once"
+    assert join.put_pending([_pending("early", 9)]).already_joined == ["early"], "another record, same id"
 
 
-def test_replayed_label_record_gets_its_join_back_once(redis_client: redis.Redis) -> None:
+def test_a_label_record_read_again_gets_its_join_back_each_time(redis_client: redis.Redis) -> None:
     join = _join(redis_client, ManualClock())
     join.put_pending([_pending("e1", 1)])
     label_at = [("labels", 2, 40)]
-    assert join.resolve_labels([("e1", True, None)], label_at).joined[0].replayed_joined_at is None
+    first = join.resolve_labels([("e1", True, None)], label_at).joined
+    assert [(j.pending, j.label_position, j.again) for j in first] == [(_pending("e1", 1), ("labels", 2, 40), False)]
     assert join.resolve_labels([("e1", True, None)], [("labels", 2, 41)]).duplicates == ["e1"]
-    replay = join.resolve_labels([("e1", True, None)], label_at)
-    assert [(j.pending, j.replayed_joined_at) for j in replay.joined] == [(_pending("e1", 1), 1_700_000_000.0)]
-    assert join.resolve_labels([("e1", True, None)], label_at).duplicates == ["e1"]
+    for _ in range(2):
+        replay = join.resolve_labels([("e1", True, None)], label_at)
+        assert [(j.pending, j.label_position, j.again) for j in replay.joined] == [
+            (_pending("e1", 1), ("labels", 2, 40), True)]
 
 
 def test_a_label_after_the_prediction_expired_is_late(redis_client: redis.Redis) -> None:

@@ -27,6 +27,7 @@ from shared.steps.models import ModelStep
 from shared.steps.score import ScoreStep
 
 EVENTS = ("events", 0)
+LABELS = ("labels", 0)
 MODELS = [ModelSettings(name="m", estimator="river.linear_model.LogisticRegression")]
 
 
@@ -45,13 +46,15 @@ class StubJoin:
         self.puts: list[list[PendingPrediction]] = []
         self.resolves: list[list[tuple[str, Any, float | None]]] = []
         self.joined: list[JoinedLabel] = []
+        self.put_joined: list[JoinedLabel] = []
         self.fail = False
 
     def put_pending(self, items: Sequence[PendingPrediction]) -> PutResult:
         if self.fail:
             raise redis.ConnectionError("down")
         self.puts.append(list(items))
-        return PutResult([], [], 0, 0, 0)
+        joined, self.put_joined = self.put_joined, []
+        return PutResult(joined, [], 0, 0, 0)
 
     def resolve_labels(self, labels: Sequence[tuple[str, Any, float | None]], positions: Any = None) -> JoinResult:
         if self.fail:
@@ -64,7 +67,11 @@ class StubJoin:
         return JoinSizes(0, 0)
 
 
-def _setup() -> tuple[DelayedLabels, StubJoin, ModelStep, CollectorRegistry, Clock]:
+def _setup(
+    positions: dict[tuple[str, int], int] | None = None,
+) -> tuple[DelayedLabels, StubJoin, ModelStep, CollectorRegistry, Clock]:
+    """``positions``: the next offset read per partition (default: both partitions read up to 100)."""
+    read = positions if positions is not None else {EVENTS: 100, LABELS: 100}
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     models = ModelStep(MODELS, lambda m: build_learner(m, PreprocessingSettings(), 0))
@@ -72,12 +79,12 @@ def _setup() -> tuple[DelayedLabels, StubJoin, ModelStep, CollectorRegistry, Clo
     join = StubJoin()
     clock = Clock()
     step = DelayedLabels(join, models, ScoreStep(metrics, {"m": Task.BINARY}, 100), metrics,  # type: ignore[arg-type]
-                         clock=clock, monotonic=clock)
+                         position=read.get, monotonic=clock)
     return step, join, models, registry, clock
 
 
-def _pending(event_id: str, partition: int = 0) -> PendingPrediction:
-    return PendingPrediction(event_id, "events", partition, 0, {"x": 1.0}, None, None,
+def _pending(event_id: str, partition: int = 0, offset: int = 0) -> PendingPrediction:
+    return PendingPrediction(event_id, "events", partition, offset, {"x": 1.0}, None, None,
                              outputs_to_json({"m": Output(True, {True: 0.6, False: 0.4})}))
 
 
@@ -119,27 +126,40 @@ def test_event_side_stores_unlabelled_predictions_with_features_and_outputs() ->
     assert outputs_from_json(stored.outputs) == {"m": Output(False, {False: 1.0})}
 
 
-def test_a_join_is_scored_and_learned_once_and_a_replayed_one_only_if_older_than_the_models() -> None:
-    step, join, models, registry, clock = _setup()
-    step.resolve([])  # the models are seen at t=1000
-    join.joined = [JoinedLabel(_pending("fresh"), True, None)]
-    step.resolve([_label_record(0, b'{"id": "fresh", "label": true}')])
+def test_a_join_is_learned_by_the_read_of_its_second_record_and_scored_once() -> None:
+    positions = {EVENTS: 10, LABELS: 20}
+    step, join, models, registry, _ = _setup(positions)
+    # the label is read now; its event (offset 5) was read before: learned and scored
+    join.joined = [JoinedLabel(_pending("a", offset=5), True, None, ("labels", 0, 20))]
+    step.resolve([_label_record(20, b'{"id": "a", "label": true}')])
     assert models.sets[EVENTS].learned == {"m": 1}
     assert _value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == 1
-    # handed out again: made by a previous life (before t=1000) -> learned, not counted; made by these models -> skip
-    clock.now = 1_010.0
-    join.joined = [JoinedLabel(_pending("old"), True, None, replayed_joined_at=990.0),
-                   JoinedLabel(_pending("fresh"), True, None, replayed_joined_at=1_005.0)]
-    step.resolve([_label_record(1, b'{"id": "old", "label": true}')])
+    # after a restore the models read events from 5 and labels from 20 again: the label of "a" is read again
+    # first; its event is still ahead, so these models learn "a" when they read the event, not now
+    positions.update({EVENTS: 5, LABELS: 21})
+    join.joined = [JoinedLabel(_pending("a", offset=5), True, None, ("labels", 0, 20), again=True)]
+    step.resolve([_label_record(20, b'{"id": "a", "label": true}')])
+    assert models.sets[EVENTS].learned == {"m": 1}
+    event = Record("events", 0, 5, b"k", b"", 0, event=Event(id="a", features={"x": 1.0}), features={"x": 1.0},
+                   outputs={"m": Output(True)}, pending_label=True)
+    join.put_joined = [JoinedLabel(_pending("a", offset=5), True, None, ("labels", 0, 20), again=True)]
+    step.process(Batch([event], 0.0))
     assert models.sets[EVENTS].learned == {"m": 2}
+    # hand-outs are never scored or counted again
     assert _value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == 1
     assert _value(registry, "streamlearn_learned_total", {"model": "m"}) == 2
-    # new models for the partition (restored again): a join made before them is learned by them
-    models.assign(EVENTS)
-    clock.now = 1_020.0
-    join.joined = [JoinedLabel(_pending("fresh"), True, None, replayed_joined_at=1_005.0)]
-    step.resolve([_label_record(2, b'{"id": "fresh", "label": true}')])
-    assert models.sets[EVENTS].learned == {"m": 1}
+
+
+def test_a_first_join_is_not_learned_while_its_other_record_is_ahead_of_the_models() -> None:
+    """After a restore, a label held by the previous life at offset 30 joins an event read now; these models
+    read labels from 25 and will read it again, so that later read learns it."""
+    step, join, models, registry, _ = _setup({EVENTS: 8, LABELS: 25})
+    event = Record("events", 0, 8, b"k", b"", 0, event=Event(id="b", features={"x": 1.0}), features={"x": 1.0},
+                   outputs={"m": Output(True)}, pending_label=True)
+    join.put_joined = [JoinedLabel(_pending("b", offset=8), False, None, ("labels", 0, 30))]
+    step.process(Batch([event], 0.0))
+    assert models.sets[EVENTS].learned == {}
+    assert _value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == 1
 
 
 def test_a_join_for_a_partition_owned_elsewhere_is_counted_misrouted_and_not_learned() -> None:
