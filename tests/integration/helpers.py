@@ -68,6 +68,23 @@ def running_worker(settings: Settings, registry: CollectorRegistry | None = None
             raise errors[0]
 
 
+def run_until_it_stops(worker: Worker, *, max_seconds: float = 90) -> list[BaseException]:
+    """Run ``worker`` on a thread until it stops by itself or ``max_seconds`` pass; what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(max_seconds=max_seconds)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=max_seconds + 60)
+    assert not thread.is_alive(), "the worker should have stopped"
+    return errors
+
+
 def read_topic(
     bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, *, to_end: bool = False
 ) -> list[Any]:

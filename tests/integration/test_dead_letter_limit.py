@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import orjson
@@ -13,26 +12,9 @@ from services.worker import Worker
 from shared.contract import HEADER_REASON_CODE
 from shared.kafka.admin import ensure_topics
 from shared.steps.dead_letters import DeadLetterLimitExceeded
-from tests.integration.helpers import committed_total, make_settings, produce, read_topic
+from tests.integration.helpers import committed_total, make_settings, produce, read_topic, run_until_it_stops
 
 pytestmark = pytest.mark.integration
-
-
-def _run_until_it_stops(worker: Worker) -> list[BaseException]:
-    """Run the worker on a thread for at most 90 s; what it raised (the cap stops it with an exception)."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(max_seconds=90)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the worker should have stopped by itself"
-    return errors
 
 
 def test_worker_stops_when_the_invalid_ratio_passes_its_limit(
@@ -52,7 +34,7 @@ def test_worker_stops_when_the_invalid_ratio_passes_its_limit(
     garbage = [(f"b{i}".encode(), b"{not json") for i in range(300)]
     produce(kafka_bootstrap, t.events, good + garbage)
 
-    errors = _run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
+    errors = run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
     assert len(errors) == 1 and isinstance(errors[0], DeadLetterLimitExceeded), errors
     assert "dead_letter_max_ratio=0.5" in str(errors[0])
     # every valid event before the flood was predicted; the batch that crossed the limit was not committed
@@ -80,7 +62,7 @@ def test_a_flood_of_invalid_labels_stops_the_worker_too(
     produce(kafka_bootstrap, t.events, events)
     produce(kafka_bootstrap, t.labels, [(f"e{i}".encode(), b"{not json") for i in range(300)])
 
-    errors = _run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
+    errors = run_until_it_stops(Worker(settings, registry=CollectorRegistry()))
     assert len(errors) == 1 and isinstance(errors[0], DeadLetterLimitExceeded), errors
     assert t.labels in str(errors[0]) and "dead_letter_max_ratio=0.5" in str(errors[0])
     # what was committed before the crossing batch is all a reader sees: the flood did not reach the DLQ

@@ -6,7 +6,6 @@ keyless as it came (a compacted topic refuses a record without a key; the produc
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import orjson
@@ -19,29 +18,12 @@ from services.worker import Worker
 from shared.kafka.admin import ensure_topics
 from shared.kafka.transport import TransportError
 from shared.state.checkpoints import CheckpointStore
-from tests.integration.helpers import committed_total, make_settings, produce, read_topic
+from tests.integration.helpers import committed_total, make_settings, produce, read_topic, run_until_it_stops
 
 pytestmark = pytest.mark.integration
 
 N_EVENTS = 300
 N_INVALID = 10
-
-
-def _run(worker: Worker, *, max_seconds: float) -> list[BaseException]:
-    """Run the worker on a thread until it stops by itself or ``max_seconds`` pass; what it raised."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(max_seconds=max_seconds)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=max_seconds + 60)
-    assert not thread.is_alive(), "the worker should have stopped"
-    return errors
 
 
 def test_a_refused_output_stops_the_worker_uncommitted_and_a_restart_publishes_it(
@@ -67,7 +49,7 @@ def test_a_refused_output_stops_the_worker_uncommitted_and_a_restart_publishes_i
         invalid: list[tuple[bytes | None, bytes | None]] = [(None, b"{not json")] * N_INVALID
         produce(kafka_bootstrap, t.events, valid[:100] + invalid + valid[100:])
 
-        errors = _run(Worker(settings, registry=CollectorRegistry()), max_seconds=60)
+        errors = run_until_it_stops(Worker(settings, registry=CollectorRegistry()), max_seconds=60)
         assert len(errors) == 1 and isinstance(errors[0], TransportError), errors
         assert "records failed" in str(errors[0]) and t.dead_letters in str(errors[0]), errors[0]
         # the first refused dead letter is the event at offset 100: nothing from there on is committed
@@ -85,7 +67,7 @@ def test_a_refused_output_stops_the_worker_uncommitted_and_a_restart_publishes_i
 
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t.dead_letters,
                                             configs={"cleanup.policy": "delete"})])
-        errors = _run(Worker(settings, registry=CollectorRegistry()), max_seconds=20)
+        errors = run_until_it_stops(Worker(settings, registry=CollectorRegistry()), max_seconds=20)
         assert errors == []
     finally:
         admin.close()
