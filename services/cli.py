@@ -1,4 +1,4 @@
-"""The ``streamlearn`` command: stack | worker | replay | demo."""
+"""The ``streamlearn`` command: stack | worker | replay | produce | tail | demo."""
 
 from __future__ import annotations
 
@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--max-delay", type=int, default=500, help="delayed labels: at most this many events late")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_replay)
+
+    from services import produce, tail
+
+    produce.add_parser(sub)
+    tail.add_parser(sub)
 
     demo = sub.add_parser("demo", help="start the stack and a worker, replay a drifting stream, show live accuracy")
     demo.add_argument("--seconds", type=float, default=60.0)

@@ -188,3 +188,24 @@ class Prediction(BaseModel):
     def to_json(self) -> bytes:
         """Serialize compactly (orjson)."""
         return orjson.dumps(self.model_dump(exclude_none=False))
+
+
+class DeadLetter(BaseModel):
+    """A record of ``events.dlq`` as a reader sees it: the dead-letter headers and the original key and value.
+
+    On Kafka the value is the original bytes and the fields other than ``key`` and ``value`` are headers; this
+    model is that record in JSON (``streamlearn tail dead-letters --json`` prints it). ``key`` and ``value`` are
+    the original bytes decoded as UTF-8, invalid bytes replaced by U+FFFD.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    error: str
+    #: a stable code: ``empty``, ``oversize``, ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``schema``,
+    #: ``non_finite``, ``too_many_features``, ``invalid_label``
+    error_code: str
+    source_topic: str
+    source_partition: Annotated[int, Field(ge=0)]
+    source_offset: Annotated[int, Field(ge=0)]
+    key: str | None = None
+    value: str | None = None
