@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, TextIO
 
 import orjson
+from kafka.errors import KafkaError
 
 from shared.client import DeliveryError, EventProducer, InvalidRecord, encode_event, encode_label
 from shared.kafka.clients import security_options
@@ -32,6 +33,7 @@ LabelTarget = Literal["inline", "topic"]
 EXIT_OK = 0
 EXIT_INVALID_ROWS = 1
 EXIT_USAGE = 2
+#: Kafka cannot be reached or did not acknowledge some records
 EXIT_DELIVERY = 3
 
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -374,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"streamlearn produce: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except DeliveryError as exc:
+    except (DeliveryError, KafkaError) as exc:
         print(f"streamlearn produce: {exc}", file=sys.stderr)
         return EXIT_DELIVERY
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, Literal, TextIO
 
 import orjson
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from shared.client import RawRecord, TopicReader, dead_letter_from_record
@@ -26,6 +27,7 @@ Stream = Literal["predictions", "shadow", "dead-letters"]
 EXIT_OK = 0
 EXIT_SHORT = 1
 EXIT_USAGE = 2
+EXIT_KAFKA = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -139,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
             )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except KafkaError as exc:
+        print(f"streamlearn tail: {exc}", file=sys.stderr)
+        return EXIT_KAFKA
     except BrokenPipeError:
         return EXIT_OK  # `streamlearn tail ... | head`
     if args.limit is not None and written < args.limit:

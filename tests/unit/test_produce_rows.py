@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from services.produce import (
     ByteCounter,
     Columns,
+    Progress,
     UsageError,
     csv_rows,
     csv_value,
@@ -124,3 +126,19 @@ def test_format_from_the_extension() -> None:
     assert detect_format("-", None) == "jsonl" and detect_format("a.txt", "csv") == "csv"
     with pytest.raises(UsageError, match="--format"):
         detect_format("a.txt", None)
+
+
+def test_the_rate_limit_spaces_the_events_and_the_bar_shows_the_share_of_the_file_read() -> None:
+    text = "x\n" + "1\n" * 20
+    counter = _lines(text)
+    bar = io.StringIO()
+    progress = Progress(bar, len(text.encode()), enabled=True)
+    started = time.monotonic()
+    stats = produce_rows(csv_rows(counter, Columns()), None, limits=LimitSettings(), rate=100.0,
+                         errors=io.StringIO(), progress=progress, bytes_read=lambda: counter.bytes_read)
+    assert stats.sent == 20 and time.monotonic() - started >= 0.19
+    assert bar.getvalue().endswith("\n") and "100%  20 events" in bar.getvalue()
+    quiet = io.StringIO()
+    produce_rows(csv_rows(_lines(text), Columns()), None, limits=LimitSettings(), errors=io.StringIO(),
+                 progress=Progress(quiet, None, enabled=False))
+    assert quiet.getvalue() == ""
