@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Literal, TextIO
 import orjson
 from kafka.errors import KafkaError
 
-from shared.client import DeliveryError, EventProducer, InvalidRecord, encode_event, encode_label
+from shared.client import DeliveryError, EventCheck, EventProducer, InvalidRecord, encode_event, encode_label
 from shared.kafka.clients import security_options
 from shared.settings import KafkaSettings, LimitSettings, Settings, SettingsError, load_settings
 
@@ -266,6 +266,7 @@ def produce_rows(
     *,
     limits: LimitSettings,
     labels: LabelTarget = "inline",
+    check: EventCheck | None = None,
     rate: float = 0.0,
     source_name: str = "<stdin>",
     errors: TextIO = sys.stderr,
@@ -284,10 +285,10 @@ def produce_rows(
             try:
                 if labels == "topic" and "label" in event:
                     label = event.pop("label")
-                    encoded = encode_event(event, limits)
+                    encoded = encode_event(event, limits, check)
                     label_value = encode_label({"id": event["id"], "label": label, "ts": time.time()})
                 else:
-                    encoded = encode_event(event, limits)
+                    encoded = encode_event(event, limits, check)
             except InvalidRecord as exc:
                 reason = exc.reason
         if encoded is None:

@@ -22,7 +22,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -45,7 +45,7 @@ from shared.contract import (
 )
 from shared.kafka.clients import security_options
 from shared.settings import LimitSettings, Settings
-from shared.steps.batch import InvalidMessage
+from shared.steps.batch import InvalidMessage, Rejection
 from shared.steps.decode import decode_event
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "DeadLetter",
     "DeliveryError",
     "Event",
+    "EventCheck",
     "EventProducer",
     "InvalidRecord",
     "Label",
@@ -114,16 +115,26 @@ def _event_data(event: Event | Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
-def encode_event(event: Event | Mapping[str, Any], limits: LimitSettings | None = None) -> tuple[bytes, bytes]:
+#: a further check of a decoded event, as the worker makes after decoding: why it is refused, or ``None``
+EventCheck = Callable[[Event], Rejection | None]
+
+
+def encode_event(
+    event: Event | Mapping[str, Any], limits: LimitSettings | None = None, check: EventCheck | None = None
+) -> tuple[bytes, bytes]:
     """The Kafka key and JSON value of ``event``, validated as the worker validates it.
 
-    Raises :class:`InvalidRecord` (with the worker's dead-letter code and reason) when the worker would refuse it.
+    Raises :class:`InvalidRecord` (with the worker's dead-letter code and reason) when the worker would refuse it:
+    the decoder's rules and ``limits``, then ``check`` when given.
     """
     value = _dumps(_event_data(event))
     try:
         decoded = decode_event(value, limits or LimitSettings())
     except InvalidMessage as exc:
         raise InvalidRecord(exc.rejection.code, exc.rejection.reason) from None
+    rejection = check(decoded) if check is not None else None
+    if rejection is not None:
+        raise InvalidRecord(rejection.code, rejection.reason)
     return decoded.kafka_key.encode("utf-8"), value
 
 
@@ -159,11 +170,13 @@ class EventProducer:
         events_topic: str = "events",
         labels_topic: str = "labels",
         limits: LimitSettings | None = None,
+        check: EventCheck | None = None,
         **producer_options: Any,
     ) -> None:
         self.events_topic = events_topic
         self.labels_topic = labels_topic
         self._limits = limits or LimitSettings()
+        self._check = check
         options: dict[str, Any] = {"acks": "all", "linger_ms": 5, "enable_idempotence": True, **producer_options}
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **options)
         self._lock = threading.Lock()
@@ -185,7 +198,7 @@ class EventProducer:
 
         Raises :class:`InvalidRecord` and sends nothing when the worker would refuse the event.
         """
-        key, value = encode_event(event, self._limits)
+        key, value = encode_event(event, self._limits, self._check)
         self.send_encoded(self.events_topic, key, value)
         return key
 

@@ -21,8 +21,10 @@ from services.produce import (
     produce_rows,
 )
 from shared.client import MAX_LABEL_BYTES, InvalidRecord, encode_event, encode_label
+from shared.contract import Event
 from shared.settings import LimitSettings
 from shared.steps import labels as worker_labels
+from shared.steps.batch import Rejection
 
 
 def _lines(text: str) -> ByteCounter:
@@ -142,3 +144,17 @@ def test_the_rate_limit_spaces_the_events_and_the_bar_shows_the_share_of_the_fil
     produce_rows(csv_rows(_lines(text), Columns()), None, limits=LimitSettings(), errors=io.StringIO(),
                  progress=Progress(quiet, None, enabled=False))
     assert quiet.getvalue() == ""
+
+
+def test_a_further_check_refuses_after_decoding_with_its_own_code() -> None:
+    def no_empty(event: Event) -> Rejection | None:
+        return Rejection("no_features", "event has no features") if not event.features else None
+
+    assert encode_event({"id": "a", "features": {"x": 1}}, check=no_empty)[0] == b"a"
+    with pytest.raises(InvalidRecord) as refused:
+        encode_event({"id": "a", "features": {}}, check=no_empty)
+    assert (refused.value.code, refused.value.reason) == ("no_features", "event has no features")
+    errors = io.StringIO()
+    stats = produce_rows(jsonl_rows(_lines('{"id": "a"}\n{"id": "b", "x": 1}\n'), Columns()), None,
+                         limits=LimitSettings(), check=no_empty, errors=errors)
+    assert (stats.sent, stats.invalid_lines) == (1, [1]) and "line 1: event has no features" in errors.getvalue()
