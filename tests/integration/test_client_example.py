@@ -32,6 +32,7 @@ def test_the_example_sends_events_and_reads_every_prediction(
             capture_output=True, text=True, timeout=180, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             check=False,
         )
+    print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused before sending (non_finite)" in done.stdout
     assert "400 of 400 predictions read" in done.stdout

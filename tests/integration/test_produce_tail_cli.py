@@ -155,3 +155,31 @@ def test_labels_to_the_labels_topic_are_joined(
         wait_for(lambda: sample_value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == 100, 90,
                  "100 labels joined (keyed like their events, so none misrouted)")
     assert not sample_value(registry, "streamlearn_labels_total", {"outcome": "misrouted"})
+
+
+def test_tail_shows_only_committed_predictions(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> None:
+    from kafka import KafkaProducer
+
+    topic = unique_name("predictions")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique_name("tx"), acks="all")
+
+    def prediction(event_id: str) -> bytes:
+        return orjson.dumps({"id": event_id, "key": None, "model": "m", "model_version": "v.1", "prediction": 1,
+                             "proba": None, "score": None, "ts": 1.0, "latency_ms": 1.0})
+
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, key=b"aborted", value=prediction("aborted"))
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(topic, key=b"committed", value=prediction("committed"))
+        producer.commit_transaction()
+    finally:
+        producer.close()
+    tailed = _cli("tail", "predictions", "--from-beginning", "--json", "--timeout", "8", "--bootstrap",
+                  kafka_bootstrap, "--topic", topic)
+    assert tailed.returncode == 0, tailed.stderr.decode()
+    assert [orjson.loads(line)["id"] for line in tailed.stdout.splitlines()] == ["committed"]
