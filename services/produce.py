@@ -35,6 +35,7 @@ EXIT_INVALID_ROWS = 1
 EXIT_USAGE = 2
 #: Kafka cannot be reached or did not acknowledge some records
 EXIT_DELIVERY = 3
+EXIT_INTERRUPTED = 130
 
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 _INT = re.compile(r"[+-]?\d+")
@@ -342,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args.config)
         fmt = detect_format(args.input, args.format)
+        if len(args.delimiter) != 1 or args.rate < 0:
+            raise UsageError("--delimiter must be one character and --rate at least 0")
     except (SettingsError, UsageError) as exc:
         print(f"streamlearn produce: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -380,6 +383,9 @@ def run(args: argparse.Namespace) -> int:
     except (DeliveryError, KafkaError) as exc:
         print(f"streamlearn produce: {exc}", file=sys.stderr)
         return EXIT_DELIVERY
+    except KeyboardInterrupt:
+        print("streamlearn produce: interrupted (the rows validated so far are sent)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if producer is not None:
             producer.close()
@@ -409,7 +415,7 @@ def add_parser(sub: Any) -> None:
     """Register ``produce`` on the ``streamlearn`` subcommands."""
     parser = sub.add_parser(
         "produce", help="send your own CSV or JSON Lines rows to the events topic, validated row by row",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.replace("``", "`"), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="a .csv, .jsonl or .ndjson file, or - for standard input")
     parser.add_argument("--format", choices=["csv", "jsonl"], default=None,

@@ -157,7 +157,7 @@ def add_parser(sub: Any) -> None:
     """Register ``tail`` on the ``streamlearn`` subcommands."""
     parser = sub.add_parser(
         "tail", help="follow the predictions, shadow predictions or dead letters (table or JSON Lines)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.replace("``", "`"), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stream", choices=["predictions", "shadow", "dead-letters"],
                         help="predictions (the champion), shadow (every other model) or dead-letters")
