@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
 from shared.contract import DeadLetter, Prediction
 from shared.kafka.admin import ensure_topics
@@ -147,9 +148,12 @@ def test_labels_to_the_labels_topic_are_joined(
                       "paid": i % 2 == 0}).decode() + "\n" for i in range(100)), encoding="utf-8")
     registry = CollectorRegistry()
     with running_worker(settings, registry):
+        # servers and topics from a worker's settings file
+        config = tmp_path / "worker.yaml"
+        config.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": kafka_bootstrap,
+                                                    "topics": settings.kafka.topics.model_dump()}}))
         sent = _cli("produce", str(data), "--id-column", "order", "--key-column", "customer",
-                    "--label-column", "paid", "--labels", "topic", "--bootstrap", kafka_bootstrap,
-                    "--topic", t.events, "--labels-topic", t.labels)
+                    "--label-column", "paid", "--labels", "topic", "--config", str(config))
         assert sent.returncode == 0, sent.stderr.decode()
         assert f"sent 100 events to {t.events} and 100 labels to {t.labels}" in sent.stderr.decode()
         wait_for(lambda: sample_value(registry, "streamlearn_labels_total", {"outcome": "joined"}) == 100, 90,
