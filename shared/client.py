@@ -94,11 +94,11 @@ def _has_non_finite(data: Mapping[str, Any]) -> bool:
 def _dumps(data: Mapping[str, Any]) -> bytes:
     # orjson writes NaN and infinity as null, which would hide them: the standard encoder keeps them, and the
     # worker's decoder then names them
-    if _has_non_finite(data):
-        return json.dumps(data).encode("utf-8")
     try:
-        return orjson.dumps(data)
-    except TypeError as exc:
+        if _has_non_finite(data):
+            return json.dumps(dict(data)).encode("utf-8")
+        return orjson.dumps(dict(data))
+    except (TypeError, ValueError) as exc:
         raise InvalidRecord("schema", f"not serializable as JSON: {exc}") from None
 
 
