@@ -201,8 +201,7 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     error: str
-    #: a stable code: ``empty``, ``oversize``, ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``schema``,
-    #: ``non_finite``, ``too_many_features``, ``invalid_label``
+    #: a stable code, each listed in docs/contract.md
     error_code: str
     source_topic: str
     source_partition: Annotated[int, Field(ge=0)]

@@ -58,8 +58,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     },
     "dead_letter": {
         "error": "header error: a reason a person can act on",
-        "error_code": "header error_code: empty, oversize, invalid_utf8, invalid_json, not_an_object, schema, "
-                      "non_finite, too_many_features, or invalid_label (a record of the labels topic)",
+        "error_code": "header error_code: a stable code (a metric label), each listed in docs/contract.md",
         "source_topic": "header source_topic", "source_partition": "header source_partition",
         "source_offset": "header source_offset",
         "key": "the original Kafka key (UTF-8, invalid bytes replaced)",
