@@ -1,4 +1,4 @@
-"""The ``streamlearn`` command: stack | worker | replay | demo."""
+"""The ``streamlearn`` command: stack | worker | replay | demo | dashboard."""
 
 from __future__ import annotations
 
@@ -67,6 +67,23 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, rate=args.rate)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from services.dashboard import DashboardServer, build_spec
+
+    try:
+        spec = build_spec(metric=args.metric, rate_window=args.rate_window, refresh_s=args.refresh)
+        server = DashboardServer(args.prometheus, host=args.host, port=args.port, spec=spec)
+    except (ValueError, OSError) as exc:
+        print(f"streamlearn dashboard: {exc}", file=sys.stderr)
+        return 2
+    print(f"dashboard: {server.url}  (reading {server.prometheus_url}; Ctrl-C stops)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=60.0)
     demo.add_argument("--rate", type=float, default=300.0)
     demo.set_defaults(func=_demo)
+
+    dash = sub.add_parser("dashboard", help="serve the live dashboard (reads Prometheus) on loopback")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    dash.add_argument("--port", type=int, default=8050, help="default 8050 (0: any free port)")
+    dash.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
+    dash.add_argument("--metric", default="accuracy", help="quality metric to chart (accuracy, f1, roc_auc, ...)")
+    dash.add_argument("--rate-window", default="30s", help="PromQL window of the rate() panels")
+    dash.add_argument("--refresh", type=float, default=2.0, help="seconds between refreshes of the page")
+    dash.set_defaults(func=_dashboard)
     return parser
 
 
