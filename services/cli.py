@@ -58,6 +58,7 @@ def _stack(args: argparse.Namespace) -> int:
     return run_stack_command(
         args.action, state_dir=args.state_dir, kafka_port=args.kafka_port, controller_port=args.controller_port,
         redis_port=args.redis_port, prometheus_port=args.prometheus_port, scrape_interval_s=args.scrape_interval,
+        dashboard_port=args.dashboard_port,
     )
 
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
+    stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis, Prometheus and dashboard")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--state-dir", default=None, help="where the servers keep data (default .streamlearn/stack)")
     stack.add_argument("--kafka-port", type=int, default=None, help="default 9092")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--redis-port", type=int, default=None, help="default 6379")
     stack.add_argument("--prometheus-port", type=int, default=None, help="default 9090")
     stack.add_argument("--scrape-interval", type=float, default=None, help="Prometheus scrape interval, seconds")
+    stack.add_argument("--dashboard-port", type=int, default=None, help="the live dashboard, default 8050")
     stack.set_defaults(func=_stack)
 
     worker = sub.add_parser("worker", help="run a worker of the consumer group")
