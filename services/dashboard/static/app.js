@@ -45,21 +45,32 @@
     for (const child of children) if (child !== null && child !== undefined) node.append(child);
     return node;
   }
-  function format(value, query) {
+  /** How a value is shown: the query's scale, decimals and unit, except milliseconds of a second or more. */
+  function display(query, value) {
+    if (query.unit === "ms" && Number.isFinite(value) && Math.abs(value * query.scale) >= 1000) {
+      return { scale: query.scale / 1000, decimals: 2, unit: "s" };
+    }
+    return { scale: query.scale, decimals: query.decimals, unit: query.unit };
+  }
+  function format(value, shown) {
     if (!Number.isFinite(value)) return "–";
-    const shown = value * query.scale;
-    return shown.toLocaleString("en-US", { minimumFractionDigits: query.decimals, maximumFractionDigits: query.decimals });
+    return (value * shown.scale).toLocaleString("en-US", {
+      minimumFractionDigits: shown.decimals, maximumFractionDigits: shown.decimals });
   }
   function clock(t) {
     return new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false });
   }
-  /** A number as shown, with what a test needs to ask Prometheus the same question. */
+  /** A number as shown (and its unit), with what a test needs to ask Prometheus the same question. */
   function num(query, labels, time, raw) {
-    return h("span", {
+    const value = parseFloat(raw);
+    const shown = display(query, value);
+    const number = h("span", {
       class: "num",
       data: { query: query.id, labels: JSON.stringify(labels), time: String(time), value: raw,
-              scale: String(query.scale), decimals: String(query.decimals) },
-    }, format(parseFloat(raw), query));
+              scale: String(shown.scale), decimals: String(shown.decimals) },
+    }, format(value, shown));
+    return shown.unit && Number.isFinite(value)
+      ? h("span", { class: "quantity" }, number, h("span", { class: "unit" }, shown.unit)) : number;
   }
   function flag(query, labels, time, raw) {
     const yes = parseFloat(raw) === 1;
@@ -312,8 +323,7 @@
     for (const s of lines) {
       const point = lastPoint(frame, s);
       legend.append(legendItem(s.stroke, false, h("span", { class: "name", title: s.name }, s.name || "all"),
-                               point ? num(s.query, s.labels, point[0], point[1]) : h("span", { class: "dim" }, "–"),
-                               s.query.unit ? h("span", { class: "dim" }, s.query.unit) : null));
+                               point ? num(s.query, s.labels, point[0], point[1]) : h("span", { class: "dim" }, "–")));
     }
     return legend;
   }
@@ -370,7 +380,7 @@
         const r = row[id];
         if (!r) return h("td", { class: "dim" }, "–");
         const q = query(id);
-        if (id === "checkpoint_age") return h("td", {}, num(q, stripName(r.metric), frame.end, r.value[1]), h("span", { class: "dim" }, " s"));
+        if (id === "checkpoint_age") return h("td", {}, num(q, stripName(r.metric), frame.end, r.value[1]));
         return h("td", {}, flag(q, stripName(r.metric), frame.end, r.value[1]));
       });
       body.append(h("tr", { data: { instance } }, h("td", {}, instance), ...cells));
@@ -386,15 +396,15 @@
       const result = (frame.results[id] || [])[0];
       const value = result ? num(q, stripName(result.metric), frame.end, result.value[1]) : h("span", { class: "dim" }, "–");
       return h("div", { class: "tile", data: { tile: id } }, h("div", { class: "label" }, title || q.name),
-               h("div", { class: "value" }, value, q.unit ? h("small", {}, q.unit) : null));
+               h("div", { class: "value" }, value));
     };
     const champion = D.quality && D.quality.currentChampion;
     tiles.append(
-      instant("throughput", "events / s"),
+      instant("throughput", "throughput"),
       instant("processed", "processed"),
       h("div", { class: "tile", data: { tile: "champion" } }, h("div", { class: "label" }, "champion"),
         h("div", { class: "value", style: champion ? `color:${modelColor(champion)}` : "" }, champion || "–")),
-      instant("champion_metric", `${D.spec.metric.replace("_", " ")} · champion`),
+      instant("champion_metric", D.spec.metric.replace("_", " ")),
       instant("drift_count", "drifts detected"),
       instant("p95", "p95 latency"),
       instant("total_lag", "consumer lag"),
