@@ -107,3 +107,11 @@ def test_the_package_data_ships_every_static_file_and_the_uplot_license() -> Non
     assert "MIT License" in (STATIC / "vendor" / "uPlot.LICENSE").read_text()
     unshipped = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
     assert unshipped == []
+
+
+def test_the_docs_name_every_query_and_show_its_promql() -> None:
+    text = (ROOT / "docs" / "dashboard.md").read_text().replace("\\|", "|")
+    for query in build_spec().queries():
+        assert f"`{query.id}`" in text, query.id
+        if query.id not in {"latency_p95", "latency_p99"}:  # written once, as latency_p50's, "(and 0.95, 0.99)"
+            assert f"`{query.expr}`" in text, query.id
