@@ -79,6 +79,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"streamlearn dashboard: {exc}", file=sys.stderr)
         return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"streamlearn dashboard: listening on {args.host}: the page has no login; anyone who reaches this "
+              "address can read the metrics", file=sys.stderr)
     print(f"dashboard: {server.url}  (reading {server.prometheus_url}; Ctrl-C stops)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

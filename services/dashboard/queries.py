@@ -136,13 +136,10 @@ def build_spec(metric: str = "accuracy", rate_window: str = "30s", refresh_s: fl
     )
     dead_letters = Panel(
         "dead_letters", "dead letters by reason",
-        f"Records sent to the dead-letter topic: rate over {w} and the total since the workers started.",
-        (
-            Query("dead_letters_rate", f"sum by (reason) (rate(streamlearn_dead_letters_total[{w}]))", "range",
-                  legend="reason", unit="/s", decimals=1),
-            Query("dead_letters_total", "sum by (reason) (streamlearn_dead_letters_total)", "instant",
-                  legend="reason", decimals=0),
-        ),
+        "Records sent to the dead-letter topic since the workers started, by reason, summed over workers. Totals "
+        "rather than rates: a reason's series starts with its first record, which a rate() cannot see.",
+        (Query("dead_letters_total", "sum by (reason) (streamlearn_dead_letters_total)", "range", legend="reason",
+               decimals=0),),
     )
     workers = Panel(
         "workers", "workers",

@@ -36,7 +36,7 @@ from services.dashboard import DashboardServer, Query, build_spec
 from services.replayer import replay
 from services.stack import PrometheusServer
 from shared.kafka.admin import ensure_topics
-from tests.integration.helpers import make_settings, running_worker, sample_value, wait_for
+from tests.integration.helpers import make_settings, produce, running_worker, sample_value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,10 @@ RATE = 250  # events per second: 24 s of replay, two dozen scrapes on each side 
 ROLLING_WINDOW = 300
 SEED = 1
 RANGE = "60s"  # the page is opened just before the replay: about 30 s of data
-#: the charts whose data must be on the page at the end (labels and dead letters have none in this stream)
-CHARTS_WITH_DATA = ("quality", "events", "latency", "lag")
+#: records no worker can use, sent during the replay: the dead-letter panel has two reasons to show
+BAD_RECORDS = [(None, b"{not json")] * 30 + [(None, b"\xff\xfe not utf-8")] * 10
+#: the charts whose data must be on the page at the end (label joins are all zero: the labels are inline)
+CHARTS_WITH_DATA = ("quality", "events", "latency", "lag", "dead_letters")
 
 SNAPSHOT_JS = """() => {
   const D = window.streamlearnDashboard;
@@ -136,9 +138,12 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
             "agrawal-drift", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=N_EVENTS, rate=RATE,
             seed=SEED, drift_at=DRIFT_AT, progress=False))
         sender.start()
+        time.sleep(4)
+        produce(kafka_bootstrap, t.events, BAD_RECORDS)
         sender.join(timeout=180)
-        wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == N_EVENTS,
-                 90, f"{N_EVENTS} events processed")
+        wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == N_EVENTS
+                 and sample_value(registry, "streamlearn_events_total", {"outcome": "invalid"}) == len(BAD_RECORDS),
+                 90, f"{N_EVENTS} events processed and {len(BAD_RECORDS)} dead-lettered")
         assert worker.drift_step.detections, "the worker detected no drift"
         done = time.time()
         wait_for(lambda: float(prometheus_server.query(
@@ -152,6 +157,12 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
         snapshot = page.evaluate(SNAPSHOT_JS)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+        # the light theme redraws every chart in its colours, without a reload
+        page.click("#theme")
+        page.wait_for_function(
+            "(frames) => window.streamlearnDashboard.frames > frames && document.documentElement.dataset.theme"
+            " === 'light' && Object.values(window.streamlearnDashboard.plots).every((u) => u._signature"
+            ".startsWith('light'))", arg=snapshot["frames"], timeout=30_000)
     prometheus_server.set_scrape_targets([])
 
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -160,6 +171,8 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
     _check_numbers(prometheus_server, queries, snapshot)
     _check_charts(prometheus_server, queries, snapshot)
     _check_drift_and_champion(prometheus_server, queries, snapshot)
+    totals = [float(n["value"]) for n in snapshot["numbers"] if n["query"] == "dead_letters_total"]
+    assert sum(totals) == len(BAD_RECORDS) and len(totals) == 2, totals
     assert SCREENSHOT.stat().st_size > 20_000
 
 
@@ -168,7 +181,7 @@ def _check_numbers(prometheus: PrometheusServer, queries: dict[str, Query], snap
     shown = {n["query"] for n in snapshot["numbers"]} | {f["query"] for f in snapshot["flags"]}
     for needed in ("throughput", "processed", "champion_metric", "drift_count", "p95", "total_lag", "rolling",
                    "cumulative", "baselines", "events_rate", "latency_p95", "lag", "feature_psi", "ready",
-                   "kafka_up", "redis_up", "checkpoint_age", "scraped"):
+                   "kafka_up", "redis_up", "checkpoint_age", "scraped", "dead_letters_total"):
         assert needed in shown, f"the page shows no number of {needed!r}"
     answers: dict[tuple[str, str], list[dict[str, Any]]] = {}
     shown_items = [(item, False) for item in snapshot["numbers"]] + [(item, True) for item in snapshot["flags"]]
@@ -244,7 +257,7 @@ def _check_drift_and_champion(
                           if k["query"] == "rolling" and k["labels"].get("model") == "logreg")
     accuracy = dict(zip(quality["data"][0], quality["data"][rolling_logreg], strict=True))
     steady = [a for ts, a in accuracy.items()
-              if a is not None and DRIFT_AT - ROLLING_WINDOW <= events_at.get(ts, -1) < DRIFT_AT]
+              if a is not None and DRIFT_AT - 3 * ROLLING_WINDOW <= events_at.get(ts, -1) < DRIFT_AT]
     drifted = [a for ts, a in accuracy.items()
                if a is not None and events_at.get(ts, -1) >= DRIFT_AT + 2 * ROLLING_WINDOW]
     assert steady and drifted, (steady, drifted)

@@ -330,16 +330,6 @@
   const byOutcome = (s, i) => color(OUTCOME_COLORS[s.name] || PALETTE[i % PALETTE.length]);
   const byIndex = (s, i) => PALETTE[i % PALETTE.length];
 
-  function renderDeadLetters(frame) {
-    const legend = renderLines("dead_letters", ["dead_letters_rate"], frame, (s, i) => PALETTE[(i + 5) % PALETTE.length]);
-    const totals = query("dead_letters_total");
-    const results = frame.results.dead_letters_total || [];
-    const row = h("span", { class: "item dim" }, "total since start:");
-    for (const r of results) row.append(h("span", {}, " " + (r.metric.reason || "?") + " "), num(totals, stripName(r.metric), frame.end, r.value[1]));
-    if (!results.length) row.append(h("span", {}, " none"));
-    legend.append(row);
-  }
-
   function renderDrift(frame) {
     const psi = query("feature_psi");
     const bars = document.getElementById("feature-bars");
@@ -445,7 +435,7 @@
       renderLines("latency", ["latency_p50", "latency_p95", "latency_p99"], frame, byIndex);
       renderLines("lag", ["lag"], frame, byIndex);
       renderLines("labels", ["labels_rate"], frame, byOutcome);
-      renderDeadLetters(frame);
+      renderLines("dead_letters", ["dead_letters_total"], frame, (s, i) => PALETTE[(i + 5) % PALETTE.length]);
       renderDrift(frame);
       renderWorkers(frame);
       D.frames += 1;
