@@ -52,7 +52,7 @@ DRIFT_AT = 3000
 RATE = 250  # events per second: 24 s of replay, two dozen scrapes on each side of the drift
 ROLLING_WINDOW = 300
 SEED = 1
-RANGE = "60s"  # the page is opened just before the replay: about 30 s of data
+RANGE = "2m"
 #: records no worker can use, sent during the replay: the dead-letter panel has two reasons to show
 BAD_RECORDS = [(None, b"{not json")] * 30 + [(None, b"\xff\xfe not utf-8")] * 10
 #: the charts whose data must be on the page at the end (label joins are all zero: the labels are inline)
@@ -137,6 +137,7 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
         sender = threading.Thread(target=lambda: replay(
             "agrawal-drift", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=N_EVENTS, rate=RATE,
             seed=SEED, drift_at=DRIFT_AT, progress=False))
+        replay_started = time.time()
         sender.start()
         time.sleep(4)
         produce(kafka_bootstrap, t.events, BAD_RECORDS)
@@ -149,11 +150,15 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
         wait_for(lambda: float(prometheus_server.query(
             f'streamlearn_events_total{{instance="{instance}",outcome="valid"}}')[0]["value"][1]) == N_EVENTS,
             30, "Prometheus to scrape the last count")
-        # a page refresh evaluated after the last count was scraped, with every chart drawn
+        # the time range the replay took (the range buttons' call), then a refresh evaluated after the last count
+        # was scraped, with every chart drawn
+        span = math.ceil(time.time() - replay_started) + 8
+        page.evaluate("(seconds) => window.streamlearnDashboard.setRange(seconds)", span)
         page.wait_for_function(
-            "([done, charts]) => { const D = window.streamlearnDashboard;"
-            "  return D.frame && D.frame.end > done + 2 && charts.every((id) => D.plots[id]); }",
-            arg=[done, list(CHARTS_WITH_DATA)], timeout=60_000)
+            "([done, span, charts]) => { const D = window.streamlearnDashboard;"
+            "  return D.frame && D.frame.end > done + 2 && D.frame.end - D.frame.start === span"
+            "    && charts.every((id) => D.plots[id]); }",
+            arg=[done, span, list(CHARTS_WITH_DATA)], timeout=60_000)
         snapshot = page.evaluate(SNAPSHOT_JS)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -218,12 +218,12 @@
     if (!q) return;
     const ctx = u.ctx;
     const dpr = window.devicePixelRatio || 1;
-    const { left, top, width, height } = u.bbox;
+    const { left, top, width: plotWidth, height } = u.bbox;
     const band = Math.round(5 * dpr);
     ctx.save();
     for (const seg of q.champions) {
       const x0 = Math.max(left, u.valToPos(seg.from, "x", true));
-      const x1 = Math.min(left + width, u.valToPos(seg.to, "x", true));
+      const x1 = Math.min(left + plotWidth, u.valToPos(seg.to, "x", true));
       if (x1 <= x0) continue;
       ctx.fillStyle = modelColor(seg.model);
       ctx.fillRect(x0, top, x1 - x0, band);
@@ -232,15 +232,14 @@
     ctx.fillStyle = cssVar("--drift");
     ctx.lineWidth = 1.5 * dpr;
     ctx.font = `${10 * dpr}px ${cssVar("--font")}`;
-    // detections within a few pixels of each other share one mark and one label
-    const marks = [];
-    for (const d of q.drifts) {
-      if (d.time < u.scales.x.min || d.time > u.scales.x.max) continue;
-      const x = Math.round(u.valToPos(d.time, "x", true));
-      const near = marks.find((m) => Math.abs(m.x - x) < 12 * dpr);
-      if (near) { if (!near.models.includes(d.model)) near.models.push(d.model); } else marks.push({ x, models: [d.model] });
-    }
-    for (const { x, models } of marks) {
+    ctx.textAlign = "left";  // uPlot leaves its axis alignment on the context
+    ctx.textBaseline = "alphabetic";
+    // one dashed line per detection; detections close together share one label, right of the last of them
+    const xs = q.drifts.filter((d) => d.time >= u.scales.x.min && d.time <= u.scales.x.max)
+      .map((d) => ({ x: Math.round(u.valToPos(d.time, "x", true)), model: d.model }))
+      .sort((a, b) => a.x - b.x);
+    const labels = [];
+    for (const { x, model } of xs) {
       ctx.setLineDash([4 * dpr, 3 * dpr]);
       ctx.beginPath();
       ctx.moveTo(x, top + band);
@@ -253,7 +252,22 @@
       ctx.lineTo(x, top + band + 7 * dpr);
       ctx.closePath();
       ctx.fill();
-      ctx.fillText(`drift · ${models.sort().join(", ")}`, x + 7 * dpr, top + band + 16 * dpr);
+      const last = labels[labels.length - 1];
+      if (last && x - last.x < 80 * dpr) {
+        last.x = x;
+        if (!last.models.includes(model)) last.models.push(model);
+      } else {
+        labels.push({ x, models: [model] });
+      }
+    }
+    for (const { x, models } of labels) {
+      const text = `drift · ${models.sort().join(", ")}`;
+      const width = ctx.measureText(text).width;
+      const at = x + 7 * dpr + width > left + plotWidth ? x - 7 * dpr - width : x + 7 * dpr;
+      ctx.fillStyle = cssVar("--panel");
+      ctx.fillRect(at - 3 * dpr, top + band + 6 * dpr, width + 6 * dpr, 14 * dpr);
+      ctx.fillStyle = cssVar("--drift");
+      ctx.fillText(text, at, top + band + 17 * dpr);
     }
     ctx.restore();
   }
@@ -457,15 +471,17 @@
   function setupControls() {
     const ranges = document.getElementById("ranges");
     for (const [label, seconds] of RANGES) {
-      const button = h("button", { type: "button", class: seconds === range ? "on" : "" }, label);
-      button.addEventListener("click", async () => {
-        range = seconds;
-        ranges.querySelectorAll("button").forEach((b) => b.classList.toggle("on", b === button));
-        await refresh();
-        schedule();
-      });
+      const button = h("button", { type: "button", class: seconds === range ? "on" : "", data: { seconds: String(seconds) } }, label);
+      button.addEventListener("click", () => D.setRange(seconds));
       ranges.append(button);
     }
+    /** Show the last ``seconds`` from now on (the range buttons; also ``?range=90s`` in the URL). */
+    D.setRange = async (seconds) => {
+      range = seconds;
+      ranges.querySelectorAll("button").forEach((b) => b.classList.toggle("on", Number(b.dataset.seconds) === seconds));
+      await refresh();
+      schedule();
+    };
     const pause = document.getElementById("pause");
     pause.addEventListener("click", () => {
       paused = !paused;
