@@ -1,4 +1,4 @@
-"""The ``streamlearn`` command: stack | worker | replay | produce | tail | demo."""
+"""The ``streamlearn`` command: stack | worker | replay | produce | tail | dashboard | demo."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def _stack(args: argparse.Namespace) -> int:
     return run_stack_command(
         args.action, state_dir=args.state_dir, kafka_port=args.kafka_port, controller_port=args.controller_port,
         redis_port=args.redis_port, prometheus_port=args.prometheus_port, scrape_interval_s=args.scrape_interval,
+        dashboard_port=args.dashboard_port,
     )
 
 
@@ -67,12 +68,32 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, rate=args.rate)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from services.dashboard import DashboardServer, build_spec
+
+    try:
+        spec = build_spec(metric=args.metric, rate_window=args.rate_window, refresh_s=args.refresh)
+        server = DashboardServer(args.prometheus, host=args.host, port=args.port, spec=spec)
+    except (ValueError, OSError) as exc:
+        print(f"streamlearn dashboard: {exc}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"streamlearn dashboard: listening on {args.host}: the page has no login; anyone who reaches this "
+              "address can read the metrics", file=sys.stderr)
+    print(f"dashboard: {server.url}  (reading {server.prometheus_url}; Ctrl-C stops)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
+    stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis, Prometheus and dashboard")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--state-dir", default=None, help="where the servers keep data (default .streamlearn/stack)")
     stack.add_argument("--kafka-port", type=int, default=None, help="default 9092")
@@ -80,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--redis-port", type=int, default=None, help="default 6379")
     stack.add_argument("--prometheus-port", type=int, default=None, help="default 9090")
     stack.add_argument("--scrape-interval", type=float, default=None, help="Prometheus scrape interval, seconds")
+    stack.add_argument("--dashboard-port", type=int, default=None, help="the live dashboard, default 8050")
     stack.set_defaults(func=_stack)
 
     worker = sub.add_parser("worker", help="run a worker of the consumer group")
@@ -113,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=60.0)
     demo.add_argument("--rate", type=float, default=300.0)
     demo.set_defaults(func=_demo)
+
+    dash = sub.add_parser("dashboard", help="serve the live dashboard (reads Prometheus) on loopback")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    dash.add_argument("--port", type=int, default=8050, help="default 8050 (0: any free port)")
+    dash.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
+    dash.add_argument("--metric", default="accuracy", help="quality metric to chart (accuracy, f1, roc_auc, ...)")
+    dash.add_argument("--rate-window", default="30s", help="PromQL window of the rate() panels")
+    dash.add_argument("--refresh", type=float, default=2.0, help="seconds between refreshes of the page")
+    dash.set_defaults(func=_dashboard)
     return parser
 
 

@@ -76,7 +76,7 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
         state_dir=state_dir,
         kafka_port=free_port(9092), controller_port=free_port(9093),
         redis_port=free_port(6379), prometheus_port=free_port(9090),
-        scrape_interval_s=2.0,
+        scrape_interval_s=2.0, dashboard_port=free_port(8050),
     )
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -112,6 +112,7 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         total = int(seconds * rate)
         drift_at = total // 2
+        print(f"live dashboard:    {addresses.dashboard_url}?range=2m  (open it in a browser)")
         print(f"worker /metrics:   {metrics_url}")
         print(f"Prometheus:        {addresses.prometheus_url}  (try: streamlearn_model_metric)")
         print(f"worker log:        {state_dir / 'worker.log'}")

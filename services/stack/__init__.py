@@ -1,5 +1,6 @@
-"""Starts and stops the local Kafka, Redis and Prometheus as plain processes (no Docker)."""
+"""Starts and stops the local Kafka, Redis, Prometheus and dashboard as plain processes (no Docker)."""
 
+from services.stack.dashboard_process import DashboardProcess
 from services.stack.kafka_server import KafkaServer, resolve_kafka_jars
 from services.stack.local import DEFAULT_STATE_DIR, LocalStack, StackAddresses, run_stack_command
 from services.stack.process import ManagedServer, ServerStatus, StackError, free_ports, port_is_free
@@ -9,6 +10,7 @@ from services.stack.tools import ensure_installed
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "DashboardProcess",
     "KafkaServer",
     "LocalStack",
     "ManagedServer",

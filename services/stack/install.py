@@ -1,6 +1,7 @@
 """``python -m services.stack.install``: install what the local stack needs (used by ``make demo`` and ``make test``).
 
-Debian's redis-server and prometheus through apt-get when missing, and the Kafka broker's jars from Maven Central.
+Debian's redis-server, prometheus and chromium (the dashboard's browser test) through apt-get when missing, and
+the Kafka broker's jars from Maven Central.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ import sys
 
 from services.stack.kafka_server import resolve_kafka_jars
 from services.stack.process import StackError
-from services.stack.tools import ensure_installed, require_java, require_maven
+from services.stack.tools import APT_PACKAGES, ensure_installed, require_java, require_maven
 
 
 def main() -> int:
     """Install or verify every external piece; print one clear line per failure."""
     try:
-        ensure_installed()
+        ensure_installed(APT_PACKAGES)
         require_java()
         require_maven()
         jars = resolve_kafka_jars()

@@ -1,4 +1,4 @@
-"""The local stack: Kafka, Redis and Prometheus started together, and the ``streamlearn stack`` actions."""
+"""The local stack: Kafka, Redis, Prometheus and the dashboard started together; the ``streamlearn stack`` actions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from services.stack.dashboard_process import DashboardProcess
 from services.stack.kafka_server import KafkaServer
 from services.stack.process import REPO_ROOT, ManagedServer, ServerStatus, StackError, start_all
 from services.stack.prometheus_server import PrometheusServer
@@ -24,6 +25,7 @@ class StackAddresses:
     kafka_bootstrap: str
     redis_url: str
     prometheus_url: str
+    dashboard_url: str = ""
 
     def as_env(self) -> dict[str, str]:
         """The settings variables that point a worker at these servers."""
@@ -47,6 +49,7 @@ class LocalStack:
         redis_port: int = 6379,
         prometheus_port: int = 9090,
         scrape_interval_s: float = 5.0,
+        dashboard_port: int = 8050,
         kafka_heap: str = "1G",
         install_missing: bool = True,
     ) -> None:
@@ -55,18 +58,19 @@ class LocalStack:
         self.kafka = KafkaServer(self.state_dir, port=kafka_port, controller_port=controller_port, heap=kafka_heap)
         self.redis = RedisServer(self.state_dir, port=redis_port)
         self.prometheus = PrometheusServer(self.state_dir, port=prometheus_port, scrape_interval_s=scrape_interval_s)
+        self.dashboard = DashboardProcess(self.state_dir, port=dashboard_port, prometheus_url=self.prometheus.url)
 
     @property
     def servers(self) -> tuple[ManagedServer, ...]:
         """In start order: Kafka first, as it takes longest."""
-        return (self.kafka, self.redis, self.prometheus)
+        return (self.kafka, self.redis, self.prometheus, self.dashboard)
 
     @property
     def addresses(self) -> StackAddresses:
-        return StackAddresses(self.kafka.bootstrap, self.redis.url, self.prometheus.url)
+        return StackAddresses(self.kafka.bootstrap, self.redis.url, self.prometheus.url, self.dashboard.url)
 
     def up(self, *, quiet: bool = False) -> StackAddresses:
-        """Start all three and wait until each answers; on failure nothing started here is left running."""
+        """Start all four and wait until each answers; on failure nothing started here is left running."""
         if self.install_missing:
             ensure_installed()
         start_all(self.servers)
@@ -96,6 +100,7 @@ class LocalStack:
         print(f"kafka       {addresses.kafka_bootstrap}", file=out)
         print(f"redis       {addresses.redis_url}", file=out)
         print(f"prometheus  {addresses.prometheus_url}", file=out)
+        print(f"dashboard   {addresses.dashboard_url}", file=out)
         print(f"state dir   {self.state_dir}", file=out, flush=True)
 
 
@@ -108,17 +113,19 @@ def run_stack_command(
     redis_port: int | None = None,
     prometheus_port: int | None = None,
     scrape_interval_s: float | None = None,
+    dashboard_port: int | None = None,
 ) -> int:
     """``streamlearn stack up|down|status``. Returns the exit code.
 
-    up: 0 when all three are ready (they keep running after the command exits), 1 on a StackError.
-    down: 0, also when nothing ran. status: 0 when all three run, 3 when any is stopped.
+    up: 0 when all four are ready (they keep running after the command exits), 1 on a StackError.
+    down: 0, also when nothing ran. status: 0 when all four run, 3 when any is stopped.
     Ports matter for ``up`` only; ``down`` and ``status`` use the pid files in ``state_dir``.
     """
     options: dict[str, int | float] = {
         name: value for name, value in {
             "kafka_port": kafka_port, "controller_port": controller_port, "redis_port": redis_port,
             "prometheus_port": prometheus_port, "scrape_interval_s": scrape_interval_s,
+            "dashboard_port": dashboard_port,
         }.items() if value is not None
     }
     stack = LocalStack(state_dir, **options)  # type: ignore[arg-type]

@@ -11,7 +11,10 @@ from collections.abc import Iterable
 
 from services.stack.process import StackError
 
-APT_PACKAGES = {"redis-server": "redis-server", "prometheus": "prometheus", "promtool": "prometheus"}
+APT_PACKAGES = {"redis-server": "redis-server", "prometheus": "prometheus", "promtool": "prometheus",
+                "chromium": "chromium"}
+#: what the local stack runs; chromium only runs the dashboard's browser test, so ``stack up`` does not need it
+STACK_PROGRAMS = ("redis-server", "prometheus", "promtool")
 MIN_JAVA = 17
 
 
@@ -51,8 +54,9 @@ def require_maven() -> str:
     return require_executable("mvn", "it resolves the Kafka broker jars: `apt-get install -y maven`")
 
 
-def ensure_installed(programs: Iterable[str] = APT_PACKAGES) -> None:
-    """Install the Debian packages that provide any missing ``programs`` (redis-server, prometheus, promtool).
+def ensure_installed(programs: Iterable[str] = STACK_PROGRAMS) -> None:
+    """Install the Debian packages that provide any missing ``programs`` (redis-server, prometheus, promtool;
+    chromium for the dashboard's browser test).
 
     Runs ``apt-get install -y`` (after ``apt-get update`` when the first try fails). Needs root; otherwise,
     or when apt fails, raises StackError with the command to run by hand.

@@ -41,6 +41,8 @@ class Metrics:
         self.events = Counter(
             "streamlearn_events", "Input events by outcome: valid, invalid (dead-lettered), duplicate.",
             ["outcome"], registry=r)
+        for outcome in EVENT_OUTCOMES:  # exported at 0 from the start, so rate() sees the first invalid event
+            self.events.labels(outcome)
         self.dead_letters = Counter(
             "streamlearn_dead_letters", "Records sent to the dead-letter topic, by reason code.",
             ["reason"], registry=r)

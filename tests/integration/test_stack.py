@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -62,14 +63,15 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
 
 
 def test_stack_up_runs_in_background_serves_restarts_and_goes_down(tmp_path: Path) -> None:
-    kafka_port, controller_port, redis_port, prometheus_port, target_port = free_ports(5)
+    kafka_port, controller_port, redis_port, prometheus_port, target_port, dashboard_port = free_ports(6)
     ports = {"kafka_port": kafka_port, "controller_port": controller_port, "redis_port": redis_port,
-             "prometheus_port": prometheus_port, "scrape_interval_s": 1.0}
+             "prometheus_port": prometheus_port, "scrape_interval_s": 1.0, "dashboard_port": dashboard_port}
     stack = LocalStack(tmp_path, kafka_heap="512M", **ports)  # type: ignore[arg-type]
     try:
         up = _stack_cli(tmp_path, "up", ports)
         assert up.returncode == 0, up.stderr
         assert f"127.0.0.1:{kafka_port}" in up.stdout and f"redis://127.0.0.1:{redis_port}/0" in up.stdout
+        assert f"dashboard   http://127.0.0.1:{dashboard_port}/" in up.stdout
 
         # the command has exited; the servers keep running and another process sees them
         statuses = {s.name: s for s in stack.status()}
@@ -91,6 +93,10 @@ def test_stack_up_runs_in_background_serves_restarts_and_goes_down(tmp_path: Pat
 
         with urllib.request.urlopen(f"{stack.addresses.prometheus_url}/-/ready", timeout=5) as ready:
             assert ready.status == 200
+        # the dashboard reads that Prometheus through its proxy
+        query = f"{stack.addresses.dashboard_url}api/v1/query?query=vector(1)"
+        with urllib.request.urlopen(query, timeout=5) as answer:
+            assert json.load(answer)["data"]["result"][0]["value"][1] == "1"
         target_server, _ = start_http_server(target_port, addr="127.0.0.1", registry=CollectorRegistry())
         try:
             stack.prometheus.set_scrape_targets([f"127.0.0.1:{target_port}"])
@@ -115,7 +121,7 @@ def test_stack_up_runs_in_background_serves_restarts_and_goes_down(tmp_path: Pat
         down = _stack_cli(tmp_path, "down")
         assert down.returncode == 0, down.stderr
         assert not any(s.running for s in stack.status())
-        assert all(port_is_free(p) for p in (kafka_port, controller_port, redis_port, prometheus_port))
+        assert all(port_is_free(p) for p in (kafka_port, controller_port, redis_port, prometheus_port, dashboard_port))
         assert stack.down() == []
         assert _stack_cli(tmp_path, "status").returncode == 3
     finally:
@@ -130,9 +136,10 @@ def test_taken_port_is_a_clear_error_and_nothing_is_left_running(tmp_path: Path)
         with pytest.raises(StackError, match=rf"redis port 127\.0\.0\.1:{taken} is already in use.*another redis port"):
             RedisServer(tmp_path, port=taken).start()
 
-        kafka_port, controller_port, prometheus_port = free_ports(3)
+        kafka_port, controller_port, prometheus_port, dashboard_port = free_ports(4)
         stack = LocalStack(tmp_path, kafka_port=kafka_port, controller_port=controller_port, redis_port=taken,
-                           prometheus_port=prometheus_port, kafka_heap="512M", install_missing=False)
+                           prometheus_port=prometheus_port, dashboard_port=dashboard_port, kafka_heap="512M",
+                           install_missing=False)
         with pytest.raises(StackError, match="already in use"):
             stack.up(quiet=True)
         assert not any(s.running for s in stack.status())
