@@ -15,13 +15,15 @@ takes one snapshot of the page (a single JavaScript task, so all of it is one re
 
 Exact equality holds because the page evaluates every query at a time a second in the past (a scrape that began
 before it has been stored by then) and Prometheus evaluates a range query step as the same instant query.
-Finally a 1280x800 screenshot goes to docs/dashboard.png.
+Finally a 1280x800 screenshot goes to ``.streamlearn/artifacts/dashboard.png`` (or ``$STREAMLEARN_ARTIFACTS``);
+copy it over docs/dashboard.png to refresh the README's picture (a test run never changes a tracked file).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -41,7 +43,7 @@ from tests.integration.helpers import make_settings, produce, running_worker, sa
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "dashboard.png"
+SCREENSHOT = Path(os.environ.get("STREAMLEARN_ARTIFACTS", ROOT / ".streamlearn" / "artifacts")) / "dashboard.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -163,6 +165,7 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
             arg=[done, span, list(CHARTS_WITH_DATA)], timeout=60_000)
         snapshot = page.evaluate(SNAPSHOT_JS)
         SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         # the light theme redraws every chart in its colours, without a reload
         page.click("#theme")
