@@ -164,7 +164,6 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
             "    && charts.every((id) => D.plots[id]); }",
             arg=[done, span, list(CHARTS_WITH_DATA)], timeout=60_000)
         snapshot = page.evaluate(SNAPSHOT_JS)
-        SCREENSHOT.parent.mkdir(exist_ok=True)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         # the light theme redraws every chart in its colours, without a reload
