@@ -25,6 +25,7 @@ from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
 from shared.state.checkpoints import CheckpointStore
+from shared.state.connection import redis_client
 from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
@@ -147,9 +148,7 @@ class Worker:
             )
             self.endpoint.start()
         if self.settings.checkpoint.enabled:
-            client = redis.Redis.from_url(
-                self.settings.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
-            )
+            client = redis_client(self.settings.redis)
             store = CheckpointStore(
                 client, self.settings.redis.namespace, kafka.group_id,
                 self.settings.hmac_key.get_secret_value().encode("utf-8"),
@@ -185,7 +184,7 @@ class Worker:
         namespace, group = s.redis.namespace, s.kafka.group_id
         client: redis.Redis | None = None
         if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
-            client = redis.Redis.from_url(s.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
+            client = redis_client(s.redis)
         steps: list[Step] = [DecodeStep(s.limits), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
