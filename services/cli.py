@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 def _worker(args: argparse.Namespace) -> int:
     from services.worker import Worker
+    from shared.kafka.preflight import KafkaSecurityError
     from shared.settings import SettingsError, load_settings
+    from shared.state.connection import RedisSecurityError
 
     try:
         settings = load_settings(args.config)
@@ -20,7 +22,11 @@ def _worker(args: argparse.Namespace) -> int:
     logging.getLogger("streamlearn").info("settings: %s", settings.masked_dump())
     worker = Worker(settings)
     worker.install_signal_handlers()
-    worker.run(max_seconds=args.max_seconds)
+    try:
+        worker.run(max_seconds=args.max_seconds)
+    except (KafkaSecurityError, RedisSecurityError) as exc:
+        print(f"streamlearn worker: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
