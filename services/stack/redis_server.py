@@ -22,8 +22,10 @@ class RedisSecurity:
     cert_file: Path
     key_file: Path
     ca_file: Path
-    #: ACL users, name -> password, each allowed every key and command; the first one is used by the probe
+    #: ACL users, name -> password; the first one is used by the probe
     users: Mapping[str, str]
+    #: the ACL rules of every user after ``on >password`` (default: every key, channel and command)
+    rules: str = "~* &* +@all"
 
     def __post_init__(self) -> None:
         if not self.users:
@@ -80,7 +82,7 @@ class RedisServer(ManagedServer):
             config.write_text(Template(REDIS_SECURE_TEMPLATE.read_text()).substitute(
                 base_config=REDIS_CONFIG, port=self.port, cert_file=sec.cert_file, key_file=sec.key_file,
                 ca_file=sec.ca_file,
-                users="\n".join(f"user {name} on >{password} ~* &* +@all" for name, password in sec.users.items()),
+                users="\n".join(f"user {name} on >{password} {sec.rules}" for name, password in sec.users.items()),
             ))
             return [redis_server, str(config), "--bind", LOOPBACK, "--dir", str(self.data_dir)]
         return [redis_server, str(REDIS_CONFIG), "--port", str(self.port), "--bind", LOOPBACK,

@@ -19,6 +19,9 @@ from services.stack.redis_server import RedisSecurity
 
 KAFKA_USER = "alice"
 REDIS_USER = "worker"
+#: the worker's Redis user: the keys of the tests' namespaces (``ns.<test>.<id>``), the command categories the
+#: state stores use (reads, writes, MULTI/EXEC, Lua scripts, PING), nothing dangerous (FLUSHALL, CONFIG, ...)
+REDIS_RULES = "~ns.* resetchannels -@all +@read +@write +@transaction +@scripting +@connection -@dangerous"
 #: the broker and Redis are ready in seconds; a busy 2-core machine gets a margin, not minutes
 START_TIMEOUT_S = 90.0
 
@@ -89,7 +92,7 @@ def start_secure_stack(state_dir: Path) -> SecureStack:
     redis = RedisServer(
         state_dir, port=redis_port, die_with_parent=True, start_timeout_s=START_TIMEOUT_S,
         security=RedisSecurity(cert_file=pki.server_cert, key_file=pki.server_key, ca_file=pki.ca_cert,
-                               users={REDIS_USER: redis_password}),
+                               users={REDIS_USER: redis_password}, rules=REDIS_RULES),
     )
     start_all([kafka, redis])
     return SecureStack(kafka, redis, pki, other_pki, kafka_password, redis_password)

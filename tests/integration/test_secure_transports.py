@@ -234,3 +234,17 @@ def test_the_client_libraries_refuse_an_untrusted_broker_on_their_own(
     run_until_it_stops(Worker(settings, registry=registry), max_seconds=6)
     assert not sample_value(registry, "streamlearn_events_total", {"outcome": "valid"})
     _assert_nothing_learned_or_published(secure_stack, settings)
+
+
+def test_the_redis_user_is_confined_to_its_keys_and_commands(secure_stack: SecureStack) -> None:
+    """The ACL the worker ran under above is not ``+@all``: other keys and dangerous commands are refused."""
+    client = _redis(secure_stack)
+    try:
+        client.set("ns.confined-check", b"1")
+        client.delete("ns.confined-check")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.set("other-application:key", b"1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.flushall()
+    finally:
+        client.close()
