@@ -128,11 +128,11 @@ def _authenticate(connection: _Connection, mechanism: str, message: bytes) -> by
     return body[offset + 4:offset + 4 + max(size, 0)]
 
 
-def _scram(connection: _Connection, mechanism: str, username: str, password: str) -> None:
-    """RFC 5802 client side (no channel binding), as Kafka's SCRAM-SHA-256/512 expects."""
+def _scram(connection: _Connection, mechanism: str, username: str, password: str, nonce: str | None = None) -> None:
+    """RFC 5802 client side (no channel binding), as Kafka's SCRAM-SHA-256/512 expects (``nonce``: for tests)."""
     digest = "sha512" if mechanism.endswith("512") else "sha256"
     name = username.replace("=", "=3D").replace(",", "=2C")
-    nonce = base64.b64encode(secrets.token_bytes(24)).decode()
+    nonce = nonce or base64.b64encode(secrets.token_bytes(24)).decode()
     first_bare = f"n={name},r={nonce}"
     server_first = _authenticate(connection, mechanism, f"n,,{first_bare}".encode()).decode()
     fields = dict(part.split("=", 1) for part in server_first.split(",") if "=" in part)
