@@ -11,8 +11,9 @@ settings, and speaks just enough of the protocol to tell the cases apart:
 - SASL PLAIN and SCRAM-SHA-256/512: ``SaslHandshake`` and ``SaslAuthenticate`` (a wrong user or password, a
   mechanism the listener does not enable). Other mechanisms are left to the client library.
 
-A broker that cannot be reached at all is not judged here (the worker's connection handling reports and retries
-that); only a broker that answered and refused raises :class:`KafkaSecurityError`.
+A broker that cannot be reached at all, or does not answer within the timeout, is not judged here (the worker's
+connection handling reports and retries that); only a broker that answered and refused raises
+:class:`KafkaSecurityError`.
 """
 
 from __future__ import annotations
@@ -234,14 +235,13 @@ def _check_one(host: str, port: int, settings: KafkaSettings, timeout_s: float) 
                        "(SSL or SASL_SSL, as the listener expects) and the client certificate") from exc
     except ssl.SSLError as exc:
         raise _Refused(_tls_refusal(exc, settings)) from exc
-    except TimeoutError as exc:
-        raise _Refused(f"no answer within {timeout_s:.0f} s; check kafka.security_protocol against the listener "
-                       "(a TLS listener waits for a handshake, a plaintext one for a request)") from exc
+    except TimeoutError as exc:  # a broker still starting, or overloaded: not a refusal; the clients retry
+        raise _Unreachable(f"no answer within {timeout_s:.0f} s") from exc
     finally:
         sock.close()
 
 
-def check_kafka_security(settings: KafkaSettings, *, timeout_s: float = 10.0) -> None:
+def check_kafka_security(settings: KafkaSettings, *, timeout_s: float = 5.0) -> None:
     """Raise :class:`KafkaSecurityError` when the first bootstrap server that answers refuses these settings.
 
     Returns quietly when it accepts them, and when no bootstrap server can be reached at all.
