@@ -248,3 +248,20 @@ def test_the_redis_user_is_confined_to_its_keys_and_commands(secure_stack: Secur
             client.flushall()
     finally:
         client.close()
+
+
+def test_replay_sends_with_the_workers_security_settings(
+    secure_stack: SecureStack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """``streamlearn replay --config worker.yaml`` reaches the SASL_SSL listener with the file's TLS and SCRAM."""
+    topic = unique_name("replayed")
+    ensure_topics(secure_stack.sasl_ssl_bootstrap, {topic: 1}, **secure_stack.kafka_client_options())
+    config = tmp_path / "worker.yaml"
+    config.write_text(yaml.safe_dump({"kafka": secure_stack.kafka_settings("SASL_SSL")}))
+    result = subprocess.run([sys.executable, "-m", "services.cli", "replay", "phishing", "--config", str(config),
+                             "--topic", topic, "--limit", "20", "--quiet"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = read_topic(secure_stack.sasl_ssl_bootstrap, topic, 20, timeout_s=20,
+                         client_options=secure_stack.kafka_client_options())
+    assert len(records) == 20
