@@ -9,7 +9,7 @@ import subprocess
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -83,7 +83,7 @@ class KafkaTls:
     truststore: Path
     ssl_port: int
     #: SCRAM-SHA-512 users, name -> password; the first one is used by the readiness probe
-    scram_users: Mapping[str, str] = field(default_factory=dict)
+    scram_users: Mapping[str, str]
 
     def __post_init__(self) -> None:
         if not self.scram_users:
