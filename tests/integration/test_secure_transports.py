@@ -26,8 +26,8 @@ from services.replayer import replay
 from services.worker import Worker
 from shared.kafka.admin import ensure_topics
 from shared.kafka.preflight import KafkaSecurityError
-from shared.settings import Settings
-from shared.state.connection import RedisSecurityError
+from shared.settings import RedisSettings, Settings
+from shared.state.connection import RedisSecurityError, check_redis_security, redis_client
 from tests.integration.helpers import (
     committed_total,
     make_settings,
@@ -37,7 +37,7 @@ from tests.integration.helpers import (
     sample_value,
     wait_for,
 )
-from tests.integration.secure_stack import SecureStack, start_secure_stack
+from tests.integration.secure_stack import REDIS_USER, SecureStack, start_secure_stack
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +265,21 @@ def test_replay_sends_with_the_workers_security_settings(
     records = read_topic(secure_stack.sasl_ssl_bootstrap, topic, 20, timeout_s=20,
                          client_options=secure_stack.kafka_client_options())
     assert len(records) == 20
+
+
+def test_redis_credentials_in_the_url_work_too(secure_stack: SecureStack) -> None:
+    """``rediss://user:password@host:port/db``: the same login as ``redis.username`` and ``redis.password``."""
+    port = secure_stack.redis.port
+    url = f"rediss://{REDIS_USER}:{secure_stack.redis_password}@127.0.0.1:{port}/0"
+    settings = RedisSettings(url=url, ssl_ca_certs=secure_stack.pki.ca_cert)
+    check_redis_security(settings)
+    client = redis_client(settings)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    wrong = RedisSettings(url=url.replace(secure_stack.redis_password, "not-the-password"),
+                          ssl_ca_certs=secure_stack.pki.ca_cert)
+    with pytest.raises(RedisSecurityError, match="refused the login") as refused:
+        check_redis_security(wrong)
+    assert "not-the-password" not in str(refused.value)
