@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 def _worker(args: argparse.Namespace) -> int:
     from services.worker import Worker
+    from shared.kafka.preflight import KafkaSecurityError
     from shared.settings import SettingsError, load_settings
+    from shared.state.connection import RedisSecurityError
 
     try:
         settings = load_settings(args.config)
@@ -20,7 +22,11 @@ def _worker(args: argparse.Namespace) -> int:
     logging.getLogger("streamlearn").info("settings: %s", settings.masked_dump())
     worker = Worker(settings)
     worker.install_signal_handlers()
-    worker.run(max_seconds=args.max_seconds)
+    try:
+        worker.run(max_seconds=args.max_seconds)
+    except (KafkaSecurityError, RedisSecurityError) as exc:
+        print(f"streamlearn worker: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -35,14 +41,25 @@ def _replay(args: argparse.Namespace) -> int:
     if args.source is None:
         print("streamlearn replay: a SOURCE is required (see --list)", file=sys.stderr)
         return 2
+    bootstrap, client_options = args.bootstrap or "127.0.0.1:9092", {}
+    if args.config is not None:  # the worker's settings file: its Kafka address and security (TLS, SASL)
+        from shared.kafka.clients import security_options
+        from shared.settings import SettingsError, load_settings
+
+        try:
+            kafka = load_settings(args.config).kafka
+        except SettingsError as exc:
+            print(f"streamlearn replay: {exc}", file=sys.stderr)
+            return 2
+        bootstrap, client_options = args.bootstrap or kafka.bootstrap_servers, security_options(kafka)
     try:
         plan = DelayedLabelPlan(max_delay=args.max_delay, window=min(50, args.max_delay)) \
             if args.labels == "delayed" else None
         stats = replay(
-            args.source, bootstrap_servers=args.bootstrap, topic=args.topic, rate=args.rate,
+            args.source, bootstrap_servers=bootstrap, topic=args.topic, rate=args.rate,
             limit=args.limit, seed=args.seed, drift_at=args.drift_at,
             labels="none" if args.no_labels else args.labels, labels_topic=args.labels_topic, delayed=plan,
-            progress=not args.quiet,
+            progress=not args.quiet, client_options=client_options,
         )
     except ValueError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
@@ -112,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="stream a dataset or synthetic stream into the events topic")
     rep.add_argument("source", nargs="?", help="a source name (see --list)")
     rep.add_argument("--list", action="store_true", help="list the sources")
-    rep.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    rep.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default 127.0.0.1:9092)")
+    rep.add_argument("--config", default=None,
+                     help="a worker's YAML settings: its kafka section gives the servers, TLS and SASL")
     rep.add_argument("--topic", default="events")
     rep.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     rep.add_argument("--limit", type=int, default=None, help="number of events (bounded datasets are cycled)")

@@ -64,6 +64,27 @@ class KafkaSettings(_Frozen):
     #: how long one transactional step (offsets, commit, init) may wait before the worker gives the
     #: transaction up, builds a new producer and rewinds to the committed offsets (exactly-once mode)
     transaction_op_timeout_ms: int = Field(30_000, ge=1_000)
+    #: TLS (``security_protocol`` SSL or SASL_SSL): the PEM bundle of the CA(s) that signed the brokers'
+    #: certificates (None: the system's trust store)
+    ssl_cafile: Path | None = None
+    #: a client certificate (PEM) and its private key, for brokers that require one (``ssl.client.auth=required``)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: the password of an encrypted ``ssl_keyfile``
+    ssl_key_password: SecretStr | None = None
+    #: check that the broker's certificate names the host in ``bootstrap_servers`` (turn off only for tests)
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password is not None
+        ):
+            raise ValueError(f"kafka: security_protocol {self.security_protocol} needs sasl_mechanism, "
+                             "sasl_username and sasl_password")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("kafka: ssl_certfile and ssl_keyfile go together")
+        return self
 
 
 class RedisSettings(_Frozen):
@@ -71,6 +92,26 @@ class RedisSettings(_Frozen):
 
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     namespace: str = "streamlearn"
+    #: an ACL user and its password (``AUTH``), kept out of the URL so the password can come from a secret
+    #: (``STREAMLEARN_REDIS__PASSWORD``); a user or password in the URL works too, these override it
+    username: str | None = None
+    password: SecretStr | None = None
+    #: TLS (a ``rediss://`` URL): the PEM bundle of the CA that signed the server's certificate (None: the system's)
+    ssl_ca_certs: Path | None = None
+    #: a client certificate and key (PEM), for a server with ``tls-auth-clients yes``
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: check that the server's certificate names the host in the URL
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSettings:
+        tls_files = (self.ssl_ca_certs, self.ssl_certfile, self.ssl_keyfile)
+        if any(f is not None for f in tls_files) and not self.url.get_secret_value().startswith("rediss://"):
+            raise ValueError("redis: ssl_ca_certs, ssl_certfile and ssl_keyfile need a rediss:// URL")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("redis: ssl_certfile and ssl_keyfile go together")
+        return self
 
 
 class MetricsSettings(_Frozen):

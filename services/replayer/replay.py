@@ -11,9 +11,9 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import orjson
 from kafka import KafkaProducer
@@ -158,6 +158,7 @@ def replay(
     producer: KafkaProducer | None = None,
     stream: TextIO = sys.stderr,
     stop: threading.Event | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ReplayStats:
     """Send ``limit`` events (all, for a bounded source) at ``rate`` per second (0: as fast as possible).
 
@@ -165,11 +166,14 @@ def replay(
 
     With ``labels="delayed"``, labels go to ``labels_topic`` as planned by ``delayed`` (default
     :class:`DelayedLabelPlan`); ``sent`` counts the event records (duplicates included), ``labels`` the labels.
+
+    ``client_options``: the producer's security options (``shared.kafka.clients.security_options``).
     """
     own_producer = producer is None
     if producer is None:
         producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, enable_idempotence=True
+            bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, enable_idempotence=True,
+            **(client_options or {}),
         )
     prefix = id_prefix if id_prefix is not None else f"{source}-{seed}"
     bar = _Progress(limit, stream, progress)

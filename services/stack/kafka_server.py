@@ -8,8 +8,11 @@ import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from services.stack.process import DEPLOY_DIR, LOOPBACK, REPO_ROOT, ManagedServer, StackError, port_accepts
 from services.stack.tools import require_java, require_maven
@@ -66,10 +69,41 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+@dataclass(frozen=True)
+class KafkaTls:
+    """A broker whose client listeners all use TLS (deploy/kafka/server-tls.properties.tmpl).
+
+    ``KafkaServer.port`` becomes a SASL_SSL listener (SCRAM-SHA-512, users created at format time) and
+    ``ssl_port`` an SSL listener that requires a client certificate signed by the CA in ``truststore``.
+    """
+
+    #: PEM: the broker's private key (PKCS#8, unencrypted) followed by its certificate chain
+    keystore: Path
+    #: PEM: the CA certificate(s) the broker trusts for client certificates (and that clients verify it with)
+    truststore: Path
+    ssl_port: int
+    #: SCRAM-SHA-512 users, name -> password; the first one is used by the readiness probe
+    scram_users: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if not self.scram_users:
+            raise StackError("kafka: a TLS broker needs at least one SCRAM user (its readiness probe logs in)")
+        for name, password in self.scram_users.items():
+            if not name.isalnum() or not password or any(c in password for c in ",[]=\"\n"):
+                raise StackError(f"kafka: SCRAM user {name!r}: alphanumeric names and passwords without ,[]=\" only")
+
+    def probe_options(self) -> dict[str, Any]:
+        """kafka-python options that log in on the SASL_SSL listener as the first user."""
+        name, password = next(iter(self.scram_users.items()))
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": name,
+                "sasl_plain_password": password, "ssl_cafile": str(self.truststore)}
+
+
 class KafkaServer(ManagedServer):
     """Kafka 4.x in KRaft mode, one node that is broker and controller, on loopback.
 
     Storage is formatted on the first start only; later starts (``stop()`` then ``start()``) keep the data.
+    With ``tls`` its client listeners use TLS only (:class:`KafkaTls`); without it, one PLAINTEXT listener.
     """
 
     name = "kafka"
@@ -85,10 +119,12 @@ class KafkaServer(ManagedServer):
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
         die_with_parent: bool = False,
+        tls: KafkaTls | None = None,
     ) -> None:
         super().__init__(
             state_dir, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s, die_with_parent=die_with_parent
         )
+        self.tls = tls
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
@@ -107,17 +143,28 @@ class KafkaServer(ManagedServer):
     def data_dir(self) -> Path:
         return self.home / "data"
 
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python security options that reach this broker (none for a plaintext one)."""
+        return self.tls.probe_options() if self.tls is not None else {}
+
     def ports(self) -> dict[str, int]:
-        return {"kafka": self.port, "kafka controller": self.controller_port}
+        ports = {"kafka": self.port, "kafka controller": self.controller_port}
+        if self.tls is not None:
+            ports["kafka ssl"] = self.tls.ssl_port
+        return ports
 
     def _command(self) -> list[str]:
         java = require_java()
         lib = resolve_kafka_jars(self.lib_root)
         properties = self.home / "server.properties"
         template = Template((KAFKA_DEPLOY_DIR / "server.properties.tmpl").read_text())
-        properties.write_text(template.substitute(
-            port=self.port, controller_port=self.controller_port, log_dir=self.data_dir,
-        ))
+        text = template.substitute(port=self.port, controller_port=self.controller_port, log_dir=self.data_dir)
+        if self.tls is not None:
+            text += "\n" + Template((KAFKA_DEPLOY_DIR / "server-tls.properties.tmpl").read_text()).substitute(
+                port=self.port, ssl_port=self.tls.ssl_port, controller_port=self.controller_port,
+                keystore=self.tls.keystore, truststore=self.tls.truststore,
+            )
+        properties.write_text(text)
         self._format_once(java, lib, properties)
         return [
             java, f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -130,6 +177,8 @@ class KafkaServer(ManagedServer):
             return
         command = [java, "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format", "--standalone",
                    "-t", new_cluster_id(), "-c", str(properties)]
+        for name, password in (self.tls.scram_users.items() if self.tls is not None else ()):
+            command += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
         if result.returncode != 0:
             output = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
@@ -143,7 +192,7 @@ class KafkaServer(ManagedServer):
 
         try:
             admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamlearn-stack-probe",
-                                     request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+                                     request_timeout_ms=5000, bootstrap_timeout_ms=5000, **self.client_options())
         except (KafkaError, OSError):
             return False
         try:

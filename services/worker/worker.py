@@ -19,12 +19,14 @@ from services.worker.committing import Committer, TransactionalCommitter, Transa
 from services.worker.http import EndpointServer
 from shared.kafka.admin import partition_counts
 from shared.kafka.clients import security_options
+from shared.kafka.preflight import check_kafka_security
 from shared.kafka.transport import EventConsumer, TransportError, open_consumer, open_producer
 from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
 from shared.state.checkpoints import CheckpointStore
+from shared.state.connection import check_redis_security, redis_client
 from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
@@ -140,6 +142,11 @@ class Worker:
     def start(self) -> None:
         """Connect to Kafka, start the HTTP endpoint, subscribe."""
         kafka = self.settings.kafka
+        # a refused TLS or SASL set-up stops the start with one clear line, before any client retries it
+        check_kafka_security(kafka)
+        if self.settings.checkpoint.enabled or self.settings.dedup.enabled or self.settings.entities.enabled \
+                or self.settings.labels.enabled:
+            check_redis_security(self.settings.redis)
         if self.settings.metrics.enabled:
             self.endpoint = EndpointServer(
                 self.settings.metrics.host, self.settings.metrics.port, self.registry,
@@ -147,9 +154,7 @@ class Worker:
             )
             self.endpoint.start()
         if self.settings.checkpoint.enabled:
-            client = redis.Redis.from_url(
-                self.settings.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
-            )
+            client = redis_client(self.settings.redis)
             store = CheckpointStore(
                 client, self.settings.redis.namespace, kafka.group_id,
                 self.settings.hmac_key.get_secret_value().encode("utf-8"),
@@ -185,7 +190,7 @@ class Worker:
         namespace, group = s.redis.namespace, s.kafka.group_id
         client: redis.Redis | None = None
         if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
-            client = redis.Redis.from_url(s.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
+            client = redis_client(s.redis)
         steps: list[Step] = [DecodeStep(s.limits), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)

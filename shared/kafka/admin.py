@@ -52,16 +52,19 @@ def partition_counts(
         return _partition_counts(admin, topics)
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], *, timeout_s: float = 30) -> None:
+def ensure_topics(
+    bootstrap: str, topics: dict[str, int], *, timeout_s: float = 30, **client_options: Any
+) -> None:
     """Create the missing ``topics`` (name -> partitions, replication 1) and wait until all are usable.
 
     Idempotent: existing topics are kept as they are, even with another partition count.
-    Raises TopicAdminError when they are not all ready within ``timeout_s``.
+    Raises TopicAdminError when they are not all ready within ``timeout_s``. ``client_options``: security
+    (``shared.kafka.clients.security_options``).
     """
     if not topics:
         return
     deadline = time.monotonic() + timeout_s
-    with _admin(bootstrap, timeout_s) as admin:
+    with _admin(bootstrap, timeout_s, **client_options) as admin:
         missing = set(topics) - set(admin.list_topics())
         if missing:
             request = {name: {"num_partitions": topics[name], "replication_factor": 1} for name in sorted(missing)}
@@ -84,13 +87,15 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], *, timeout_s: float = 
             time.sleep(0.1)
 
 
-def delete_topics(bootstrap: str, topics: Iterable[str], *, timeout_s: float = 30) -> None:
+def delete_topics(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 30, **client_options: Any
+) -> None:
     """Delete ``topics`` (those that do not exist are ignored) and wait until the metadata no longer lists them."""
     names = set(topics)
     if not names:
         return
     deadline = time.monotonic() + timeout_s
-    with _admin(bootstrap, timeout_s) as admin:
+    with _admin(bootstrap, timeout_s, **client_options) as admin:
         present = names & set(admin.list_topics())
         if present:
             with suppress(UnknownTopicOrPartitionError):

@@ -34,7 +34,7 @@ class KeyPartitioner(Partitioner):
 
 
 def security_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Keyword arguments shared by consumers and producers: security and reconnection."""
+    """Keyword arguments shared by consumers, producers and admin clients: security (SASL, TLS) and reconnection."""
     options: dict[str, Any] = {
         "security_protocol": settings.security_protocol,
         "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms,
@@ -44,6 +44,14 @@ def security_options(settings: KafkaSettings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.sasl_username
         if settings.sasl_password is not None:
             options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = settings.ssl_check_hostname
+        for option, path in (("ssl_cafile", settings.ssl_cafile), ("ssl_certfile", settings.ssl_certfile),
+                             ("ssl_keyfile", settings.ssl_keyfile)):
+            if path is not None:
+                options[option] = str(path)
+        if settings.ssl_key_password is not None:
+            options["ssl_password"] = settings.ssl_key_password.get_secret_value()
     return options
 
 

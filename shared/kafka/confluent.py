@@ -70,6 +70,15 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         config["sasl.username"] = settings.sasl_username
         if settings.sasl_password is not None:
             config["sasl.password"] = settings.sasl_password.get_secret_value()
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        config["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_check_hostname else "none"
+        for option, path in (("ssl.ca.location", settings.ssl_cafile),
+                             ("ssl.certificate.location", settings.ssl_certfile),
+                             ("ssl.key.location", settings.ssl_keyfile)):
+            if path is not None:
+                config[option] = str(path)
+        if settings.ssl_key_password is not None:
+            config["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
     return config
 
 

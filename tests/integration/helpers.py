@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -86,15 +86,17 @@ def run_until_it_stops(worker: Worker, *, max_seconds: float = 90) -> list[BaseE
 
 
 def read_topic(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, *, to_end: bool = False
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, *, to_end: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """Read committed records from the start of ``topic`` until ``expected`` arrived or time is up.
 
     ``to_end``: then also on until the end offsets the topic had when reading began (every duplicate included).
+    ``client_options``: security (``shared.kafka.clients.security_options``) for a TLS or SASL broker.
     """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
-        auto_offset_reset="earliest", consumer_timeout_ms=1000,
+        auto_offset_reset="earliest", consumer_timeout_ms=1000, **(client_options or {}),
     )
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
     consumer.assign(partitions)
@@ -116,9 +118,12 @@ def read_topic(
     return records
 
 
-def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+def produce(
+    bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]], *,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
     """Send raw (key, value) pairs and wait for them to be acknowledged."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(client_options or {}))
     for key, value in items:
         producer.send(topic, key=key, value=value)
     producer.flush()
@@ -145,9 +150,11 @@ def scrape(url: str) -> str:
         return response.read().decode()
 
 
-def committed_total(bootstrap: str, group_id: str, topic: str) -> int:
+def committed_total(
+    bootstrap: str, group_id: str, topic: str, *, client_options: Mapping[str, Any] | None = None
+) -> int:
     """The sum over ``topic``'s partitions of the offsets ``group_id`` has committed (0 when none)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     try:
         offsets = admin.list_group_offsets({group_id: None}).get(group_id, {})
     finally:
