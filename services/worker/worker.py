@@ -30,13 +30,14 @@ from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
 from shared.steps.backpressure import Backpressure
 from shared.steps.batch import Batch, Step
-from shared.steps.champion import ChampionSelector
+from shared.steps.champion import Champion
 from shared.steps.clean import CleanStep
 from shared.steps.dead_letters import DeadLetterLimitStep
 from shared.steps.decode import DecodeStep
 from shared.steps.dedup import DedupStep
 from shared.steps.drift import DriftStep
 from shared.steps.entities import EntityFeaturesStep, entity_spec
+from shared.steps.group_champion import build_champion
 from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
@@ -73,7 +74,7 @@ class Worker:
         self.model_step = ModelStep(settings.models, factory)
         probe = self.model_step.fresh_set()
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
-        self.champion_selector = ChampionSelector(self.model_step.model_names, settings.champion)
+        self.champion_selector: Champion = build_champion(settings, self.model_step.model_names, self.tasks)
         self._pending_offsets: dict[TP, int] = {}
         #: partitions assigned by the last rebalance, paused until the poll loop has restored them
         self._to_restore: list[TP] = []
@@ -96,7 +97,8 @@ class Worker:
         self._kafka_ok = True
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
-                                    export_interval_s=settings.metrics.export_interval_s)
+                                    export_interval_s=settings.metrics.export_interval_s,
+                                    champion=lambda: self.champion)
         self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
                                          paused_gauge=self.metrics.paused_partitions)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
@@ -251,6 +253,7 @@ class Worker:
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
+                    self._update_champion()  # also while idle: a switch made by another worker arrives
                     self.score_step.export()
                     if self.checkpointer is not None:
                         self.checkpointer.poll()  # a background checkpoint's outcome, also while idle
@@ -298,13 +301,18 @@ class Worker:
         """The model whose predictions go to the predictions topic."""
         return self.champion_selector.current
 
-    def _update_champion(self) -> None:
-        labelled = self.score_step.take_labelled()
-        if labelled and len(self.model_step.model_names) > 1:
-            rolling = self.score_step.rolling(self.settings.champion.metric)
-            if self.champion_selector.observe(labelled, rolling) is not None:
-                self.metrics.champion_switches.inc()
+    def _update_champion(self, *, force: bool = False) -> None:
+        """Hand the champion what was scored since the last call; export it when it changed (docs/architecture.md,
+        "One champion for the group")."""
+        labelled, sums = self.score_step.take_labelled(), self.score_step.take_sums()
+        if len(self.model_step.model_names) > 1:
+            selector = self.champion_selector
+            switches = selector.switches
+            rolling = self.score_step.rolling(self.settings.champion.metric) if labelled else {}
+            if selector.update(labelled, rolling, sums, force=force) is not None:
                 self._export_champion()
+            if selector.switches > switches:
+                self.metrics.champion_switches.inc(selector.switches - switches)
 
     def _export_champion(self) -> None:
         for name in self.model_step.model_names:
@@ -586,6 +594,7 @@ class Worker:
                     log.error("final commit failed (%s); the next owner resumes from the last commit", exc)
         finally:
             self.score_step.export(force=True)
+            self._update_champion(force=True)  # the last scores reach the group's window
             self._ready = False
             self.metrics.ready.set(0)
             if self.consumer is not None:
