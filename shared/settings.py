@@ -83,6 +83,10 @@ class MetricsSettings(_Frozen):
     #: most this old, and a poll of a few records does not pay for recomputing every score
     export_interval_s: float = Field(1.0, ge=0.0, le=60.0)
     enabled: bool = True
+    #: on shutdown, keep /metrics up until one scrape that began after the final values were set (or this many
+    #: seconds): the counters a group-wide ratio sums then include everything this worker counted (0: do not wait;
+    #: nothing is waited for when the endpoint was never scraped). Set it a little above the scrape interval
+    final_scrape_wait_s: float = Field(0.0, ge=0.0, le=300.0)
 
 
 class LimitSettings(_Frozen):

@@ -341,6 +341,7 @@ class Worker:
         except TransportError as exc:
             self._delivery_failure = exc
             raise
+        self.score_step.publish_counts()  # their predictions are delivered (and committed): count them
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
@@ -513,6 +514,7 @@ class Worker:
             except TransportError as exc:  # at-least-once: the poll loop stops the worker
                 self._delivery_failure = exc
             else:
+                self.score_step.publish_counts()
                 self._events_since_commit = 0
                 self._last_commit = time.monotonic()
                 if self.checkpointer is not None:
@@ -549,6 +551,7 @@ class Worker:
         assert consumer is not None and committer is not None
         log.error("transaction given up (%s): new producer, partitions rewound to their checkpoints", reason)
         self.metrics.transaction_rewinds.inc()
+        self.score_step.discard_counts()  # the aborted transaction's predictions are not seen by a reader
         self.metrics.kafka_up.set(0)
         self._kafka_ok = False
         self._rewind_reason = None
@@ -604,6 +607,8 @@ class Worker:
                 self.committer.close()
                 self.committer = None
             if self.endpoint is not None:
+                if self.endpoint.wait_for_scrape(self.settings.metrics.final_scrape_wait_s):
+                    log.info("final counters scraped")
                 self.endpoint.stop()
                 self.endpoint = None
         log.info("worker stopped")

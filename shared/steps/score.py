@@ -25,7 +25,8 @@ class ScoreStep:
     ``streamlearn_predictions_scored_total`` / ``..._correct_total`` / error-sum counters (labelled ``role``
     champion or challenger by ``champion()`` at scoring time), and the same sums per model for the group's
     champion (:meth:`take_sums`). Records replayed after a restart (``already_published``) are scored on the
-    scoreboards as before, but not counted again.
+    scoreboards as before, but not counted again. Counter increments wait for :meth:`publish_counts` (after the
+    commit that makes their predictions visible) or :meth:`discard_counts`.
     """
 
     def __init__(
@@ -36,6 +37,9 @@ class ScoreStep:
         self._champion = champion
         #: per model, the sums of the predictions counted since the last :meth:`take_sums` (bounded: one per model)
         self._sums: dict[str, ScoreSums] = {}
+        #: per (model, role), counter increments waiting for their predictions to be committed: scored, correct,
+        #: absolute error, squared error (bounded: models x 2)
+        self._uncommitted: dict[tuple[str, str], list[float]] = {}
         self._export_interval_s = export_interval_s
         self._monotonic = monotonic
         self._last_export = -float("inf")
@@ -165,13 +169,30 @@ class ScoreStep:
         else:
             pending.add(sums)
         role = CHAMPION if self._champion is not None and self._champion() == name else CHALLENGER
+        counts = self._uncommitted.get((name, role))
+        if counts is None:
+            counts = self._uncommitted[(name, role)] = [0.0, 0.0, 0.0, 0.0]
+        counts[0] += sums.n
+        counts[1] += sums.correct
+        counts[2] += sums.abs_error
+        counts[3] += sums.sq_error
+
+    def publish_counts(self) -> None:
+        """Add the counts of the predictions committed now to the counters (the worker calls it after a commit, so
+        an exactly-once transaction given up counts nothing, and the counters match what a reader sees)."""
         m = self._metrics
-        m.scored.labels(name, role).inc(sums.n)
-        if task.is_classification:
-            m.correct.labels(name, role).inc(sums.correct)
-        else:
-            m.absolute_error.labels(name, role).inc(sums.abs_error)
-            m.squared_error.labels(name, role).inc(sums.sq_error)
+        for (name, role), (scored, correct, absolute, squared) in self._uncommitted.items():
+            m.scored.labels(name, role).inc(scored)
+            if self.tasks[name].is_classification:
+                m.correct.labels(name, role).inc(correct)
+            else:
+                m.absolute_error.labels(name, role).inc(absolute)
+                m.squared_error.labels(name, role).inc(squared)
+        self._uncommitted = {}
+
+    def discard_counts(self) -> None:
+        """Forget the counts of predictions that will not be committed (a transaction given up)."""
+        self._uncommitted = {}
 
     def score(self, outputs: dict[str, Output], label: Target) -> None:
         """Score each model's output, and the baselines, on one label."""
