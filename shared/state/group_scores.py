@@ -82,25 +82,30 @@ class ScoreSums:
         if task is Task.ANOMALY:
             return sums
         probas = probas if probas is not None else (None,) * len(y_true)
-        if task.is_classification:
+        if task.is_classification:  # local counts: attribute updates per item would cost twice as much
             binary = task is Task.BINARY
+            n = correct = loss_n = tp = fp = fn = 0
+            loss_sum = 0.0
+            low, high, log = _PROBA_EPSILON, 1.0 - _PROBA_EPSILON, math.log
             for t, p, proba in zip(y_true, y_pred, probas, strict=True):
                 if p is None:
                     continue
-                sums.n += 1
+                n += 1
                 if t == p:
-                    sums.correct += 1
+                    correct += 1
                 if proba:
-                    sums.loss_sum += -math.log(min(max(proba.get(t, 0.0), _PROBA_EPSILON), 1.0 - _PROBA_EPSILON))
-                    sums.loss_n += 1
+                    loss_sum -= log(min(max(proba.get(t, 0.0), low), high))
+                    loss_n += 1
                 if binary:
                     if p == positive:
                         if t == positive:
-                            sums.tp += 1
+                            tp += 1
                         else:
-                            sums.fp += 1
+                            fp += 1
                     elif t == positive:
-                        sums.fn += 1
+                        fn += 1
+            sums.n, sums.correct, sums.loss_sum, sums.loss_n = n, correct, loss_sum, loss_n
+            sums.tp, sums.fp, sums.fn = tp, fp, fn
             return sums
         for t, p, _ in zip(y_true, y_pred, probas, strict=True):
             if p is None:
