@@ -154,8 +154,9 @@ class ChampionSettings(_Frozen):
     #: ``group``: one champion for the consumer group, ranked on group-wide rolling scores kept in Redis and the
     #: same on every worker; ``worker``: each worker ranks the scores it saw itself (the behaviour before group scope)
     scope: Literal["group", "worker"] = "group"
-    #: in ``group`` scope, how often (seconds) a worker adds its scores to Redis and reads the champion back: the
-    #: workers agree on the champion within this interval (0: after every batch)
+    #: in ``group`` scope, how often (seconds) a worker adds its scores to Redis and reads the champion back (also
+    #: whenever a tenth of metrics.rolling_window labels is pending): the workers agree on the champion within this
+    #: interval (0: after every batch)
     refresh_s: float = Field(0.5, ge=0.0, le=60.0)
 
 

@@ -1,12 +1,13 @@
 """One champion for the consumer group, chosen from group-wide scores (docs/architecture.md).
 
 Every worker adds the sums of the predictions it scored to a :class:`~shared.state.group_scores.GroupScoreStore`
-at most every ``champion.refresh_s`` seconds, reads back the group's rolling sums and the agreed champion, and,
-when the group has scored ``champion.min_labels`` labels since the last switch and a challenger beats the
-champion by ``champion.margin`` on the group's rolling metric, switches it by a compare-and-set. Every worker
-then serves the stored champion, so all of them agree within one refresh interval. A pinned champion never
-changes and needs no store traffic. When the store cannot be reached the worker keeps its champion and its
-pending sums (one :class:`ScoreSums` per model) and tries again at the next refresh.
+every ``champion.refresh_s`` seconds (or every bucket of the window's labels, when the stream is fast), reads
+back the group's rolling sums and the agreed champion, and, when the group has scored ``champion.min_labels``
+labels since the last switch and a challenger beats the champion by ``champion.margin`` on the group's rolling
+metric, switches it by a compare-and-set. Every worker then serves the stored champion, so all of them agree
+within one refresh interval. A pinned champion never changes and needs no store traffic. When the store cannot be
+reached the worker keeps its champion and its pending sums (one :class:`ScoreSums` per model) and tries again at
+the next refresh.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ class GroupChampion:
         settings: ChampionSettings,
         store: GroupScoreStore,
         *,
+        refresh_labels: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._models = list(models)
         self._tasks = dict(tasks)
         self._settings = settings
         self._store = store
+        #: also sync once this many labels are pending (the store's bucket: a finer sync adds nothing to the window,
+        #: a coarser one delays a switch by more than a bucket when the stream is fast)
+        self._refresh_labels = refresh_labels
         self._monotonic = monotonic
         self.default = settings.pinned or self._models[0]
         self.current = self.default
@@ -86,12 +91,13 @@ class GroupChampion:
         return self.refresh(force=force)
 
     def refresh(self, *, force: bool = False) -> str | None:
-        """Sync with the store when ``champion.refresh_s`` has passed (or ``force``); the new champion if this
-        worker's champion changed, else ``None``."""
+        """Sync with the store when ``champion.refresh_s`` has passed, or ``refresh_labels`` labels are pending (or
+        ``force``); the new champion if this worker's champion changed, else ``None``."""
         if not self.active:
             return None
         now = self._monotonic()
-        if not force and now - self._last_sync < self._settings.refresh_s:
+        enough = self._refresh_labels is not None and self._pending_labels >= self._refresh_labels
+        if not force and not enough and now - self._last_sync < self._settings.refresh_s:
             return None
         self._last_sync = now
         try:
@@ -159,4 +165,4 @@ def build_champion(settings: Settings, models: Sequence[str], tasks: Mapping[str
         return ChampionSelector(models, champion)
     client = redis.Redis.from_url(settings.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
     store = RedisGroupScores(client, settings.redis.namespace, settings.kafka.group_id, settings.metrics.rolling_window)
-    return GroupChampion(models, tasks, champion, store)
+    return GroupChampion(models, tasks, champion, store, refresh_labels=store.bucket_size)

@@ -243,3 +243,15 @@ def test_score_step_counters_equal_a_plain_count() -> None:
     taken = step.take_sums()
     assert {name: s.n for name, s in taken.items()} == sums_n
     assert step.take_sums() == {}, "taken once"
+
+
+def test_a_fast_stream_syncs_every_bucket_of_labels_not_only_every_interval() -> None:
+    store, clock = FakeStore(), Clock()
+    settings = ChampionSettings(margin=0.05, min_labels=100, refresh_s=10.0)
+    champion = GroupChampion(["a", "b"], TASKS, settings, store, refresh_labels=50, monotonic=clock)
+    champion.update(10, {}, {"a": accuracy_sums(10, 5)})  # the first sync is always due
+    assert store.total == 10
+    champion.update(30, {}, {"a": accuracy_sums(30, 15), "b": accuracy_sums(30, 30)})
+    assert store.total == 10, "30 labels pending, within refresh_s: no sync yet"
+    assert champion.update(70, {}, {"a": accuracy_sums(70, 35), "b": accuracy_sums(70, 70)}) == "b"
+    assert store.total == 110
