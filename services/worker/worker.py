@@ -75,6 +75,9 @@ class Worker:
         probe = self.model_step.fresh_set()
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
         self.champion_selector: Champion = build_champion(settings, self.model_step.model_names, self.tasks)
+        #: the champion of the batch being processed: scored as ``role="champion"`` and published to the predictions
+        #: topic (a drift ``promote`` during the batch takes effect with the next one, so the two always agree)
+        self._batch_champion = self.champion_selector.current
         self._pending_offsets: dict[TP, int] = {}
         #: partitions assigned by the last rebalance, paused until the poll loop has restored them
         self._to_restore: list[TP] = []
@@ -98,7 +101,7 @@ class Worker:
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
                                     export_interval_s=settings.metrics.export_interval_s,
-                                    champion=lambda: self.champion)
+                                    champion=lambda: self._batch_champion)
         self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
                                          paused_gauge=self.metrics.paused_partitions)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
@@ -165,7 +168,7 @@ class Worker:
             if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(
-            self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
+            self.committer.send, kafka.topics, self.model_step, lambda: self._batch_champion, self.metrics
         )
         self.steps = self._build_steps(publish)
         self._export_champion()
@@ -267,6 +270,7 @@ class Worker:
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""
         started = time.perf_counter()
+        self._batch_champion = self.champion_selector.current
         if self._replay_until:
             for record in batch.records:
                 if record.offset < self._replay_until.get((record.topic, record.partition), 0):
