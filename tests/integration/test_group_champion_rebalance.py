@@ -145,14 +145,16 @@ def _as_member(settings: Settings, name: str) -> Settings:
     return load_settings(None, **data)
 
 
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
 def test_a_joining_and_leaving_worker_keeps_one_champion_and_exact_group_accuracy(
-    kafka_bootstrap: str, redis_url: str, prometheus_server: PrometheusServer, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, prometheus_server: PrometheusServer, unique_name: Callable[[str], str],
+    exactly_once: bool,
 ) -> None:
     settings: Settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=MODELS,
         champion={"min_labels": 300, "margin": 0.02, "refresh_s": REFRESH_S},
         metrics={"rolling_window": 500, "final_scrape_wait_s": 15.0},
-        kafka={"session_timeout_ms": 6000},
+        kafka={"session_timeout_ms": 6000, "exactly_once": exactly_once},
     )
     t = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: 4, t.labels: 4, t.predictions: 1, t.shadow_predictions: 1,
