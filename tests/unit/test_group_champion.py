@@ -255,3 +255,22 @@ def test_a_fast_stream_syncs_every_bucket_of_labels_not_only_every_interval() ->
     assert store.total == 10, "30 labels pending, within refresh_s: no sync yet"
     assert champion.update(70, {}, {"a": accuracy_sums(70, 35), "b": accuracy_sums(70, 70)}) == "b"
     assert store.total == 110
+
+
+def test_score_step_error_counters_for_regressors() -> None:
+    metrics_ = Metrics(CollectorRegistry())
+    step = ScoreStep(metrics_, {"r": Task.REGRESSION}, 10, champion=lambda: "r")
+    labels, predictions = [1.0, 2.0, 4.0, 3.0], [1.5, None, 1.0, 3.0]
+    records = []
+    for i, (label, prediction) in enumerate(zip(labels, predictions, strict=True)):
+        record = Record("events", 0, i, None, b"{}", 0)
+        record.event = Event(id=f"e{i}", features={"x": 1.0}, label=label)
+        record.outputs["r"] = Output(prediction, None)
+        records.append(record)
+    step.process(Batch(records, 0.0))
+    step.publish_counts()
+    role = {"model": "r", "role": "champion"}
+    assert metrics_.registry.get_sample_value("streamlearn_predictions_scored_total", role) == 3
+    assert metrics_.registry.get_sample_value("streamlearn_prediction_absolute_error_total", role) == 3.5
+    assert metrics_.registry.get_sample_value("streamlearn_prediction_squared_error_total", role) == 9.25
+    assert metrics_.registry.get_sample_value("streamlearn_predictions_correct_total", role) is None
