@@ -39,8 +39,8 @@ MODELS = [
     {"name": "prior", "estimator": "river.dummy.PriorClassifier", "task": "binary"},
     {"name": "nb", "estimator": "river.naive_bayes.GaussianNB", "task": "binary"},
 ]
-N = 6000
-RATE = 400.0  # events per second: about 15 s of stream
+N = 8000
+RATE = 400.0  # events per second: about 20 s of stream
 #: the third worker leaves once it has processed this many events
 THIRD_WORKER_EVENTS = 500
 REFRESH_S = 0.5
@@ -187,6 +187,7 @@ def test_a_joining_and_leaving_worker_keeps_one_champion_and_exact_group_accurac
             wait_for(lambda: bool(prometheus_server.query(f'up{{instance="{instances["c"][0]}"}} == 1')), 30,
                      "Prometheus to scrape the third worker")
             sampler.remove("c")  # it leaves: from now on it is not a member
+            left_mid_stream = sender.is_alive()
         sender.join(timeout=60)
         wait_for(lambda: committed_total(kafka_bootstrap, settings.kafka.group_id, t.events) == N, 90,
                  "every event committed")
@@ -208,6 +209,7 @@ def test_a_joining_and_leaving_worker_keeps_one_champion_and_exact_group_accurac
           f"disagreement {longest:.3f} s over {len(sampler.samples)} samples; third worker processed "
           f"{c_processed:.0f} of {N}")
     assert c_processed >= THIRD_WORKER_EVENTS
+    assert left_mid_stream, "the third worker left while events were still being sent"
     assert switches >= 1 and group_view.switches == switches, "the group moved from the prior to the learner"
     assert final == {group_view.champion}, "every worker serves the stored champion"
     assert longest <= REFRESH_S + SLACK_S, f"workers disagreed for {longest:.3f} s"
