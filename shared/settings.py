@@ -124,6 +124,10 @@ class MetricsSettings(_Frozen):
     #: most this old, and a poll of a few records does not pay for recomputing every score
     export_interval_s: float = Field(1.0, ge=0.0, le=60.0)
     enabled: bool = True
+    #: on shutdown, keep /metrics up until one scrape that began after the final values were set (or this many
+    #: seconds): the counters a group-wide ratio sums then include everything this worker counted (0: do not wait;
+    #: nothing is waited for when the endpoint was never scraped). Set it a little above the scrape interval
+    final_scrape_wait_s: float = Field(0.0, ge=0.0, le=300.0)
 
 
 class LimitSettings(_Frozen):
@@ -188,6 +192,13 @@ class ChampionSettings(_Frozen):
     margin: float = Field(0.02, ge=0.0)
     #: labels scored since the last switch before another switch may happen
     min_labels: int = Field(500, ge=1)
+    #: ``group``: one champion for the consumer group, ranked on group-wide rolling scores kept in Redis and the
+    #: same on every worker; ``worker``: each worker ranks the scores it saw itself (the behaviour before group scope)
+    scope: Literal["group", "worker"] = "group"
+    #: in ``group`` scope, how often (seconds) a worker adds its scores to Redis and reads the champion back (also
+    #: whenever a tenth of metrics.rolling_window labels is pending): the workers agree on the champion within this
+    #: interval (0: after every batch)
+    refresh_s: float = Field(0.5, ge=0.0, le=60.0)
 
 
 class CheckpointSettings(_Frozen):

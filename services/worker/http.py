@@ -22,7 +22,13 @@ class EndpointServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    with outer._scraped:
+                        outer._scrapes_started += 1
+                        number = outer._scrapes_started
                     self._reply(200, generate_latest(outer._registry), CONTENT_TYPE_LATEST)
+                    with outer._scraped:
+                        outer._last_scrape_done = max(outer._last_scrape_done, number)
+                        outer._scraped.notify_all()
                 elif path == "/healthz":
                     ok = outer._healthy()
                     self._reply(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
@@ -43,6 +49,10 @@ class EndpointServer:
                 return
 
         self._registry = registry
+        #: /metrics requests begun, and the number of the latest one answered (for :meth:`wait_for_scrape`)
+        self._scraped = threading.Condition()
+        self._scrapes_started = 0
+        self._last_scrape_done = 0
         self._healthy = healthy
         self._ready = ready
         self._server = ThreadingHTTPServer((host, port), Handler)
@@ -53,6 +63,17 @@ class EndpointServer:
     def port(self) -> int:
         """The bound port (useful when 0 was asked for)."""
         return int(self._server.server_address[1])
+
+    def wait_for_scrape(self, timeout_s: float) -> bool:
+        """Wait until a /metrics scrape that began after this call has been answered (at most ``timeout_s``).
+
+        ``False`` on time-out, and at once when nothing ever scraped this endpoint.
+        """
+        with self._scraped:
+            if self._scrapes_started == 0 or timeout_s <= 0:
+                return False
+            target = self._scrapes_started + 1
+            return self._scraped.wait_for(lambda: self._last_scrape_done >= target, timeout_s)
 
     def start(self) -> None:
         self._thread.start()

@@ -32,13 +32,14 @@ from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
 from shared.steps.backpressure import Backpressure
 from shared.steps.batch import Batch, Step
-from shared.steps.champion import ChampionSelector
+from shared.steps.champion import Champion
 from shared.steps.clean import CleanStep
 from shared.steps.dead_letters import DeadLetterLimitStep
 from shared.steps.decode import DecodeStep
 from shared.steps.dedup import DedupStep
 from shared.steps.drift import DriftStep
 from shared.steps.entities import EntityFeaturesStep, entity_spec
+from shared.steps.group_champion import build_champion
 from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
@@ -75,7 +76,10 @@ class Worker:
         self.model_step = ModelStep(settings.models, factory)
         probe = self.model_step.fresh_set()
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
-        self.champion_selector = ChampionSelector(self.model_step.model_names, settings.champion)
+        self.champion_selector: Champion = build_champion(settings, self.model_step.model_names, self.tasks)
+        #: the champion of the batch being processed: scored as ``role="champion"`` and published to the predictions
+        #: topic (a drift ``promote`` during the batch takes effect with the next one, so the two always agree)
+        self._batch_champion = self.champion_selector.current
         self._pending_offsets: dict[TP, int] = {}
         #: partitions assigned by the last rebalance, paused until the poll loop has restored them
         self._to_restore: list[TP] = []
@@ -98,7 +102,8 @@ class Worker:
         self._kafka_ok = True
         self.steps: list[Step] = []
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
-                                    export_interval_s=settings.metrics.export_interval_s)
+                                    export_interval_s=settings.metrics.export_interval_s,
+                                    champion=lambda: self._batch_champion)
         self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
                                          paused_gauge=self.metrics.paused_partitions)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
@@ -168,7 +173,7 @@ class Worker:
             if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(
-            self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
+            self.committer.send, kafka.topics, self.model_step, lambda: self._batch_champion, self.metrics
         )
         self.steps = self._build_steps(publish)
         self._export_champion()
@@ -256,6 +261,7 @@ class Worker:
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
+                    self._update_champion()  # also while idle: a switch made by another worker arrives
                     self.score_step.export()
                     if self.checkpointer is not None:
                         self.checkpointer.poll()  # a background checkpoint's outcome, also while idle
@@ -269,6 +275,7 @@ class Worker:
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""
         started = time.perf_counter()
+        self._batch_champion = self.champion_selector.current
         if self._replay_until:
             for record in batch.records:
                 if record.offset < self._replay_until.get((record.topic, record.partition), 0):
@@ -303,13 +310,18 @@ class Worker:
         """The model whose predictions go to the predictions topic."""
         return self.champion_selector.current
 
-    def _update_champion(self) -> None:
-        labelled = self.score_step.take_labelled()
-        if labelled and len(self.model_step.model_names) > 1:
-            rolling = self.score_step.rolling(self.settings.champion.metric)
-            if self.champion_selector.observe(labelled, rolling) is not None:
-                self.metrics.champion_switches.inc()
+    def _update_champion(self, *, force: bool = False) -> None:
+        """Hand the champion what was scored since the last call; export it when it changed (docs/architecture.md,
+        "One champion for the group")."""
+        labelled, sums = self.score_step.take_labelled(), self.score_step.take_sums()
+        if len(self.model_step.model_names) > 1:
+            selector = self.champion_selector
+            switches = selector.switches
+            rolling = self.score_step.rolling(self.settings.champion.metric) if labelled else {}
+            if selector.update(labelled, rolling, sums, force=force) is not None:
                 self._export_champion()
+            if selector.switches > switches:
+                self.metrics.champion_switches.inc(selector.switches - switches)
 
     def _export_champion(self) -> None:
         for name in self.model_step.model_names:
@@ -338,6 +350,7 @@ class Worker:
         except TransportError as exc:
             self._delivery_failure = exc
             raise
+        self.score_step.publish_counts()  # their predictions are delivered (and committed): count them
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
@@ -510,6 +523,7 @@ class Worker:
             except TransportError as exc:  # at-least-once: the poll loop stops the worker
                 self._delivery_failure = exc
             else:
+                self.score_step.publish_counts()
                 self._events_since_commit = 0
                 self._last_commit = time.monotonic()
                 if self.checkpointer is not None:
@@ -546,6 +560,7 @@ class Worker:
         assert consumer is not None and committer is not None
         log.error("transaction given up (%s): new producer, partitions rewound to their checkpoints", reason)
         self.metrics.transaction_rewinds.inc()
+        self.score_step.discard_counts()  # the aborted transaction's predictions are not seen by a reader
         self.metrics.kafka_up.set(0)
         self._kafka_ok = False
         self._rewind_reason = None
@@ -591,6 +606,7 @@ class Worker:
                     log.error("final commit failed (%s); the next owner resumes from the last commit", exc)
         finally:
             self.score_step.export(force=True)
+            self._update_champion(force=True)  # the last scores reach the group's window
             self._ready = False
             self.metrics.ready.set(0)
             if self.consumer is not None:
@@ -600,6 +616,8 @@ class Worker:
                 self.committer.close()
                 self.committer = None
             if self.endpoint is not None:
+                if self.endpoint.wait_for_scrape(self.settings.metrics.final_scrape_wait_s):
+                    log.info("final counters scraped")
                 self.endpoint.stop()
                 self.endpoint = None
         log.info("worker stopped")

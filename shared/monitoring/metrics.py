@@ -65,7 +65,22 @@ class Metrics:
             "streamlearn_champion", "1 for the model whose predictions go to the predictions topic.",
             ["model"], registry=r)
         self.champion_switches = Counter(
-            "streamlearn_champion_switches", "Times the champion changed.", registry=r)
+            "streamlearn_champion_switches", "Times this worker changed the champion (group scope: switches it "
+            "decided, so the sum over the workers is the group's).", registry=r)
+        # counts a ratio needs, summed over workers in PromQL (docs/metrics.md "Group-wide quality"); role is
+        # champion (published to the predictions topic) or challenger (shadow predictions)
+        self.scored = Counter(
+            "streamlearn_predictions_scored", "Predictions scored against their label (labelled events whose "
+            "prediction was published), by model and role (champion, challenger).", ["model", "role"], registry=r)
+        self.correct = Counter(
+            "streamlearn_predictions_correct", "Scored classifier predictions equal to their label, by model and "
+            "role: accuracy = correct / scored.", ["model", "role"], registry=r)
+        self.absolute_error = Counter(
+            "streamlearn_prediction_absolute_error", "Sum of the absolute errors of scored regressor predictions, "
+            "by model and role: MAE = absolute_error / scored.", ["model", "role"], registry=r)
+        self.squared_error = Counter(
+            "streamlearn_prediction_squared_error", "Sum of the squared errors of scored regressor predictions, "
+            "by model and role: RMSE = sqrt(squared_error / scored).", ["model", "role"], registry=r)
         self.model_memory = Gauge(
             "streamlearn_model_memory_bytes", "Estimated memory held by a model (all partitions).",
             ["model"], registry=r)

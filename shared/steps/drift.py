@@ -29,7 +29,7 @@ from shared.monitoring.drift import DETECTORS, ConceptDriftMonitor
 from shared.monitoring.metrics import Metrics
 from shared.settings import DriftSettings
 from shared.steps.batch import Batch, Record
-from shared.steps.champion import LOWER_IS_BETTER, ChampionSelector
+from shared.steps.champion import LOWER_IS_BETTER, Champion
 from shared.steps.models import ModelStep
 
 log = logging.getLogger("streamlearn.drift")
@@ -79,7 +79,7 @@ class DriftStep:
         metrics: Metrics,
         model_step: ModelStep,
         tasks: Mapping[str, Task],
-        champion: ChampionSelector,
+        champion: Champion,
         rolling: Callable[[str], dict[str, float]],
         rank_metric: str = "accuracy",
         *,

@@ -10,17 +10,36 @@ from itertools import chain
 from shared.learners.base import Output, Target, Task
 from shared.monitoring.metrics import Metrics
 from shared.monitoring.quality import Baselines, Scoreboard
+from shared.state.group_scores import ScoreSums
 from shared.steps.batch import Batch
+
+#: ``role`` label values of the scored-prediction counters
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 
 class ScoreStep:
-    """Keeps one scoreboard per model (over every partition of this worker) and the baselines."""
+    """Keeps one scoreboard per model (over every partition of this worker) and the baselines.
+
+    It also counts, for the predictions this worker published, what group-wide ratios need: the
+    ``streamlearn_predictions_scored_total`` / ``..._correct_total`` / error-sum counters (labelled ``role``
+    champion or challenger by ``champion()`` at scoring time), and the same sums per model for the group's
+    champion (:meth:`take_sums`). Records replayed after a restart (``already_published``) are scored on the
+    scoreboards as before, but not counted again. Counter increments wait for :meth:`publish_counts` (after the
+    commit that makes their predictions visible) or :meth:`discard_counts`.
+    """
 
     def __init__(
         self, metrics: Metrics, tasks: dict[str, Task], rolling_window: int, *, export_interval_s: float = 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic, champion: Callable[[], str] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._champion = champion
+        #: per model, the sums of the predictions counted since the last :meth:`take_sums` (bounded: one per model)
+        self._sums: dict[str, ScoreSums] = {}
+        #: per (model, role), counter increments waiting for their predictions to be committed: scored, correct,
+        #: absolute error, squared error (bounded: models x 2)
+        self._uncommitted: dict[tuple[str, str], list[float]] = {}
         self._export_interval_s = export_interval_s
         self._monotonic = monotonic
         self._last_export = -float("inf")
@@ -37,6 +56,11 @@ class ScoreStep:
         count, self._labelled = self._labelled, 0
         return count
 
+    def take_sums(self) -> dict[str, ScoreSums]:
+        """Each model's :class:`ScoreSums` counted since the last call (for the group's champion)."""
+        sums, self._sums = self._sums, {}
+        return sums
+
     def rolling(self, metric: str) -> dict[str, float]:
         """Each model's rolling value of ``metric``, for the models that have one."""
         result: dict[str, float] = {}
@@ -52,6 +76,7 @@ class ScoreStep:
         #: the labelled records' outputs and labels, scored per batch (the same as one at a time, in order)
         outputs_list: list[dict[str, Output]] = []
         labels: list[Target] = []
+        counted: list[bool] = []
         predicted: list[dict[str, Output]] = []
         for record in batch.records:
             if record.rejection is not None:
@@ -70,11 +95,12 @@ class ScoreStep:
             if label is not None:
                 outputs_list.append(record.outputs)
                 labels.append(label)
+                counted.append(not record.already_published)
         # per model, its outputs in the batch (iterating the outputs gives the model names)
         predictions = Counter(chain.from_iterable(predicted))
         learned = Counter(chain.from_iterable(outputs_list))
         if labels:
-            self.score_many(outputs_list, labels)
+            self.score_many(outputs_list, labels, counted=counted)
         m = self._metrics
         for outcome, n in outcomes.items():
             m.events.labels(outcome).inc(n)
@@ -85,8 +111,15 @@ class ScoreStep:
         for name, n in learned.items():
             m.learned.labels(name).inc(n)
 
-    def score_many(self, outputs_list: Sequence[Mapping[str, Output]], labels: Sequence[Target]) -> None:
-        """:meth:`score` for each ``(outputs, label)`` in order, each scoreboard updated once for the batch."""
+    def score_many(
+        self, outputs_list: Sequence[Mapping[str, Output]], labels: Sequence[Target], *,
+        counted: Sequence[bool] | None = None,
+    ) -> None:
+        """:meth:`score` for each ``(outputs, label)`` in order, each scoreboard updated once for the batch.
+
+        ``counted`` (default: all) says which of them go into the counters and group sums: not a record
+        replayed after a restart, whose prediction was published and counted before.
+        """
         if not labels:
             return
         per_model: dict[str, tuple[list[Target], list[Target | None], list[dict[Target, float] | None]]] = {}
@@ -98,14 +131,68 @@ class ScoreStep:
                 columns[0].append(label)
                 columns[1].append(output.prediction)
                 columns[2].append(output.proba or None)
+        all_counted = counted is None or all(counted)
         for name, (y_true, y_pred, probas) in per_model.items():
             board = self.scoreboards.get(name)
             if board is not None and self.tasks[name] is not Task.ANOMALY:
                 board.update_many(y_true, y_pred, probas)
+                if all_counted:
+                    self._count(name, y_true, y_pred, probas)
+                elif counted is not None and any(counted):
+                    keep = [i for i, (outputs, c) in enumerate(zip(outputs_list, counted, strict=True))
+                            if c and name in outputs]
+                    self._count_subset(name, outputs_list, labels, keep)
         if self.baselines is not None:
             self.baselines.update_many(labels)
         self._labelled += len(labels)
         self._dirty = True
+
+    def _count_subset(
+        self, name: str, outputs_list: Sequence[Mapping[str, Output]], labels: Sequence[Target], keep: list[int]
+    ) -> None:
+        outputs = [outputs_list[i][name] for i in keep]
+        self._count(name, [labels[i] for i in keep], [o.prediction for o in outputs],
+                    [o.proba or None for o in outputs])
+
+    def _count(
+        self, name: str, y_true: Sequence[Target], y_pred: Sequence[Target | None],
+        probas: Sequence[Mapping[Target, float] | None],
+    ) -> None:
+        """Add one model's scored predictions to its counters and to the pending group sums."""
+        task = self.tasks[name]
+        sums = ScoreSums.of_predictions(task, y_true, y_pred, probas, positive=self.scoreboards[name].positive)
+        if sums.n <= 0:
+            return
+        pending = self._sums.get(name)
+        if pending is None:
+            self._sums[name] = sums
+        else:
+            pending.add(sums)
+        role = CHAMPION if self._champion is not None and self._champion() == name else CHALLENGER
+        counts = self._uncommitted.get((name, role))
+        if counts is None:
+            counts = self._uncommitted[(name, role)] = [0.0, 0.0, 0.0, 0.0]
+        counts[0] += sums.n
+        counts[1] += sums.correct
+        counts[2] += sums.abs_error
+        counts[3] += sums.sq_error
+
+    def publish_counts(self) -> None:
+        """Add the counts of the predictions committed now to the counters (the worker calls it after a commit, so
+        an exactly-once transaction given up counts nothing, and the counters match what a reader sees)."""
+        m = self._metrics
+        for (name, role), (scored, correct, absolute, squared) in self._uncommitted.items():
+            m.scored.labels(name, role).inc(scored)
+            if self.tasks[name].is_classification:
+                m.correct.labels(name, role).inc(correct)
+            else:
+                m.absolute_error.labels(name, role).inc(absolute)
+                m.squared_error.labels(name, role).inc(squared)
+        self._uncommitted = {}
+
+    def discard_counts(self) -> None:
+        """Forget the counts of predictions that will not be committed (a transaction given up)."""
+        self._uncommitted = {}
 
     def score(self, outputs: dict[str, Output], label: Target) -> None:
         """Score each model's output, and the baselines, on one label."""

@@ -40,6 +40,8 @@ def make_settings(
         # dedup and the delayed-label join keep their state in Redis too
         overrides.setdefault("dedup", {"enabled": False})
         overrides.setdefault("labels", {"enabled": False})
+        # and so does the group's champion: without Redis each worker ranks its own scores
+        overrides["champion"] = {"scope": "worker", **overrides.get("champion", {})}
     return load_settings(None, kafka=kafka, metrics=metrics, **overrides)
 
 

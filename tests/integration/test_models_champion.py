@@ -26,12 +26,14 @@ MODELS = [
 ]
 
 
+@pytest.mark.parametrize("scope", ["worker", "group"])
 def test_challenger_takes_over_after_drift_and_predictions_follow(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], scope: str
 ) -> None:
+    # group scope: the scores go through Redis (one worker: the group's window is its own, in label buckets)
     settings = make_settings(
-        kafka_bootstrap, unique_name, models=MODELS,
-        champion={"metric": "accuracy", "margin": 0.05, "min_labels": 300},
+        kafka_bootstrap, unique_name, models=MODELS, redis_url=redis_url if scope == "group" else None,
+        champion={"metric": "accuracy", "margin": 0.05, "min_labels": 300, "scope": scope},
         metrics={"rolling_window": 300},
     )
     t = settings.kafka.topics
@@ -60,7 +62,8 @@ def test_challenger_takes_over_after_drift_and_predictions_follow(
 
     champion_by_event = [p["model"] for p in sorted(champion_records, key=index)]
     switch_at = champion_by_event.index("arf")
-    print(f"label-flip seed={SEED} drift_at={DRIFT_AT}: champion switched nb -> arf at event {switch_at}")
+    print(f"label-flip seed={SEED} drift_at={DRIFT_AT} ({scope} scope): champion switched nb -> arf at event "
+          f"{switch_at}")
     assert champion_by_event == ["nb"] * switch_at + ["arf"] * (N - switch_at), "one switch, and records follow it"
     assert DRIFT_AT < switch_at < DRIFT_AT + 600, "the switch follows the drift"
     shadow_by_event = [p["model"] for p in sorted(shadow_records, key=index)]

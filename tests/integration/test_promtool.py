@@ -128,6 +128,8 @@ def _populate(metrics: Metrics) -> None:
         metrics.learned.labels(model).inc(0)
         metrics.drift_detections.labels(model, "adwin").inc(0)
         metrics.drift_reactions.labels(model, "reset").inc(0)
+        for counter in (metrics.scored, metrics.correct, metrics.absolute_error, metrics.squared_error):
+            counter.labels(model, "champion" if model == "arf" else "challenger").inc(0)
     for baseline in ("majority", "no_change", "mean"):
         for window in ("rolling", "cumulative"):
             for metric in ("accuracy", "f1", "mae", "rmse"):
@@ -169,6 +171,11 @@ def _advance(metrics: Metrics) -> None:
         metrics.learned.labels(model).inc(400)
         metrics.drift_detections.labels(model, "adwin").inc()
         metrics.drift_reactions.labels(model, "reset").inc()
+        role = "champion" if model == "arf" else "challenger"
+        metrics.scored.labels(model, role).inc(400)
+        metrics.correct.labels(model, role).inc(360 if model == "arf" else 240)
+        metrics.absolute_error.labels(model, role).inc(600.0)
+        metrics.squared_error.labels(model, role).inc(1600.0)
     for seconds in (0.004, 0.02, 0.3):
         metrics.processing_seconds.observe(seconds)
         metrics.end_to_end_seconds.observe(seconds * 2)
