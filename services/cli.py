@@ -11,6 +11,7 @@ from collections.abc import Sequence
 def _worker(args: argparse.Namespace) -> int:
     from services.worker import Worker
     from shared.settings import SettingsError, load_settings
+    from shared.startup import STARTUP_EXIT_CODE, StartupError
 
     try:
         settings = load_settings(args.config)
@@ -20,7 +21,11 @@ def _worker(args: argparse.Namespace) -> int:
     logging.getLogger("streamlearn").info("settings: %s", settings.masked_dump())
     worker = Worker(settings)
     worker.install_signal_handlers()
-    worker.run(max_seconds=args.max_seconds)
+    try:
+        worker.run(max_seconds=args.max_seconds)
+    except StartupError as exc:
+        print(f"streamlearn worker: {exc}", file=sys.stderr)
+        return STARTUP_EXIT_CODE
     return 0
 
 

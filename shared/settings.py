@@ -7,11 +7,11 @@ Secrets are ``SecretStr`` and print as ``**********`` in every dump and log line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.learners.base import Task
 
@@ -295,7 +295,19 @@ class Settings(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     entities: EntitySettings = EntitySettings()
     labels: LabelSettings = LabelSettings()
-    hmac_key: SecretStr = SecretStr("change-me")
+    #: signs model checkpoints (and verifies them); required: at least 32 bytes, never a placeholder
+    #: (``python -c "import secrets; print(secrets.token_urlsafe(48))"``, docs/security.md)
+    hmac_key: SecretStr | None = None
+    #: more keys that verify checkpoints but never sign, for a rotation without losing a model
+    #: (a comma-separated list in ``STREAMLEARN_HMAC_VERIFY_KEYS``; docs/security.md)
+    hmac_verify_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    @field_validator("hmac_verify_keys", mode="before")
+    @classmethod
+    def _split_verify_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("models")
     @classmethod

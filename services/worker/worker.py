@@ -24,6 +24,7 @@ from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import ModelSettings, Settings
+from shared.signing_keys import checkpoint_keys
 from shared.state.checkpoints import CheckpointStore
 from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
@@ -138,8 +139,9 @@ class Worker:
         return True, "ready"
 
     def start(self) -> None:
-        """Connect to Kafka, start the HTTP endpoint, subscribe."""
+        """Connect to Kafka, start the HTTP endpoint, subscribe; :class:`StartupError` when it cannot."""
         kafka = self.settings.kafka
+        signing_keys = checkpoint_keys(self.settings.hmac_key, self.settings.hmac_verify_keys)
         if self.settings.metrics.enabled:
             self.endpoint = EndpointServer(
                 self.settings.metrics.host, self.settings.metrics.port, self.registry,
@@ -152,7 +154,7 @@ class Worker:
             )
             store = CheckpointStore(
                 client, self.settings.redis.namespace, kafka.group_id,
-                self.settings.hmac_key.get_secret_value().encode("utf-8"),
+                signing_keys,
             )
             self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
             self.checkpointer.probe()
