@@ -28,6 +28,15 @@ HEADER_SOURCE_TOPIC = "source_topic"
 HEADER_SOURCE_PARTITION = "source_partition"
 HEADER_SOURCE_OFFSET = "source_offset"
 
+#: every ``error_code`` a dead letter can carry, each listed in docs/contract.md: what the decoder refuses ...
+DECODE_ERROR_CODES = ("empty", "oversize", "invalid_utf8", "invalid_json", "not_an_object", "schema", "non_finite",
+                      "too_many_features")
+#: ... what fits the schema but makes no sense (shared/steps/semantics.py) ...
+SEMANTIC_ERROR_CODES = ("label_task", "ts_out_of_window", "value_out_of_range", "no_features")
+#: ... and a record of the labels topic that is not a label
+LABEL_ERROR_CODES = ("invalid_label",)
+DEAD_LETTER_CODES = DECODE_ERROR_CODES + SEMANTIC_ERROR_CODES + LABEL_ERROR_CODES
+
 
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from a number or an ISO-8601 string (naive times are taken as UTC)."""

@@ -98,6 +98,14 @@ class LimitSettings(_Frozen):
     dead_letter_window: int = Field(1000, ge=10, le=1_000_000)
     #: stop the worker after more than this many invalid records in a row (``null``: no limit)
     dead_letter_max_consecutive: int | None = Field(None, ge=1)
+    #: the largest absolute value of a numeric feature (and of a regression label); beyond it: ``value_out_of_range``
+    max_abs_value: float = Field(1e15, gt=0.0, lt=float("inf"))
+    #: an event or label ``ts`` further than this in the future is refused (``ts_out_of_window``; ``null``: no bound)
+    ts_max_future_s: float | None = Field(86_400.0, ge=0.0)
+    #: ... or older than this (``null``, the default: no bound, so historical streams can be replayed)
+    ts_max_age_s: float | None = Field(None, ge=0.0)
+    #: accept events whose ``features`` object is empty (otherwise ``no_features``)
+    allow_empty_features: bool = False
 
 
 class PiiSettings(_Frozen):

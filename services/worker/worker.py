@@ -42,6 +42,7 @@ from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
+from shared.steps.semantics import SemanticCheckStep, SemanticRules
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -188,7 +189,8 @@ class Worker:
         client: redis.Redis | None = None
         if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
             client = redis.Redis.from_url(s.redis.url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5)
-        steps: list[Step] = [DecodeStep(s.limits), DeadLetterLimitStep(s.limits)]
+        rules = SemanticRules(s.limits, {learner.task for learner in self.model_step.fresh_set().learners.values()})
+        steps: list[Step] = [DecodeStep(s.limits), SemanticCheckStep(rules), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
             steps.append(DedupStep(window, self.metrics))
@@ -209,7 +211,7 @@ class Worker:
                 join, self.model_step, self.score_step, self.metrics, position=self._processed.get,
                 observe=self.drift_step.observe,
                 send=self.committer.send, dead_letter_topic=s.kafka.topics.dead_letters,
-                limit=DeadLetterLimitStep(s.limits),
+                limit=DeadLetterLimitStep(s.limits), rules=rules,
             )
             steps.append(self.delayed_labels)
         steps += [self.score_step, self.drift_step, publish]
