@@ -115,6 +115,12 @@ class PiiSettings(_Frozen):
     hash: tuple[str, ...] = ()
     #: mask e-mail addresses and long digit runs (card, phone numbers) found inside string values
     scrub_strings: bool = True
+    #: the secret of the keyed hash (HMAC-SHA256) of the ``hash`` features; required when ``hash`` names any, at
+    #: least 32 bytes, never the checkpoint key (``STREAMLEARN_CLEANING__PII__HASH_KEY``; docs/security.md)
+    hash_key: SecretStr | None = None
+    #: the copy of a dead-lettered event: ``keep`` the original bytes, or ``drop_fields``: the event with the
+    #: ``drop`` features removed and the ``hash`` features hashed (a record that is not such an event: no value)
+    dead_letters: Literal["keep", "drop_fields"] = "keep"
 
 
 class CleaningSettings(_Frozen):

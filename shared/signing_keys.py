@@ -34,10 +34,10 @@ def generate_key() -> str:
     return secrets.token_urlsafe(48)
 
 
-def key_problem(key: str | None, name: str = "hmac_key") -> str | None:
-    """Why ``key`` may not sign or verify checkpoints (one line, with the recipe), or ``None`` when it may."""
+def key_problem(key: str | None, name: str = "hmac_key", variable: str = ENV_VAR) -> str | None:
+    """Why ``key`` may not be used as a secret key (one line, with the recipe), or ``None`` when it may."""
     if key is None or not key.strip():
-        return f"{name} is not set (STREAMLEARN_HMAC_KEY); {HOW_TO_MAKE_ONE}"
+        return f"{name} is not set ({variable}); {HOW_TO_MAKE_ONE}"
     if key.strip().lower() in PLACEHOLDER_KEYS or key.strip().upper().startswith("REPLACE-"):
         return f"{name} is a placeholder, not a secret; {HOW_TO_MAKE_ONE}"
     if len(key.encode("utf-8")) < MIN_KEY_BYTES:

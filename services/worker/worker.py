@@ -23,6 +23,7 @@ from shared.kafka.transport import EventConsumer, TransportError, open_consumer,
 from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
+from shared.pii import check_pii_key_apart, dead_letter_copy
 from shared.settings import ModelSettings, Settings
 from shared.signing_keys import checkpoint_keys
 from shared.state.checkpoints import CheckpointStore
@@ -143,6 +144,8 @@ class Worker:
         """Connect to Kafka, start the HTTP endpoint, subscribe; :class:`StartupError` when it cannot."""
         kafka = self.settings.kafka
         signing_keys = checkpoint_keys(self.settings.hmac_key, self.settings.hmac_verify_keys)
+        check_pii_key_apart(self.settings)
+        clean = CleanStep(self.settings.cleaning)  # refuses a pii.hash without a usable hash_key
         if self.settings.metrics.enabled:
             self.endpoint = EndpointServer(
                 self.settings.metrics.host, self.settings.metrics.port, self.registry,
@@ -166,9 +169,10 @@ class Worker:
             if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(
-            self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics
+            self.committer.send, kafka.topics, self.model_step, lambda: self.champion, self.metrics,
+            dead_letter_value=dead_letter_copy(self.settings.cleaning.pii, clean.mask),
         )
-        self.steps = self._build_steps(publish)
+        self.steps = self._build_steps(publish, clean)
         self._export_champion()
         topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
         if self.delayed_labels is not None:
@@ -178,7 +182,7 @@ class Worker:
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
         _freeze_startup_objects()
 
-    def _build_steps(self, publish: PublishStep) -> list[Step]:
+    def _build_steps(self, publish: PublishStep, clean: CleanStep) -> list[Step]:
         """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
 
         Dedup, entity features and the delayed-label join keep their state in Redis (docs/state.md); each is
@@ -194,7 +198,7 @@ class Worker:
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
             steps.append(DedupStep(window, self.metrics))
-        steps.append(CleanStep(s.cleaning))
+        steps.append(clean)
         if client is not None and s.entities.enabled:
             store = EntityStore(client, namespace, group, entity_spec(s.entities))
             steps.append(EntityFeaturesStep(store, self.metrics))

@@ -45,8 +45,8 @@ class SemanticRules:
         if not in_range:
             for name, value in event.features.items():
                 if (type(value) is float or type(value) is int) and not -bound <= value <= bound:
-                    return Rejection(VALUE_OUT_OF_RANGE, f"feature {name!r} is {value!r}, beyond "
-                                                         f"limits.max_abs_value={bound:g}")
+                    # the value itself stays out of the reason: the header must not carry a masked feature
+                    return Rejection(VALUE_OUT_OF_RANGE, f"feature {name!r} is beyond limits.max_abs_value={bound:g}")
         return self.check_ts(event.ts) or (None if event.label is None else self.check_label(event.label))
 
     def check_ts(self, ts: float | None) -> Rejection | None:
