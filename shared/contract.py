@@ -155,7 +155,7 @@ class Event(_Message):
         # what ``model_construct`` does, without its per-field loop: the values in field order, the fields given
         event = _new_object(cls)
         _set_attribute(event, "__dict__", {"id": event_id, "ts": ts, "key": key, "features": features, "label": label})
-        _set_attribute(event, "__pydantic_fields_set__", _EVENT_FIELDS.intersection(data))
+        _set_attribute(event, "__pydantic_fields_set__", set(_EVENT_FIELDS.intersection(data)))
         _set_attribute(event, "__pydantic_extra__", None)
         _set_attribute(event, "__pydantic_private__", None)
         return event
