@@ -284,6 +284,10 @@ class WorkerSettings(_Frozen):
     commit_interval_s: float = Field(1.0, ge=0.0)
     commit_every_events: int = Field(10_000, ge=1)
     drain_timeout_s: float = Field(30.0, ge=0.0)
+    #: at start, check that Kafka (and Redis, when a feature needs it) answer within ``connect_timeout_s``, and exit
+    #: with one line naming the address when they do not (false: start anyway and wait for them, as in an outage)
+    startup_checks: bool = True
+    connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
 from shared.pii import check_pii_key_apart, dead_letter_copy
+from shared.preflight import check_kafka, check_redis
 from shared.settings import ModelSettings, Settings
 from shared.signing_keys import checkpoint_keys
 from shared.state.checkpoints import CheckpointStore
@@ -146,6 +147,8 @@ class Worker:
         signing_keys = checkpoint_keys(self.settings.hmac_key, self.settings.hmac_verify_keys)
         check_pii_key_apart(self.settings)
         clean = CleanStep(self.settings.cleaning)  # refuses a pii.hash without a usable hash_key
+        if self.settings.worker.startup_checks:
+            self._check_dependencies()
         if self.settings.metrics.enabled:
             self.endpoint = EndpointServer(
                 self.settings.metrics.host, self.settings.metrics.port, self.registry,
@@ -181,6 +184,13 @@ class Worker:
         self.consumer.subscribe(topics, self)
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
         _freeze_startup_objects()
+
+    def _check_dependencies(self) -> None:
+        """Kafka, and Redis when a feature keeps state there, answer; else :class:`StartupError` (one line)."""
+        s = self.settings
+        check_kafka(s.kafka, s.worker.connect_timeout_s)
+        if s.checkpoint.enabled or s.dedup.enabled or s.entities.enabled or s.labels.enabled:
+            check_redis(s.redis.url, s.worker.connect_timeout_s)
 
     def _build_steps(self, publish: PublishStep, clean: CleanStep) -> list[Step]:
         """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
