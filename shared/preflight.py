@@ -67,7 +67,8 @@ def check_redis(url: SecretStr, timeout_s: float) -> None:
                                "in redis.url") from None
         raise StartupError(f"Redis at {where} answered PING with an error ({exc})") from None
     except redis.RedisError as exc:
-        raise StartupError(f"cannot reach Redis at {where} within {timeout_s:g} s (redis.url): {str(exc).rstrip('.')}; check the "
+        reason = str(exc).rstrip(".")
+        raise StartupError(f"cannot reach Redis at {where} within {timeout_s:g} s (redis.url): {reason}; check the "
                            "host, port and scheme (rediss:// for TLS), and that Redis runs") from None
     finally:
         client.close()
