@@ -28,7 +28,7 @@ class SemanticRules:
 
     def __init__(self, limits: LimitSettings, tasks: Iterable[Task], *, clock: Callable[[], float] = time.time) -> None:
         self._limits = limits
-        self._tasks = frozenset(tasks)
+        self._tasks = sorted(set(tasks), key=lambda t: t.value)
         self._clock = clock
 
     def check_event(self, event: Event) -> Rejection | None:
@@ -64,7 +64,7 @@ class SemanticRules:
 
     def check_label(self, label: Any) -> Rejection | None:
         """Why ``label`` does not fit the task of every configured model, or ``None``."""
-        for task in sorted(self._tasks, key=lambda t: t.value):
+        for task in self._tasks:
             rejection = _label_rejection(label, task, self._limits.max_abs_value)
             if rejection is not None:
                 return rejection
