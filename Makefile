@@ -35,4 +35,4 @@ stack-down: install
 	$(PY) -m services.cli stack down
 
 clean:
-	rm -rf $(VENV) .streamlearn .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .streamlearn .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 def _worker(args: argparse.Namespace) -> int:
     from services.worker import Worker
-    from shared.kafka.preflight import KafkaSecurityError
     from shared.settings import SettingsError, load_settings
-    from shared.state.connection import RedisSecurityError
+    from shared.startup import STARTUP_EXIT_CODE, StartupError
 
     try:
         settings = load_settings(args.config)
@@ -24,9 +23,9 @@ def _worker(args: argparse.Namespace) -> int:
     worker.install_signal_handlers()
     try:
         worker.run(max_seconds=args.max_seconds)
-    except (KafkaSecurityError, RedisSecurityError) as exc:
+    except StartupError as exc:  # also a refused TLS or SASL set-up (KafkaSecurityError, RedisSecurityError)
         print(f"streamlearn worker: {exc}", file=sys.stderr)
-        return 3
+        return STARTUP_EXIT_CODE
     return 0
 
 

@@ -70,6 +70,7 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
     from services.replayer import replay
     from services.stack import LocalStack, StackError
     from shared.kafka.admin import ensure_topics
+    from shared.signing_keys import key_in
 
     state_dir = REPO_ROOT / ".streamlearn" / "demo"
     stack = LocalStack(
@@ -103,6 +104,8 @@ def run_demo(*, seconds: float = 60.0, rate: float = 300.0) -> int:
             "STREAMLEARN_KAFKA__BOOTSTRAP_SERVERS": addresses.kafka_bootstrap,
             "STREAMLEARN_REDIS__URL": addresses.redis_url,
             "STREAMLEARN_METRICS__PORT": str(metrics_port),
+            # the caller's key if set, else one generated into the demo's state dir (docs/security.md)
+            "STREAMLEARN_HMAC_KEY": os.environ.get("STREAMLEARN_HMAC_KEY") or key_in(state_dir),
         }
         worker = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker", "--config", str(DEMO_CONFIG)],

@@ -28,6 +28,15 @@ HEADER_SOURCE_TOPIC = "source_topic"
 HEADER_SOURCE_PARTITION = "source_partition"
 HEADER_SOURCE_OFFSET = "source_offset"
 
+#: every ``error_code`` a dead letter can carry, each listed in docs/contract.md: what the decoder refuses ...
+DECODE_ERROR_CODES = ("empty", "oversize", "invalid_utf8", "invalid_json", "not_an_object", "schema", "non_finite",
+                      "too_many_features")
+#: ... what fits the schema but makes no sense (shared/steps/semantics.py) ...
+SEMANTIC_ERROR_CODES = ("label_task", "ts_out_of_window", "value_out_of_range", "no_features")
+#: ... and a record of the labels topic that is not a label
+LABEL_ERROR_CODES = ("invalid_label",)
+DEAD_LETTER_CODES = DECODE_ERROR_CODES + SEMANTIC_ERROR_CODES + LABEL_ERROR_CODES
+
 
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from a number or an ISO-8601 string (naive times are taken as UTC)."""
@@ -146,7 +155,7 @@ class Event(_Message):
         # what ``model_construct`` does, without its per-field loop: the values in field order, the fields given
         event = _new_object(cls)
         _set_attribute(event, "__dict__", {"id": event_id, "ts": ts, "key": key, "features": features, "label": label})
-        _set_attribute(event, "__pydantic_fields_set__", _EVENT_FIELDS.intersection(data))
+        _set_attribute(event, "__pydantic_fields_set__", set(_EVENT_FIELDS.intersection(data)))
         _set_attribute(event, "__pydantic_extra__", None)
         _set_attribute(event, "__pydantic_private__", None)
         return event

@@ -7,11 +7,11 @@ Secrets are ``SecretStr`` and print as ``**********`` in every dump and log line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.learners.base import Task
 
@@ -143,6 +143,14 @@ class LimitSettings(_Frozen):
     dead_letter_window: int = Field(1000, ge=10, le=1_000_000)
     #: stop the worker after more than this many invalid records in a row (``null``: no limit)
     dead_letter_max_consecutive: int | None = Field(None, ge=1)
+    #: the largest absolute value of a numeric feature (and of a regression label); beyond it: ``value_out_of_range``
+    max_abs_value: float = Field(1e15, gt=0.0, lt=float("inf"))
+    #: an event or label ``ts`` further than this in the future is refused (``ts_out_of_window``; ``null``: no bound)
+    ts_max_future_s: float | None = Field(86_400.0, ge=0.0)
+    #: ... or older than this (``null``, the default: no bound, so historical streams can be replayed)
+    ts_max_age_s: float | None = Field(None, ge=0.0)
+    #: accept events whose ``features`` object is empty (otherwise ``no_features``)
+    allow_empty_features: bool = False
 
 
 class PiiSettings(_Frozen):
@@ -152,6 +160,12 @@ class PiiSettings(_Frozen):
     hash: tuple[str, ...] = ()
     #: mask e-mail addresses and long digit runs (card, phone numbers) found inside string values
     scrub_strings: bool = True
+    #: the secret of the keyed hash (HMAC-SHA256) of the ``hash`` features; required when ``hash`` names any, at
+    #: least 32 bytes, never the checkpoint key (``STREAMLEARN_CLEANING__PII__HASH_KEY``; docs/security.md)
+    hash_key: SecretStr | None = None
+    #: the copy of a dead-lettered event: ``keep`` the original bytes, or ``drop_fields``: the event with the
+    #: ``drop`` features removed and the ``hash`` features hashed (a record that is not such an event: no value)
+    dead_letters: Literal["keep", "drop_fields"] = "keep"
 
 
 class CleaningSettings(_Frozen):
@@ -322,6 +336,10 @@ class WorkerSettings(_Frozen):
     commit_interval_s: float = Field(1.0, ge=0.0)
     commit_every_events: int = Field(10_000, ge=1)
     drain_timeout_s: float = Field(30.0, ge=0.0)
+    #: at start, check that Kafka (and Redis, when a feature needs it) answer within ``connect_timeout_s``, and exit
+    #: with one line naming the address when they do not (false: start anyway and wait for them, as in an outage)
+    startup_checks: bool = True
+    connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
 
 
 class Settings(BaseSettings):
@@ -347,7 +365,19 @@ class Settings(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     entities: EntitySettings = EntitySettings()
     labels: LabelSettings = LabelSettings()
-    hmac_key: SecretStr = SecretStr("change-me")
+    #: signs model checkpoints (and verifies them); required: at least 32 bytes, never a placeholder
+    #: (``python -c "import secrets; print(secrets.token_urlsafe(48))"``, docs/security.md)
+    hmac_key: SecretStr | None = None
+    #: more keys that verify checkpoints but never sign, for a rotation without losing a model
+    #: (a comma-separated list in ``STREAMLEARN_HMAC_VERIFY_KEYS``; docs/security.md)
+    hmac_verify_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    @field_validator("hmac_verify_keys", mode="before")
+    @classmethod
+    def _split_verify_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("models")
     @classmethod

@@ -23,6 +23,7 @@ from services.stack import (
     StackAddresses,
     free_ports,
 )
+from tests.keys import TEST_HMAC_KEY  # noqa: F401  (sets STREAMLEARN_HMAC_KEY for the whole session)
 
 SCRAPE_INTERVAL_S = 1.0
 KAFKA_HEAP = "512M"

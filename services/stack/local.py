@@ -14,6 +14,7 @@ from services.stack.process import REPO_ROOT, ManagedServer, ServerStatus, Stack
 from services.stack.prometheus_server import PrometheusServer
 from services.stack.redis_server import RedisServer
 from services.stack.tools import ensure_installed
+from shared.signing_keys import KEY_FILE_NAME, key_in
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".streamlearn" / "stack"
 
@@ -74,6 +75,7 @@ class LocalStack:
         if self.install_missing:
             ensure_installed()
         start_all(self.servers)
+        key_in(self.state_dir)  # a random checkpoint key for the workers of this stack (docs/security.md)
         if not quiet:
             self._print_addresses(sys.stdout)
         return self.addresses
@@ -101,7 +103,9 @@ class LocalStack:
         print(f"redis       {addresses.redis_url}", file=out)
         print(f"prometheus  {addresses.prometheus_url}", file=out)
         print(f"dashboard   {addresses.dashboard_url}", file=out)
-        print(f"state dir   {self.state_dir}", file=out, flush=True)
+        print(f"state dir   {self.state_dir}", file=out)
+        print(f"hmac key    export STREAMLEARN_HMAC_KEY=\"$(cat {self.state_dir / KEY_FILE_NAME})\"", file=out,
+              flush=True)
 
 
 def run_stack_command(

@@ -24,7 +24,10 @@ from shared.kafka.transport import EventConsumer, TransportError, open_consumer,
 from shared.learners.base import Learner
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
+from shared.pii import check_pii_key_apart, dead_letter_copy
+from shared.preflight import check_kafka, check_redis
 from shared.settings import ModelSettings, Settings
+from shared.signing_keys import checkpoint_keys
 from shared.state.checkpoints import CheckpointStore
 from shared.state.connection import check_redis_security, redis_client
 from shared.state.dedup import DedupWindow
@@ -44,6 +47,7 @@ from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
+from shared.steps.semantics import SemanticCheckStep, SemanticRules
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -145,13 +149,17 @@ class Worker:
         return True, "ready"
 
     def start(self) -> None:
-        """Connect to Kafka, start the HTTP endpoint, subscribe."""
+        """Connect to Kafka, start the HTTP endpoint, subscribe; :class:`StartupError` when it cannot."""
         kafka = self.settings.kafka
+        signing_keys = checkpoint_keys(self.settings.hmac_key, self.settings.hmac_verify_keys)
+        check_pii_key_apart(self.settings)
+        clean = CleanStep(self.settings.cleaning)  # refuses a pii.hash without a usable hash_key
         # a refused TLS or SASL set-up stops the start with one clear line, before any client retries it
         check_kafka_security(kafka)
-        if self.settings.checkpoint.enabled or self.settings.dedup.enabled or self.settings.entities.enabled \
-                or self.settings.labels.enabled:
+        if self._uses_redis():
             check_redis_security(self.settings.redis)
+        if self.settings.worker.startup_checks:
+            self._check_dependencies()
         if self.settings.metrics.enabled:
             self.endpoint = EndpointServer(
                 self.settings.metrics.host, self.settings.metrics.port, self.registry,
@@ -162,7 +170,7 @@ class Worker:
             client = redis_client(self.settings.redis)
             store = CheckpointStore(
                 client, self.settings.redis.namespace, kafka.group_id,
-                self.settings.hmac_key.get_secret_value().encode("utf-8"),
+                signing_keys,
             )
             self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
             self.checkpointer.probe()
@@ -173,9 +181,10 @@ class Worker:
             if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(
-            self.committer.send, kafka.topics, self.model_step, lambda: self._batch_champion, self.metrics
+            self.committer.send, kafka.topics, self.model_step, lambda: self._batch_champion, self.metrics,
+            dead_letter_value=dead_letter_copy(self.settings.cleaning.pii, clean.mask),
         )
-        self.steps = self._build_steps(publish)
+        self.steps = self._build_steps(publish, clean)
         self._export_champion()
         topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
         if self.delayed_labels is not None:
@@ -185,7 +194,19 @@ class Worker:
         log.info("worker subscribed to %s as group %s", ", ".join(topics), kafka.group_id)
         _freeze_startup_objects()
 
-    def _build_steps(self, publish: PublishStep) -> list[Step]:
+    def _uses_redis(self) -> bool:
+        """Whether a feature keeps state in Redis (checkpoints, dedup, entity features, the label join)."""
+        s = self.settings
+        return s.checkpoint.enabled or s.dedup.enabled or s.entities.enabled or s.labels.enabled
+
+    def _check_dependencies(self) -> None:
+        """Kafka, and Redis when a feature keeps state there, answer; else :class:`StartupError` (one line)."""
+        s = self.settings
+        check_kafka(s.kafka, s.worker.connect_timeout_s)
+        if self._uses_redis():
+            check_redis(s.redis, s.worker.connect_timeout_s)
+
+    def _build_steps(self, publish: PublishStep, clean: CleanStep) -> list[Step]:
         """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
 
         Dedup, entity features and the delayed-label join keep their state in Redis (docs/state.md); each is
@@ -196,11 +217,12 @@ class Worker:
         client: redis.Redis | None = None
         if s.dedup.enabled or s.entities.enabled or s.labels.enabled:
             client = redis_client(s.redis)
-        steps: list[Step] = [DecodeStep(s.limits), DeadLetterLimitStep(s.limits)]
+        rules = SemanticRules(s.limits, {learner.task for learner in self.model_step.fresh_set().learners.values()})
+        steps: list[Step] = [DecodeStep(s.limits), SemanticCheckStep(rules), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
             steps.append(DedupStep(window, self.metrics))
-        steps.append(CleanStep(s.cleaning))
+        steps.append(clean)
         if client is not None and s.entities.enabled:
             store = EntityStore(client, namespace, group, entity_spec(s.entities))
             steps.append(EntityFeaturesStep(store, self.metrics))
@@ -217,7 +239,7 @@ class Worker:
                 join, self.model_step, self.score_step, self.metrics, position=self._processed.get,
                 observe=self.drift_step.observe,
                 send=self.committer.send, dead_letter_topic=s.kafka.topics.dead_letters,
-                limit=DeadLetterLimitStep(s.limits),
+                limit=DeadLetterLimitStep(s.limits), rules=rules,
             )
             steps.append(self.delayed_labels)
         steps += [self.score_step, self.drift_step, publish]

@@ -28,6 +28,7 @@ import struct
 from typing import Literal
 
 from shared.settings import KafkaSettings
+from shared.startup import StartupError
 
 METADATA, API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 3, 18, 17, 36
 #: the first byte of a TLS record: an alert (21) or a handshake (22) where a Kafka frame's size should be
@@ -37,7 +38,7 @@ CLIENT_ID = b"streamlearn-preflight"
 MAX_RESPONSE_BYTES = 1 << 20
 
 
-class KafkaSecurityError(RuntimeError):
+class KafkaSecurityError(StartupError):
     """A broker refused the configured TLS or SASL settings; the message is one line: address, cause, what to check."""
 
 

@@ -15,7 +15,7 @@ import platform
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Literal, get_args
@@ -130,13 +130,16 @@ def seal(
 def unseal(
     blob: bytes,
     *,
-    hmac_key: bytes,
+    hmac_key: bytes | Sequence[bytes],
     group: str,
     topic: str,
     partition: int,
     versions: Mapping[str, str],
 ) -> PartitionCheckpoint:
-    """Verify and decode an envelope made by :func:`seal`; raise :class:`SnapshotRejected` on any doubt."""
+    """Verify and decode an envelope made by :func:`seal`; raise :class:`SnapshotRejected` on any doubt.
+
+    ``hmac_key`` may be several keys (a rotation): the envelope is accepted when any of them signed it.
+    """
     where = source_of(topic, partition)
     if not blob.startswith(MAGIC):
         raise SnapshotRejected("unsigned", f"checkpoint of {where} is not a signed envelope")
@@ -153,10 +156,17 @@ def unseal(
         raise SnapshotRejected("corrupt", f"checkpoint of {where} is truncated or malformed")
     signature = blob[fixed:fixed + SIGNATURE_BYTES]
     signed = memoryview(blob)[fixed + SIGNATURE_BYTES:]
-    if not hmac.compare_digest(signature, _mac(hmac_key, signed)):
+    if not any(hmac.compare_digest(signature, _mac(key, signed)) for key in _key_list(hmac_key)):
         raise SnapshotRejected("tampered", f"checkpoint of {where} fails signature verification")
     header, body = _split_header(signed, where)
     return _decode(header, body, where, group=group, topic=topic, partition=partition, versions=versions)
+
+
+def _key_list(keys: bytes | Sequence[bytes]) -> list[bytes]:
+    listed = [keys] if isinstance(keys, bytes | bytearray) else list(keys)
+    if not listed or not all(listed):
+        raise ValueError("checkpoint HMAC keys must not be empty")
+    return [bytes(key) for key in listed]
 
 
 def _split_header(signed: memoryview, where: str) -> tuple[dict[str, Any], memoryview]:
@@ -226,17 +236,17 @@ class CheckpointStore:
         client: redis.Redis,
         namespace: str,
         group: str,
-        hmac_key: bytes,
+        hmac_key: bytes | Sequence[bytes],
         *,
         versions: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not hmac_key:
-            raise ValueError("the checkpoint HMAC key must not be empty")
+        """``hmac_key``: one key, or several: the first signs, every one verifies (a key rotation)."""
         self._client = client
         self._keys = KeySpace(namespace, group, "ckpt")
         self._group = group
-        self._hmac_key = bytes(hmac_key)
+        self._hmac_keys = _key_list(hmac_key)
+        self._hmac_key = self._hmac_keys[0]
         self._versions = dict(versions) if versions is not None else library_versions()
         self._clock = clock
 
@@ -275,7 +285,7 @@ class CheckpointStore:
         if not isinstance(blob, bytes):
             raise TypeError("CheckpointStore needs a Redis client with decode_responses=False")
         return unseal(
-            blob, hmac_key=self._hmac_key, group=self._group, topic=topic, partition=partition,
+            blob, hmac_key=self._hmac_keys, group=self._group, topic=topic, partition=partition,
             versions=self._versions,
         )
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import redis
 
 from shared.settings import RedisSettings
+from shared.startup import StartupError
 
 
 def redis_options(settings: RedisSettings) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def redis_client(settings: RedisSettings, *, timeout_s: float = 5.0) -> redis.Re
     )
 
 
-class RedisSecurityError(RuntimeError):
+class RedisSecurityError(StartupError):
     """Redis refused the configured login or TLS set-up; the message is one line: address, cause, what to check."""
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
+from typing import Any
 
 from shared.learners.base import Features
+from shared.pii import keyed_hash, pii_hash_key
 from shared.settings import CleaningSettings
 from shared.steps.batch import Batch
 
@@ -22,11 +23,15 @@ def scrub_text(value: str) -> str:
 
 
 class CleanStep:
-    """Builds ``record.features`` from the event: PII dropped, hashed or scrubbed; defaults applied."""
+    """Builds ``record.features`` from the event: PII dropped, hashed (keyed) or scrubbed; defaults applied.
+
+    Raises :class:`~shared.startup.StartupError` when ``pii.hash`` names features but ``pii.hash_key`` is unusable.
+    """
 
     def __init__(self, settings: CleaningSettings) -> None:
         self._drop = frozenset(settings.pii.drop)
         self._hash = frozenset(settings.pii.hash)
+        self._hash_key = pii_hash_key(settings.pii)
         self._scrub = settings.pii.scrub_strings
         self._defaults = dict(settings.defaults)
         #: no PII rule or default applies to any name: only strings can change (scrubbed)
@@ -49,13 +54,27 @@ class CleanStep:
                 continue
             if value is None and name in self._defaults:
                 value = self._defaults[name]
-            elif isinstance(value, str):
-                if name in self._hash:
-                    value = hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
-                elif self._scrub:
-                    value = scrub_text(value)
+            elif name in self._hash and value is not None:
+                assert self._hash_key is not None
+                value = keyed_hash(self._hash_key, value)
+            elif self._scrub and isinstance(value, str):
+                value = scrub_text(value)
             cleaned[name] = value
         for name, default in self._defaults.items():
             if name not in cleaned and name not in self._drop:
                 cleaned[name] = default
         return cleaned
+
+    def mask(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """``raw`` with the PII rules applied (dropped, hashed, scrubbed) but no defaults: for copies kept elsewhere."""
+        masked: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name in self._drop:
+                continue
+            if name in self._hash and value is not None:
+                assert self._hash_key is not None
+                value = keyed_hash(self._hash_key, value)
+            elif self._scrub and isinstance(value, str):
+                value = scrub_text(value)
+            masked[name] = value
+        return masked

@@ -63,7 +63,9 @@ class EntityFeaturesStep:
         positions: list[Position] = []
         for record in records:
             assert record.event is not None
-            events.append((record.event.key, event_time(record), record.features or record.event.features))
+            # the cleaned features (PII dropped or hashed), even when cleaning left none
+            features = record.features if record.features is not None else record.event.features
+            events.append((record.event.key, event_time(record), features))
             positions.append((record.topic, record.partition, record.offset))
         evicted_before = self.store.evicted_total
         try:

@@ -45,6 +45,7 @@ from shared.steps.batch import Batch, Record, Rejection
 from shared.steps.dead_letters import DeadLetterLimitStep
 from shared.steps.models import ModelStep
 from shared.steps.score import ScoreStep
+from shared.steps.semantics import SemanticRules
 
 log = logging.getLogger("streamlearn.labels")
 
@@ -92,6 +93,7 @@ class DelayedLabels:
 
     ``observe`` (optional) gets every first-time join like an inline label (the drift step's ``observe``).
     ``send`` (optional) dead-letters invalid label records to ``dead_letter_topic`` with the usual headers.
+    ``rules`` (optional) refuses labels that do not fit the models' task or whose ``ts`` is out of the window.
     ``limit`` (optional) caps the invalid label records as the events' own cap does (its own window): a batch that
     crosses it raises :class:`~shared.steps.dead_letters.DeadLetterLimitExceeded` before anything of it is sent.
     ``position`` gives, per partition, the next offset its models will read (``None``: nothing read yet); the
@@ -110,6 +112,7 @@ class DelayedLabels:
         send: Send | None = None,
         dead_letter_topic: str | None = None,
         limit: DeadLetterLimitStep | None = None,
+        rules: SemanticRules | None = None,
         max_retry: int = 10_000,
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -125,6 +128,7 @@ class DelayedLabels:
         self._send = send
         self._dead_letter_topic = dead_letter_topic
         self._limit = limit
+        self._rules = rules
         self._max_retry = max_retry
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
@@ -201,6 +205,10 @@ class DelayedLabels:
             except ValueError as exc:
                 record.rejection = Rejection("invalid_label", str(exc))
                 continue
+            if self._rules is not None:
+                record.rejection = self._rules.check_label(label.label) or self._rules.check_ts(label.ts)
+                if record.rejection is not None:
+                    continue
             fresh.append(_LabelRecord(record.topic, record.partition, record.offset, label.id, label.label,
                                       label.ts, record.already_published))
         if self._limit is not None and records:

@@ -79,8 +79,12 @@ class PublishStep:
         models: ModelStep,
         champion: Callable[[], str],
         metrics: Metrics,
+        *,
+        dead_letter_value: Callable[[bytes | None], bytes] | None = None,
     ) -> None:
+        """``dead_letter_value``: what a dead letter carries for a record's value (default: the original bytes)."""
         self._send = send
+        self._dead_letter_value = dead_letter_value
         self._topics = topics
         self._models = models
         self._champion = champion
@@ -124,4 +128,5 @@ class PublishStep:
             (HEADER_SOURCE_PARTITION, str(record.partition).encode("ascii")),
             (HEADER_SOURCE_OFFSET, str(record.offset).encode("ascii")),
         ]
-        self._send(self._topics.dead_letters, record.value or b"", record.key, headers)
+        value = self._dead_letter_value(record.value) if self._dead_letter_value else record.value or b""
+        self._send(self._topics.dead_letters, value, record.key, headers)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from services.worker import Worker
 from shared.settings import Settings, load_settings
+from tests.keys import TEST_HMAC_KEY
 
 
 def make_settings(
@@ -33,6 +34,7 @@ def make_settings(
     kafka = {"bootstrap_servers": kafka_bootstrap, "group_id": unique_name("group"), "topics": topics,
              "max_poll_records": 200, **overrides.pop("kafka", {})}
     metrics = {"port": 0, **overrides.pop("metrics", {})}
+    overrides.setdefault("hmac_key", TEST_HMAC_KEY)
     if redis_url is not None:
         overrides.setdefault("redis", {"url": redis_url, "namespace": unique_name("ns")})
     else:

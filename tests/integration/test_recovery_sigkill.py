@@ -33,6 +33,7 @@ from shared.learners.registry import build_learner, restore_learner
 from shared.settings import ModelSettings, Settings
 from shared.state.checkpoints import CheckpointStore
 from tests.integration.helpers import make_settings, read_topic, wait_for
+from tests.keys import TEST_HMAC_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ N_EVENTS = 20_000
 N_PROBE = 500
 SEED = 11
 KILL_SEED = 20260425
-HMAC_KEY = "recovery-test-key"
+HMAC_KEY = TEST_HMAC_KEY
 RESTORED = re.compile(r"restored \('[^']+', 0\) at offset (\d+) \(committed (\d+)\)")
 
 

@@ -35,11 +35,12 @@ from tests.integration.helpers import (
     sample_value,
     wait_for,
 )
+from tests.keys import TEST_HMAC_KEY
 
 pytestmark = pytest.mark.integration
 
 LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
-HMAC_KEY = "state-test-key"
+HMAC_KEY = TEST_HMAC_KEY
 FIRST, SECOND = 1000, 500
 SEED = 5
 

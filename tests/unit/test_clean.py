@@ -15,12 +15,12 @@ def test_scrub_masks_emails_and_long_digit_runs() -> None:
 def test_drop_hash_defaults() -> None:
     step = CleanStep(CleaningSettings(
         defaults={"age": 30.0, "country": "unknown"},
-        pii=PiiSettings(drop=("ssn",), hash=("email",)),
+        pii=PiiSettings(drop=("ssn",), hash=("email",), hash_key="h" * 40),
     ))
     raw = {"ssn": "123-45-6789", "email": "a@b.co", "age": None, "note": "call 0612345678"}
     cleaned = step.clean(raw)
     assert "ssn" not in cleaned
-    assert cleaned["email"] != "a@b.co" and len(str(cleaned["email"])) == 16
+    assert cleaned["email"] != "a@b.co" and len(str(cleaned["email"])) == 64
     assert cleaned["email"] == step.clean({"email": "a@b.co"})["email"]
     assert cleaned["age"] == 30.0
     assert cleaned["country"] == "unknown"
