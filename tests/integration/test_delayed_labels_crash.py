@@ -90,6 +90,7 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
                "transactional_id": unique_name("tx")},
         checkpoint={"every_events": 400, "every_seconds": 3600},
         worker={"commit_interval_s": 0.05},
+        sync={"scope": "partition"},  # counts what each partition's own models learned
     )
     t = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: PARTITIONS, t.labels: PARTITIONS, t.predictions: 1,

@@ -62,6 +62,9 @@ def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
         kafka={"exactly_once": True, "session_timeout_ms": 6000, "client": kafka_client},
         # no periodic checkpoint during the test: what the second worker restores comes from the revoke
         checkpoint={"every_events": 1_000_000, "every_seconds": 3600.0},
+        # one model set per partition, compared below with a reference learned on that partition alone (group
+        # scope: tests/integration/test_group_scope.py)
+        sync={"scope": "partition"},
     )
     t = base.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: 2, t.labels: 2, t.predictions: 1, t.shadow_predictions: 1,
