@@ -435,7 +435,12 @@ class Checkpointer:
                 checkpoints = {tp: None for tp in checkpoints}
         if model_set is None:
             model_set = self._models.fresh_set()
-        merged = self.group.adopt(model_set, record)
+        rebuilt = self._settings.on_state_lost == "rebuild" and any(
+            checkpoints[tp] is None and tp_committed is not None for tp, tp_committed in committed.items())
+        if rebuilt:
+            log.error("group state: a partition is learned again from its earliest offset; the deltas the group "
+                      "published so far are not merged (they may hold that partition's earlier learning)")
+        merged = self.group.adopt(model_set, record, skip_history=rebuilt)
         if merged:
             log.info("merged %d deltas the group published since that state", merged)
         restored: dict[TP, Restored] = {}

@@ -133,11 +133,20 @@ class GroupSync:
         return hmac.compare_digest(self._sign(payload), signature)
 
     # --- adopting a state ---------------------------------------------------------------------------------
-    def adopt(self, model_set: ModelSet, record: SyncRecord | None) -> int:
+    def adopt(self, model_set: ModelSet, record: SyncRecord | None, *, skip_history: bool = False) -> int:
         """Start a new lineage from a restored state (``record``: its checkpointed sync record) or a fresh one,
-        and merge the deltas published since its cursor. Returns how many were merged."""
+        and merge the deltas published since its cursor. Returns how many were merged.
+
+        ``skip_history``: merge nothing published so far (a partition whose state was lost is being learned again
+        from its earliest offset: the deltas that hold its earlier learning must not count a second time).
+        """
         contained = [] if record is None else [record.lineage, *record.contained][:MAX_CONTAINED]
-        self.record = SyncRecord(uuid.uuid4().hex, record.cursor if record is not None else START, contained)
+        cursor = record.cursor if record is not None else START
+        if skip_history:
+            last: list[Any] = self._client.xrevrange(self._stream, count=1)  # type: ignore[assignment]
+            if last:
+                cursor = last[0][0].decode() if isinstance(last[0][0], bytes) else str(last[0][0])
+        self.record = SyncRecord(uuid.uuid4().hex, cursor, contained)
         self._views = {}
         self._unpublished = []
         for learner in model_set.learners.values():
