@@ -567,8 +567,12 @@ class RiverLearner(Learner):
         return type(self)(self.pipeline.clone(), self.task, self.estimator, self.params)
 
     def memory_bytes(self) -> int:
-        """River's own estimate: the size of the pipeline's object graph."""
-        return int(self.pipeline._raw_memory_usage)
+        """River's own estimate: the size of the pipeline's object graph, plus in group scope the copy taken at
+        the last sync and the other workers' models that vote with this one."""
+        total = int(self.pipeline._raw_memory_usage)
+        if self._base is not None:
+            total += int(self._base._raw_memory_usage)
+        return total + sum(view.memory_bytes() for view in self._views)
 
     def merge_mode(self) -> MergeMode:
         """``exact``/``average`` when every pipeline step merges (:mod:`shared.sync.river_state`), else ``view``."""
