@@ -593,17 +593,19 @@ class RiverLearner(Learner):
             return None
         from shared.sync.river_state import pipeline_delta
 
-        if self._base is None:
-            raise RuntimeError("sync_delta before mark_synced")
+        if self._base is None:  # never synced (a model replaced by a drift reset): measured from untrained
+            self._base = self.pipeline.clone()
         return orjson.dumps(pipeline_delta(self.pipeline, self._base))
 
     def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
         if self.merge_mode() is MergeMode.VIEW or not others:
             return
-        from shared.sync.river_state import merge_pipeline
+        from shared.sync.river_state import merge_pipeline, pipeline_delta
 
-        if self._base is None or own is None:
-            raise RuntimeError("merge before mark_synced")
+        if self._base is None:
+            self._base = self.pipeline.clone()
+        if own is None:
+            own = orjson.dumps(pipeline_delta(self.pipeline, self._base))
         merge_pipeline(self.pipeline, self._base, orjson.loads(own), own_weight,
                        [(orjson.loads(delta), weight) for delta, weight in others])
 

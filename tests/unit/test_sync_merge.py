@@ -117,3 +117,15 @@ def test_linear_models_average_their_deltas_by_examples() -> None:
         want = (300 * w1.get(name, 0.0) + 100 * w2.get(name, 0.0)) / 400
         assert math.isclose(lr1._weights[name], want, rel_tol=1e-9)
         assert math.isclose(lr2._weights[name], want, rel_tol=1e-9)
+
+
+def test_a_learner_never_synced_measures_its_delta_from_an_untrained_copy() -> None:
+    """A model replaced by a drift reset (a clone, never synced) still syncs: its delta is all it learned."""
+    model = ModelSettings(name="nb", estimator="river.naive_bayes.GaussianNB")
+    learner = build_learner(model, PreprocessingSettings(scale_numbers=False), 1).clone()
+    for x, y in _stream(50, 4):
+        learner.learn_one(Row(x), y)
+    delta = learner.sync_delta()
+    assert delta is not None
+    counts = dict((label, n) for label, n in orjson.loads(delta)[-1]["class_counts"])
+    assert sum(counts.values()) == 50
