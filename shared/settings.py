@@ -342,6 +342,29 @@ class WorkerSettings(_Frozen):
     connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
 
 
+class SyncSettings(_Frozen):
+    """How the consumer group's workers share what their models learn (docs/architecture.md, "One model per group").
+
+    ``scope: group``: each worker keeps one model set for all its partitions, and at every sync (which is always a
+    checkpoint) it publishes what it learned since the last one and merges what the other workers published.
+    ``scope: partition``: one model set per input partition, never merged (per-tenant or keyed models).
+    """
+
+    scope: Literal["group", "partition"] = "group"
+    #: sync (and checkpoint) after this many events processed by this worker ...
+    every_events: int = Field(2_000, ge=1)
+    #: ... or this many seconds, whichever comes first
+    every_s: float = Field(5.0, gt=0.0)
+    #: the group's Redis stream of published deltas keeps at most about this many entries (bounded memory); a
+    #: restore from a checkpoint older than the oldest kept entry loses the deltas trimmed since (counted)
+    max_deltas: int = Field(10_000, ge=10)
+    #: models that cannot merge (forests) vote with the other workers' models as of their last sync; a member's
+    #: published model is dropped when it has not synced for this long
+    view_ttl_s: float = Field(300.0, gt=0.0)
+    #: and at most this many other members' models vote (bounded memory and prediction time)
+    max_views: int = Field(16, ge=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration of a worker."""
 
@@ -365,6 +388,7 @@ class Settings(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     entities: EntitySettings = EntitySettings()
     labels: LabelSettings = LabelSettings()
+    sync: SyncSettings = SyncSettings()
     #: signs model checkpoints (and verifies them); required: at least 32 bytes, never a placeholder
     #: (``python -c "import secrets; print(secrets.token_urlsafe(48))"``, docs/security.md)
     hmac_key: SecretStr | None = None

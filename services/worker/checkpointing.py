@@ -45,6 +45,7 @@ from shared.monitoring.metrics import Metrics
 from shared.settings import CheckpointSettings
 from shared.state.checkpoints import CheckpointStore, PartitionCheckpoint, SnapshotRejected
 from shared.steps.models import ModelSet, ModelStep
+from shared.sync.group import GroupSync, SyncRecord, choose_state
 
 log = logging.getLogger("streamlearn.checkpoint")
 
@@ -90,9 +91,11 @@ class Checkpointer:
 
     def __init__(
         self, store: CheckpointStore, models: ModelStep, settings: CheckpointSettings, metrics: Metrics, *,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic, group: GroupSync | None = None,
     ) -> None:
         self._store = store
+        #: group scope: every checkpoint is a sync (shared/sync/group.py), taken in the loop
+        self.group = group
         self._models = models
         self._settings = settings
         self._metrics = metrics
@@ -130,8 +133,11 @@ class Checkpointer:
         now = self._monotonic()
         if now - self._last_attempt < self._backoff_s or now < self._not_before:
             return False
-        return (self._events_since >= self._settings.every_events
-                or now - self._last_attempt >= self._settings.every_seconds)
+        every_events, every_seconds = self._settings.every_events, self._settings.every_seconds
+        if self.group is not None:  # group scope: a sync is a checkpoint, so the sooner of both cadences
+            every_events = min(every_events, self.group.every_events)
+            every_seconds = min(every_seconds, self.group.every_s)
+        return self._events_since >= every_events or now - self._last_attempt >= every_seconds
 
     @property
     def not_before(self) -> float:
@@ -163,7 +169,7 @@ class Checkpointer:
         """
         with self._save_lock:
             self.join()  # one checkpoint at a time, in the order they were taken
-            if background and self._worth_a_child() and self._fork_safe(offsets):
+            if background and self.group is None and self._worth_a_child() and self._fork_safe(offsets):
                 return self._fork(offsets, extra)
             return self._save_here(offsets, extra)
 
@@ -295,6 +301,8 @@ class Checkpointer:
         return states
 
     def _save(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
+        if self.group is not None:
+            return self._save_group(offsets, extra)
         states = self._states(offsets, extra)
         if not states:
             return True
@@ -305,6 +313,39 @@ class Checkpointer:
             self._failed(redis_down=True)
             log.warning("checkpoint failed (%s); retrying in %.0f s", exc, self._backoff_s)
             return False
+        self._stored(self._events_since)
+        return True
+
+    def _save_group(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
+        """Group scope: sync, then store the one model set under every partition it reflects, each with its own
+        offset and all of their offsets, and publish the sync's deltas in the same transaction."""
+        assert self.group is not None
+        model_set = self._models.shared_set()
+        if model_set is None or not offsets:
+            return True
+        try:
+            outcome = self.group.sync(model_set)
+        except Exception as exc:  # Redis down while reading the others' deltas: nothing merged or published
+            self._failed(redis_down=True)
+            log.warning("sync failed (%s); retrying in %.0f s", exc, self._backoff_s)
+            return False
+        models = {name: (learner.kind, learner.snapshot()) for name, learner in model_set.learners.items()}
+        reflected = {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
+        shared = {"learned": dict(model_set.learned), "sources": dict(model_set.sources),
+                  "sync": outcome.record.to_json(), "offsets": reflected}
+        states = {
+            tp: PartitionCheckpoint(models=models, next_offset=offset, extra={**(extra or {}).get(tp, {}), **shared})
+            for tp, offset in offsets.items()
+        }
+        self._store_started = self._monotonic()
+        try:
+            self._store.save(states, also=outcome.publish)
+        except Exception as exc:
+            self.group.failed()
+            self._failed(redis_down=True)
+            log.warning("checkpoint failed (%s); retrying in %.0f s", exc, self._backoff_s)
+            return False
+        self.group.published(outcome)
         self._stored(self._events_since)
         return True
 
@@ -343,9 +384,8 @@ class Checkpointer:
         if self._last_success is not None:
             self._metrics.checkpoint_age.set(time.time() - self._last_success)
 
-    def restore(self, tp: TP, committed: int | None) -> Restored:
-        """The model set for a newly assigned partition, and where to resume reading it."""
-        self.join()  # a checkpoint still being written is read back complete
+    def _load(self, tp: TP) -> PartitionCheckpoint | None:
+        """One partition's checkpoint; ``None`` when there is none or it was refused (counted)."""
         try:
             checkpoint = self._store.load(*tp)
         except redis.RedisError:
@@ -357,9 +397,78 @@ class Checkpointer:
             self._metrics.snapshots_rejected.labels(exc.reason).inc()
             log.error("checkpoint of %s refused (%s): %s; applying on_state_lost=%s",
                       tp, exc.reason, exc, self._settings.on_state_lost)
-            checkpoint = None
-        else:
-            self._redis_answered()
+            return None
+        self._redis_answered()
+        return checkpoint
+
+    def restore_group(self, committed: Mapping[TP, int | None]) -> dict[TP, Restored]:
+        """Group scope: one model set for all of ``committed``'s partitions, and where each resumes.
+
+        Among their checkpoints, the state with the furthest sync cursor is restored and merges the deltas
+        published since (:meth:`GroupSync.adopt`); each partition resumes from its own checkpoint's offset, whose
+        examples that state holds (docs/architecture.md, "One model per group").
+        """
+        assert self.group is not None
+        self.join()
+        checkpoints = {tp: self._load(tp) for tp in committed}
+        records: dict[TP, SyncRecord] = {}
+        for tp, checkpoint in checkpoints.items():
+            if checkpoint is not None:
+                sync = checkpoint.extra.get("sync")
+                records[tp] = SyncRecord.from_json(sync) if isinstance(sync, dict) else SyncRecord(f"partition-{tp}")
+        model_set: ModelSet | None = None
+        record: SyncRecord | None = None
+        if records:
+            chosen = choose_state(records)
+            checkpoint = checkpoints[chosen]
+            assert checkpoint is not None
+            learners = {name: restore_learner(kind, data) for name, (kind, data) in checkpoint.models.items()}
+            if set(learners) == set(self._models.model_names):
+                model_set = ModelSet(learners, dict(checkpoint.extra.get("learned", {})),
+                                     {str(k): int(v) for k, v in (checkpoint.extra.get("sources") or {}).items()})
+                record = records[chosen]
+                log.info("group state restored from the checkpoint of %s (lineage %s, cursor %s)",
+                         chosen, record.lineage, record.cursor)
+            else:
+                log.error("checkpoint of %s holds models %s but the settings declare %s: starting fresh models",
+                          chosen, sorted(learners), sorted(self._models.model_names))
+                checkpoints = {tp: None for tp in checkpoints}
+        if model_set is None:
+            model_set = self._models.fresh_set()
+        rebuilt = self._settings.on_state_lost == "rebuild" and any(
+            checkpoints[tp] is None and tp_committed is not None for tp, tp_committed in committed.items())
+        if rebuilt:
+            log.error("group state: a partition is learned again from its earliest offset; the deltas the group "
+                      "published so far are not merged (they may hold that partition's earlier learning)")
+        merged = self.group.adopt(model_set, record, skip_history=rebuilt)
+        if merged:
+            log.info("merged %d deltas the group published since that state", merged)
+        restored: dict[TP, Restored] = {}
+        for tp, tp_committed in committed.items():
+            checkpoint = checkpoints[tp]
+            if checkpoint is not None:
+                replay_until = tp_committed if tp_committed is not None else checkpoint.next_offset
+                log.info("restored %s at offset %d (committed %s)", tp, checkpoint.next_offset, tp_committed)
+                restored[tp] = Restored(model_set, checkpoint.next_offset,
+                                        max(replay_until, checkpoint.next_offset), dict(checkpoint.extra))
+            elif tp_committed is None:
+                restored[tp] = Restored(model_set, None, 0)
+            else:
+                self._metrics.state_lost.inc()
+                if self._settings.on_state_lost == "rebuild":
+                    log.error("no usable checkpoint for %s although Kafka committed offset %d: learning it again "
+                              "from the earliest retained offset (nothing republished)", tp, tp_committed)
+                    restored[tp] = Restored(model_set, -1, tp_committed)
+                else:
+                    log.error("no usable checkpoint for %s although Kafka committed offset %d: resuming from the "
+                              "committed offset (on_state_lost=fresh)", tp, tp_committed)
+                    restored[tp] = Restored(model_set, None, tp_committed)
+        return restored
+
+    def restore(self, tp: TP, committed: int | None) -> Restored:
+        """The model set for a newly assigned partition, and where to resume reading it."""
+        self.join()  # a checkpoint still being written is read back complete
+        checkpoint = self._load(tp)
         if checkpoint is not None:
             learners = {
                 name: restore_learner(kind, data) for name, (kind, data) in checkpoint.models.items()

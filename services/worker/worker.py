@@ -48,6 +48,7 @@ from shared.steps.models import ModelStep
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
 from shared.steps.semantics import SemanticCheckStep, SemanticRules
+from shared.sync.group import open_group_sync
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -77,7 +78,7 @@ class Worker:
         factory = learner_factory or (
             lambda m: build_learner(m, settings.preprocessing, settings.worker.seed)
         )
-        self.model_step = ModelStep(settings.models, factory)
+        self.model_step = ModelStep(settings.models, factory, scope=settings.sync.scope)
         probe = self.model_step.fresh_set()
         self.tasks = {name: learner.task for name, learner in probe.learners.items()}
         self.champion_selector: Champion = build_champion(settings, self.model_step.model_names, self.tasks)
@@ -172,7 +173,9 @@ class Worker:
                 client, self.settings.redis.namespace, kafka.group_id,
                 signing_keys,
             )
-            self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics)
+            group = open_group_sync(client, self.settings, self.metrics, signing_keys)
+            self.checkpointer = Checkpointer(store, self.model_step, self.settings.checkpoint, self.metrics,
+                                             group=group)
             self.checkpointer.probe()
         self.consumer = open_consumer(kafka)
         self.committer = (
@@ -384,6 +387,8 @@ class Worker:
 
     def _checkpoint(self, tps: Sequence[TP], *, background: bool = False) -> None:
         assert self.checkpointer is not None
+        if self.model_step.scope == "group":  # one state for every held partition: all of them, each time
+            tps = list(self.model_step.sets)
         self.checkpointer.save({tp: self._processed[tp] for tp in tps if tp in self._processed},
                                extra=self._label_offsets(tps), background=background)
 
@@ -470,23 +475,32 @@ class Worker:
         tps, self._to_restore = self._to_restore, []
         assigned = consumer.assignment()
         tps = [tp for tp in tps if tp in assigned]
+        deferred: list[TP] = []
+        group_restored: dict[TP, Restored] | None = None
+        if self.checkpointer is not None and self.checkpointer.group is not None and tps:
+            tps, group_restored = self._restore_group(tps)
+            if group_restored is None:
+                deferred = [tp for tp in tps if tp[0] != self._labels_topic]
         label_tps = [tp for tp in tps if tp[0] == self._labels_topic]
         restored_by_tp: dict[TP, Restored] = {}
-        deferred: list[TP] = []
         new_tps: list[TP] = []
         for tp in tps:
-            if tp[0] == self._labels_topic:
+            if tp[0] == self._labels_topic or tp in deferred:
                 continue
             if self.checkpointer is None:
                 self.model_step.assign(tp)
                 continue
             committed = consumer.committed(tp)
-            try:
-                restored = self.checkpointer.restore(tp, committed)
-            except redis.RedisError as exc:  # Redis down: keep the partition paused and try again later
-                log.warning("cannot restore %s yet (Redis: %s); retrying in %.0f s", tp, exc, self._restore_backoff_s)
-                deferred.append(tp)
-                continue
+            if group_restored is not None:
+                restored = group_restored[tp]
+            else:
+                try:
+                    restored = self.checkpointer.restore(tp, committed)
+                except redis.RedisError as exc:  # Redis down: keep the partition paused and try again later
+                    log.warning("cannot restore %s yet (Redis: %s); retrying in %.0f s", tp, exc,
+                                self._restore_backoff_s)
+                    deferred.append(tp)
+                    continue
             restored_by_tp[tp] = restored
             self.model_step.assign(tp, restored.model_set)
             start: int | None
@@ -531,6 +545,27 @@ class Worker:
         self.metrics.ready.set(1)
         log.info("assigned %s", sorted(tps))
 
+    def _restore_group(self, tps: list[TP]) -> tuple[list[TP], dict[TP, Restored] | None]:
+        """Group scope: restore one model set for the new partitions and those already held (which are
+        checkpointed and given up first, so that one state reflects them all); ``None`` while Redis is down."""
+        consumer, checkpointer = self.consumer, self.checkpointer
+        assert consumer is not None and checkpointer is not None and checkpointer.group is not None
+        held = [tp for tp in self.model_step.sets if tp not in tps]
+        if held and [tp for tp in tps if tp[0] != self._labels_topic]:
+            self.commit(checkpoint=True)
+            held_labels = [tp for tp in consumer.assignment() if tp[0] == self._labels_topic and tp not in tps]
+            self._forget(held + held_labels)
+            consumer.pause(held + held_labels)
+            tps = tps + held + held_labels
+        events = [tp for tp in tps if tp[0] != self._labels_topic]
+        if not events:
+            return tps, {}
+        try:
+            return tps, checkpointer.restore_group({tp: consumer.committed(tp) for tp in events})
+        except redis.RedisError as exc:
+            log.warning("cannot restore %s yet (Redis: %s); retrying in %.0f s", events, exc, self._restore_backoff_s)
+            return tps, None
+
     async def on_revoked(self, tps: Sequence[TP]) -> None:
         """Rebalance listener (IO thread): commit what was processed, checkpoint, then let the partitions go."""
         self._to_restore = [tp for tp in self._to_restore if tp not in tps]
@@ -551,6 +586,13 @@ class Worker:
                 if self.checkpointer is not None:
                     self._checkpoint([tp for tp in tps if tp in self.model_step.sets])
         self._forget(tps)
+        if self.model_step.scope == "group" and self.model_step.sets:
+            # one state reflects every held partition: the ones kept are restored with the next assignment's
+            kept = list(self.model_step.sets)
+            self._forget(kept)
+            if self.consumer is not None:
+                self.consumer.pause(kept)
+            self._to_restore.extend(tp for tp in kept if tp not in self._to_restore)
         log.info("revoked %s", sorted(tps))
 
     def on_lost(self, tps: Sequence[TP]) -> None:

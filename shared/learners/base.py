@@ -48,6 +48,17 @@ class Row:
     key: str | None = None
 
 
+class MergeMode(enum.StrEnum):
+    """How a learner's state combines with the other workers' in ``sync.scope: group`` (docs/models.md)."""
+
+    #: sufficient statistics: every member's delta adds up exactly (naive Bayes, scaler and imputer statistics)
+    EXACT = "exact"
+    #: parameters: the weighted mean of the members' deltas (FedAvg; weights = examples learned since the sync)
+    AVERAGE = "average"
+    #: cannot merge: the other members' models as of their last sync vote with this one on every prediction
+    VIEW = "view"
+
+
 class SnapshotError(Exception):
     """A snapshot could not be restored: wrong kind, wrong format version, corrupt bytes."""
 
@@ -121,6 +132,33 @@ class Learner(abc.ABC):
     def sequence_keys(self) -> int:
         """Entities whose recent events the model keeps (0 for models that read only the current event)."""
         return 0
+
+    # --- merging across the workers of a group (sync.scope: group; docs/models.md) -------------------------
+    def merge_mode(self) -> MergeMode:
+        """How this learner merges; the default, :attr:`MergeMode.VIEW`, needs nothing more than snapshots."""
+        return MergeMode.VIEW
+
+    def sync_delta(self) -> bytes | None:
+        """What was learned since the last :meth:`mark_synced` (JSON bytes), ``None`` for a view-mode learner."""
+        return None
+
+    def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
+        """Merge other members' :meth:`sync_delta` s (with the examples each holds) into this learner.
+
+        ``own`` is this learner's own delta since the last sync (taken just before), ``own_weight`` its examples.
+        View-mode learners merge nothing (their caller uses :meth:`set_views` instead).
+        """
+        if others and self.merge_mode() is not MergeMode.VIEW:
+            raise NotImplementedError(f"{type(self).__name__} declares {self.merge_mode()} but does not merge")
+
+    def mark_synced(self) -> None:
+        """Remember the current state as the base the next :meth:`sync_delta` is measured from."""
+        return None
+
+    def set_views(self, views: Sequence[Learner]) -> None:
+        """Other members' models (as of their last sync) that vote with this one; only view-mode learners use
+        them, and they are read-only: never learned."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Parameters worth showing in logs and docs."""

@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
+import orjson
 import river
 from river import base, compose, multiclass, preprocessing, stats
 
-from shared.learners.base import Learner, Output, Row, SnapshotError, Target, Task
+from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import LearnerConfigError
 
 if TYPE_CHECKING:
@@ -433,6 +434,10 @@ class RiverLearner(Learner):
             final_type.predict_proba_one is not base.Classifier.predict_proba_one
         )
         self._argmax_predict = self._has_proba and final_type.predict_one is base.Classifier.predict_one
+        #: group scope: the state at the last sync (mergeable pipelines only), and other members' models that vote
+        self._base: compose.Pipeline | None = None
+        self._views: list[RiverLearner] = []
+        self._merge_mode: MergeMode | None = None
 
     @classmethod
     def from_settings(cls, model: ModelSettings, preprocessing: PreprocessingSettings, seed: int) -> RiverLearner:
@@ -471,6 +476,33 @@ class RiverLearner(Learner):
         return outputs
 
     def _predict(self, x: dict[str, Any]) -> Output:
+        own = self._own_predict(x)
+        return self._vote(x, own) if self._views else own
+
+    def _vote(self, x: dict[str, Any], own: Output) -> Output:
+        """This model's output combined with the views' (the other members' models as of their last sync):
+        the mean of the class probabilities (a majority of predictions without them), of the regression values,
+        of the anomaly scores."""
+        outputs = [own, *(view._own_predict(dict(x)) for view in self._views)]
+        if self.task is Task.ANOMALY:
+            scores = [o.score for o in outputs if o.score is not None]
+            return Output(None, score=sum(scores) / len(scores) if scores else None)
+        if self.task is Task.REGRESSION:
+            values = [float(o.prediction) for o in outputs if isinstance(o.prediction, int | float)]
+            return Output(sum(values) / len(values) if values else own.prediction)
+        if any(o.proba for o in outputs):
+            proba: dict[Target, float] = {}
+            for output in outputs:
+                for label, p in output.proba.items():
+                    proba[label] = proba.get(label, 0.0) + p / len(outputs)
+            return Output(max(proba, key=proba.__getitem__), proba)
+        votes: dict[Target, int] = {}
+        for output in outputs:
+            if output.prediction is not None:
+                votes[output.prediction] = votes.get(output.prediction, 0) + 1
+        return Output(max(votes, key=votes.__getitem__) if votes else None)
+
+    def _own_predict(self, x: dict[str, Any]) -> Output:
         if self.task is Task.ANOMALY:
             return Output(None, score=float(self.pipeline.score_one(x)))
         if self.task is Task.REGRESSION:
@@ -535,8 +567,50 @@ class RiverLearner(Learner):
         return type(self)(self.pipeline.clone(), self.task, self.estimator, self.params)
 
     def memory_bytes(self) -> int:
-        """River's own estimate: the size of the pipeline's object graph."""
-        return int(self.pipeline._raw_memory_usage)
+        """River's own estimate: the size of the pipeline's object graph, plus in group scope the copy taken at
+        the last sync and the other workers' models that vote with this one."""
+        total = int(self.pipeline._raw_memory_usage)
+        if self._base is not None:
+            total += int(self._base._raw_memory_usage)
+        return total + sum(view.memory_bytes() for view in self._views)
+
+    def merge_mode(self) -> MergeMode:
+        """``exact``/``average`` when every pipeline step merges (:mod:`shared.sync.river_state`), else ``view``."""
+        if self._merge_mode is None:
+            from shared.sync.river_state import pipeline_mode
+
+            self._merge_mode = pipeline_mode(self.pipeline)
+        return self._merge_mode
+
+    def mark_synced(self) -> None:
+        if self.merge_mode() is not MergeMode.VIEW:
+            from shared.sync.river_state import base_copy
+
+            self._base = base_copy(self.pipeline)
+
+    def sync_delta(self) -> bytes | None:
+        if self.merge_mode() is MergeMode.VIEW:
+            return None
+        from shared.sync.river_state import pipeline_delta
+
+        if self._base is None:  # never synced (a model replaced by a drift reset): measured from untrained
+            self._base = self.pipeline.clone()
+        return orjson.dumps(pipeline_delta(self.pipeline, self._base))
+
+    def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
+        if self.merge_mode() is MergeMode.VIEW or not others:
+            return
+        from shared.sync.river_state import merge_pipeline, pipeline_delta
+
+        if self._base is None:
+            self._base = self.pipeline.clone()
+        if own is None:
+            own = orjson.dumps(pipeline_delta(self.pipeline, self._base))
+        merge_pipeline(self.pipeline, self._base, orjson.loads(own), own_weight,
+                       [(orjson.loads(delta), weight) for delta, weight in others])
+
+    def set_views(self, views: Sequence[Learner]) -> None:
+        self._views = [view for view in views if isinstance(view, RiverLearner) and view.task is self.task]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ Semantics, options and the snapshot format are in ``docs/models.md``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -19,12 +20,13 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
+import orjson
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 from torch.nn import functional
 
-from shared.learners.base import Learner, Output, Row, SnapshotError, Target, Task
+from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import LearnerConfigError
 from shared.learners.torch_nets import CNNEncoder, GRUEncoder, LinearEncoder, MLPEncoder, Network, initialize
 from shared.learners.vectorizer import RunningStats, Vectorizer, VectorizerConfig
@@ -547,6 +549,115 @@ class TorchLearner(Learner):
         """An untrained copy with the same options, task, seed and clock."""
         return type(self)(self.options, self.task, self.seed, clock=self._clock)
 
+    # -- merging across the workers of a group (FedAvg; docs/models.md) ------------------------------------
+
+    def merge_mode(self) -> MergeMode:
+        """Parameters average (FedAvg): ``sum(n_i * theta_i) / sum(n_i)`` over the members' parameters, ``n_i`` the
+        examples each learned since its last sync. The whole parameters travel, not a difference from a base:
+        each member's output rows follow the order in which it met the classes, and a row is matched to the
+        same class by label, so the members' models mean the same thing whatever that order. The optimizer's
+        state (Adam's moments, momentum), the vectorizer's running statistics and the per-entity histories
+        stay local. Not aligned yet: one-hot category columns, which follow the order in which each member met
+        the categories (docs/models.md)."""
+        return MergeMode.AVERAGE
+
+    def sync_delta(self) -> bytes | None:
+        """This member's parameters and class order (what a merge averages)."""
+        params = {}
+        for name, tensor in self.net.state_dict().items():
+            array = tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+            params[name] = [list(array.shape), base64.b64encode(array.tobytes()).decode()]
+        stats = {name: [_b64(getattr(holder, field)) for field in ("count", "mean", "m2")]
+                 for name, holder in (("inputs", self.vectorizer.stats), ("target", self.target_stats))}
+        return orjson.dumps({"classes": list(self.classes), "params": params, "stats": stats})
+
+    def _decode_params(self, data: bytes) -> dict[str, torch.Tensor] | None:
+        """A member's parameters, its output rows moved to this learner's class order (``None``: they do not
+        fit this network)."""
+        payload = orjson.loads(data)
+        state = self.net.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        for name, (shape, raw) in payload["params"].items():
+            if name not in state or list(state[name].shape) != shape:
+                log.warning("%s: a member's parameters do not fit this network (%s): not merged", self.kind, name)
+                return None
+            array = np.frombuffer(base64.b64decode(raw), dtype=np.float64).reshape(shape)
+            tensors[name] = torch.from_numpy(array.copy()).to(device=self.device, dtype=state[name].dtype)
+        classes = payload.get("classes") or []
+        if self.task.is_classification and classes != self.classes[: len(classes)]:
+            rows: list[int | None] = []
+            for label in classes:  # classes this member has not met yet take the next free rows, in order
+                if label not in self._class_index and len(self.classes) < self.max_classes:
+                    self._class_index[label] = len(self.classes)
+                    self.classes.append(label)
+                rows.append(self._class_index.get(label))
+            for name in ("head.0.weight", "head.0.bias"):
+                if name in tensors:
+                    moved = state[name].detach().clone()  # rows of classes the other has not met: this member's
+                    for source, target in enumerate(rows):
+                        if target is not None:
+                            moved[target] = tensors[name][source]
+                    tensors[name] = moved
+        return tensors
+
+    def _merge_stats(self, others: Sequence[tuple[bytes, int]], own_weight: int) -> None:
+        """The running input and target statistics become the weighted mean of the members' means and variances
+        (with the largest count), so that every member scales its inputs alike."""
+        for name, holder in (("inputs", self.vectorizer.stats), ("target", self.target_stats)):
+            members = [(holder.count, holder.mean, holder.m2, float(own_weight))]
+            for data, weight in others:
+                stats = orjson.loads(data).get("stats", {}).get(name)
+                if stats is None or weight <= 0:
+                    continue
+                count, mean, m2 = (np.frombuffer(base64.b64decode(raw), dtype=np.float64) for raw in stats)
+                if count.shape == holder.count.shape:
+                    members.append((count, mean, m2, float(weight)))
+            total = sum(weight for *_, weight in members)
+            if len(members) < 2 or total <= 0:
+                continue
+            variance = [np.divide(m2, count, out=np.zeros_like(m2), where=count > 0) for count, _, m2, _ in members]
+            count = np.maximum.reduce([member[0] for member in members])
+            mean = np.sum([member[1] * (member[3] / total) for member in members], axis=0)
+            var = np.sum([v * (member[3] / total) for v, member in zip(variance, members, strict=True)], axis=0)
+            holder.count, holder.mean, holder.m2 = count, np.asarray(mean), np.asarray(var) * count
+
+    def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
+        if not others:
+            return
+        self._merge_stats(others, own_weight)
+        own_classes = len(self.classes)
+        decoded = []
+        for data, weight in others:
+            met = orjson.loads(data).get("classes") or []
+            params = self._decode_params(data)
+            decoded.append((params, weight, {self._class_index[label] for label in met if label in self._class_index}))
+        usable = [(params, weight, rows) for params, weight, rows in decoded if params is not None and weight > 0]
+        members = [(self.net.state_dict(), own_weight, set(range(own_classes))), *usable]
+        total = sum(weight for _, weight, _ in members)
+        if not usable or total <= 0:
+            return
+        head = ("head.0.weight", "head.0.bias") if self.task.is_classification else ()
+        with torch.no_grad():
+            merged = {}
+            for name, tensor in self.net.state_dict().items():
+                if name in head:  # an output row is the mean over the members that have met its class
+                    weights = torch.zeros(tensor.shape[0], dtype=tensor.dtype, device=tensor.device)
+                    sums = torch.zeros_like(tensor)
+                    for params, weight, rows in members:
+                        mask = torch.zeros(tensor.shape[0], dtype=tensor.dtype, device=tensor.device)
+                        mask[sorted(rows)] = 1.0
+                        shape = (-1,) + (1,) * (tensor.dim() - 1)
+                        sums = sums + params[name] * (mask * weight).reshape(shape)
+                        weights = weights + mask * weight
+                    shape = (-1,) + (1,) * (tensor.dim() - 1)
+                    merged[name] = torch.where(weights.reshape(shape) > 0,
+                                               sums / weights.clamp(min=1e-12).reshape(shape), tensor)
+                else:
+                    merged[name] = sum(params[name] * (weight / total) for params, weight, _ in members)
+            for name, tensor in self.net.state_dict().items():
+                tensor.copy_(merged[name])
+        self._inference_stale = True
+
     def memory_bytes(self) -> int:
         """Weights (training copy and float64 inference copy), optimizer state, vectorizer, pending rows and
         per-entity histories."""
@@ -636,6 +747,10 @@ def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
     if header.get("length") != len(payload) or header.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise SnapshotError("torch snapshot is truncated or corrupt (length or checksum mismatch)")
     return header, payload
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.float64).tobytes()).decode()
 
 
 def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor | None:

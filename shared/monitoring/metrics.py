@@ -132,6 +132,18 @@ class Metrics:
         self.state_lost = Counter(
             "streamlearn_state_lost", "Times Redis held no checkpoint although Kafka had committed offsets.",
             registry=r)
+        self.syncs = Counter(
+            "streamlearn_syncs", "Group-scope syncs (each one a checkpoint) by outcome: ok, failed.", ["outcome"],
+            registry=r)
+        self.sync_seconds = Histogram(
+            "streamlearn_sync_seconds", "Time a group-scope sync spends on deltas, merges and views (the "
+            "checkpoint's snapshot and Redis write not included).", buckets=LATENCY_BUCKETS, registry=r)
+        self.sync_bytes = Counter(
+            "streamlearn_sync_bytes", "Bytes of deltas and views a group-scope sync published or read.",
+            ["direction"], registry=r)
+        self.sync_deltas_lost = Counter(
+            "streamlearn_sync_deltas_lost", "Deltas a restore could not read back because the group's delta stream "
+            "was trimmed past its checkpoint (sync.max_deltas).", registry=r)
         self.join_entries = Gauge(
             "streamlearn_label_join_entries", "Predictions waiting for their label in the join buffer.",
             registry=r)

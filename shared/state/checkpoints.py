@@ -254,10 +254,14 @@ class CheckpointStore:
         """The Redis key that holds the checkpoint of one partition."""
         return self._keys.key(topic, partition)
 
-    def save(self, partition_states: Mapping[tuple[str, int], PartitionCheckpoint]) -> float:
+    def save(
+        self, partition_states: Mapping[tuple[str, int], PartitionCheckpoint],
+        also: Callable[[Any], None] | None = None,
+    ) -> float:
         """Write the checkpoints of several partitions in one MULTI/EXEC; return the save time.
 
-        Every envelope is built before the transaction starts, so an unencodable state writes nothing.
+        Every envelope is built before the transaction starts, so an unencodable state writes nothing. ``also``
+        adds commands to the same transaction (a group-scope sync publishes its deltas with its checkpoint).
         """
         now = self._clock()
         sealed = {
@@ -274,6 +278,8 @@ class CheckpointStore:
             pipe.set(self.key_for(topic, partition), blob)
             pipe.hset(self._keys.key("index"), source_of(topic, partition), repr(now))
         pipe.set(self._keys.key("saved_at"), repr(now))
+        if also is not None:
+            also(pipe)
         pipe.execute()
         return now
 

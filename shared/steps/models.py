@@ -1,4 +1,9 @@
-"""Predict with every model, then learn inline labels (prequential order), one model set per partition."""
+"""Predict with every model, then learn inline labels (prequential order).
+
+``sync.scope: partition``: one model set per input partition. ``sync.scope: group``: one model set shared by every
+partition this worker holds (``sets`` maps each partition to the same object), merged with the other workers' at
+syncs (:mod:`shared.sync.group`).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ class ModelSet:
 
     learners: dict[str, Learner]
     learned: dict[str, int] = field(default_factory=dict)
+    #: labelled examples learned per source partition (``topic:partition``), merged ones included (group scope:
+    #: how the group counts that every label is learned exactly once)
+    sources: dict[str, int] = field(default_factory=dict)
 
     def version(self, name: str, fingerprint: str) -> str:
         """``<config hash>.<examples learned>``: changes whenever the model changes."""
@@ -50,9 +58,11 @@ class ModelStep:
 
     def __init__(
         self, models: Sequence[ModelSettings], factory: LearnerFactory, *,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic, scope: str = "partition",
     ) -> None:
         self._models = list(models)
+        #: "group": every partition shares one model set; "partition": one per partition
+        self.scope = scope
         self._factory = factory
         self.fingerprints = {m.name: config_fingerprint(m) for m in self._models}
         self.sets: dict[TopicPartition, ModelSet] = {}
@@ -70,9 +80,22 @@ class ModelStep:
         """Untrained models, built from the settings."""
         return ModelSet({m.name: self._factory(m) for m in self._models})
 
+    def shared_set(self) -> ModelSet | None:
+        """Group scope: the one model set of every held partition (``None`` when none is held)."""
+        return next(iter(self.sets.values()), None) if self.scope == "group" else None
+
+    def distinct_sets(self) -> list[ModelSet]:
+        """Every model set once (in group scope, the shared one)."""
+        unique: dict[int, ModelSet] = {}
+        for model_set in self.sets.values():
+            unique.setdefault(id(model_set), model_set)
+        return list(unique.values())
+
     def assign(self, tp: TopicPartition, model_set: ModelSet | None = None) -> None:
-        """Start serving a partition, with restored models or fresh ones."""
-        self.sets[tp] = model_set if model_set is not None else self.fresh_set()
+        """Start serving a partition, with restored models or fresh ones (group scope: the shared set)."""
+        if model_set is None:
+            model_set = self.shared_set() or self.fresh_set()
+        self.sets[tp] = model_set
 
     def revoke(self, tps: Iterable[TopicPartition]) -> None:
         """Stop serving partitions (after their state was checkpointed)."""
@@ -87,10 +110,10 @@ class ModelStep:
         for tp, records in by_partition.items():
             model_set = self.sets.get(tp)
             if model_set is None:
-                model_set = self.sets[tp] = self.fresh_set()
-            self._run(model_set, records)
+                model_set = self.sets[tp] = self.shared_set() or self.fresh_set()
+            self._run(model_set, records, f"{tp[0]}:{tp[1]}")
 
-    def _run(self, model_set: ModelSet, records: list[Record]) -> None:
+    def _run(self, model_set: ModelSet, records: list[Record], source: str) -> None:
         rows = [Row(r.features or {}, r.event.key if r.event else None) for r in records]
         targets: list[Target | None] = [r.event.label if r.event else None for r in records]
         n_labelled = sum(t is not None for t in targets)
@@ -108,6 +131,8 @@ class ModelStep:
                 record.outputs[name] = output
                 record.learned_before[name] = learned + k
             model_set.learned[name] = learned + n_labelled
+        if n_labelled:
+            model_set.sources[source] = model_set.sources.get(source, 0) + n_labelled
 
     def learn_delayed(self, tp: TopicPartition, rows: Sequence[Row], targets: Sequence[Target]) -> None:
         """Learn examples whose labels arrived late (from the delayed-label join)."""
@@ -117,17 +142,20 @@ class ModelStep:
         for name, learner in model_set.learners.items():
             learner.learn_many(rows, targets)
             model_set.learned[name] = model_set.learned.get(name, 0) + len(rows)
+        if rows:
+            source = f"{tp[0]}:{tp[1]}"
+            model_set.sources[source] = model_set.sources.get(source, 0) + len(rows)
 
     def train_if_due(self) -> int:
         """Let every model train work that waited too long (see :meth:`Learner.train_if_due`); how many did."""
         return sum(
-            learner.train_if_due() for model_set in self.sets.values() for learner in model_set.learners.values()
+            learner.train_if_due() for model_set in self.distinct_sets() for learner in model_set.learners.values()
         )
 
     def sequence_keys(self) -> dict[str, int]:
         """Per model name, the entities whose recent events it keeps, over all partitions."""
         totals = {name: 0 for name in self.model_names}
-        for model_set in self.sets.values():
+        for model_set in self.distinct_sets():
             for name, learner in model_set.learners.items():
                 totals[name] += learner.sequence_keys()
         return totals
@@ -139,12 +167,12 @@ class ModelStep:
         walk-time / ``MEMORY_MAX_TIME_FRACTION`` when the walk is slower than that allows.
         """
         now = self._monotonic()
-        identity = [id(learner) for model_set in self.sets.values() for learner in model_set.learners.values()]
+        identity = [id(learner) for model_set in self.distinct_sets() for learner in model_set.learners.values()]
         cached = self._memory
         if cached is not None and now < cached[0] and cached[1] == identity:
             return dict(cached[2])
         totals = {name: 0 for name in self.model_names}
-        for model_set in self.sets.values():
+        for model_set in self.distinct_sets():
             for name, learner in model_set.learners.items():
                 totals[name] += learner.memory_bytes()
         walk_s = max(0.0, self._monotonic() - now)

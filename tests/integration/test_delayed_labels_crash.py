@@ -26,6 +26,8 @@ from services.worker import Worker
 from shared.datasets import iter_source
 from shared.kafka.admin import ensure_topics
 from shared.state.checkpoints import CheckpointStore
+from shared.steps.models import ModelSet
+from shared.sync.group import GroupSync, SyncRecord
 from tests.integration.helpers import committed_total, make_settings, read_topic, running_worker, sample_value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -74,9 +76,10 @@ def _rebalance_twice(bootstrap: str, group_id: str, topics: list[str]) -> None:
         member.close()
 
 
+@pytest.mark.parametrize("scope", ["partition", "group"])
 @pytest.mark.parametrize("rebalance", [False, True], ids=["crash", "crash-then-rebalances-during-recovery"])
 def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], rebalance: bool
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], rebalance: bool, scope: str,
 ) -> None:
     """With ``rebalance``, B's partitions are revoked and assigned again twice while it re-reads the gap: the
     revoke commits and checkpoints B's models in the middle of the replay, and the next restore starts there."""
@@ -90,6 +93,8 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
                "transactional_id": unique_name("tx")},
         checkpoint={"every_events": 400, "every_seconds": 3600},
         worker={"commit_interval_s": 0.05},
+        # group scope: syncs only with the checkpoints above (every sync is one)
+        sync={"scope": scope, "every_events": 400, "every_s": 3600},
     )
     t = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: PARTITIONS, t.labels: PARTITIONS, t.predictions: 1,
@@ -172,6 +177,14 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
         checkpoint = store.load(t.events, p)
         assert checkpoint is not None
         learned += checkpoint.extra["learned"]["logreg"]
+    if scope == "group":  # one state for all partitions: the group's, read back as a restore reads it
+        checkpoint = store.load(t.events, 0)
+        assert checkpoint is not None
+        model_set = ModelSet({}, {}, {str(k): int(v) for k, v in checkpoint.extra["sources"].items()})
+        GroupSync(store._client, settings.redis.namespace, settings.kafka.group_id,
+                  settings.hmac_key.get_secret_value().encode(), settings.sync).adopt(
+            model_set, SyncRecord.from_json(checkpoint.extra["sync"]))
+        learned = sum(model_set.sources.values())
     print(f"\nA learned {learned_by_a:.0f} before dying; checkpointed label offsets {checkpointed_labels}, "
           f"committed {committed_labels}, sent {labels_sent}; final models learned {learned} "
           f"for {len(labelled)} labelled events")

@@ -22,6 +22,8 @@ from shared.learners.base import Row
 from shared.learners.registry import build_learner, restore_learner
 from shared.settings import ModelSettings, Settings, load_settings
 from shared.state.checkpoints import CheckpointStore
+from shared.steps.models import ModelSet
+from shared.sync.group import GroupSync, SyncRecord
 from tests.integration.helpers import (
     committed_total,
     make_settings,
@@ -55,14 +57,18 @@ def _committed(bootstrap: str, settings: Settings) -> int:
         return -1
 
 
+@pytest.mark.parametrize("scope", ["partition", "group"])
 def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str, scope: str,
 ) -> None:
+    """Partition scope: each partition's checkpointed models equal a reference learned on that partition alone.
+    Group scope: the group state, read back as a restore reads it, learned every event of each partition once."""
     base = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
         kafka={"exactly_once": True, "session_timeout_ms": 6000, "client": kafka_client},
         # no periodic checkpoint during the test: what the second worker restores comes from the revoke
         checkpoint={"every_events": 1_000_000, "every_seconds": 3600.0},
+        sync={"scope": scope, "every_events": 1_000_000, "every_s": 3600.0},
     )
     t = base.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: 2, t.labels: 2, t.predictions: 1, t.shadow_predictions: 1,
@@ -98,6 +104,13 @@ def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
         for partition, stream in by_partition.items():
             checkpoint = store.load(t.events, partition)
             assert checkpoint is not None and checkpoint.next_offset == len(stream)
+            if scope == "group":
+                model_set = ModelSet({}, {}, {str(k): int(v) for k, v in checkpoint.extra["sources"].items()})
+                GroupSync(client, base.redis.namespace, base.kafka.group_id, HMAC_KEY.encode(), base.sync).adopt(
+                    model_set, SyncRecord.from_json(checkpoint.extra["sync"]))
+                assert model_set.sources == {f"{t.events}:{p}": len(s) for p, s in by_partition.items()}, \
+                    "each event learned exactly once by the group"
+                continue
             assert checkpoint.extra["learned"] == {"logreg": len(stream)}, "each event learned exactly once"
             reference = build_learner(ModelSettings(**LOGREG), base.preprocessing, base.worker.seed)
             reference.learn_many([Row(e["features"]) for e in stream], [e["label"] for e in stream])

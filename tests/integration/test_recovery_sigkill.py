@@ -72,10 +72,11 @@ def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events and o.offset >= 0)
 
 
+@pytest.mark.parametrize("scope", ["partition", "group"])
 @pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
 def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str,
-    exactly_once: bool,
+    exactly_once: bool, scope: str,
 ) -> None:
     """Exactly-once: nothing lost or duplicated. At-least-once: nothing lost; a prediction published again after
     a kill (its offset was not committed yet) is the same prediction, and the models learn every event once."""
@@ -88,6 +89,8 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
         # by events only: a time-based checkpoint while a fast run idles at the end would close every gap before
         # the kill, and the learn-only replay would go untested
         checkpoint={"every_events": 4000, "every_seconds": 600.0},
+        # group scope: every sync is a checkpoint, so the same cadence (a single partition merges nothing)
+        sync={"scope": scope, "every_events": 4000, "every_s": 600.0},
     )
     topics = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {topics.events: 1, topics.labels: 1, topics.predictions: 1,
@@ -183,3 +186,5 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
           f"test took {time.monotonic() - started:.1f} s")
     assert agree == N_PROBE
     assert checkpoint.extra["learned"] == {"logreg": N_EVENTS}
+    if scope == "group":
+        assert checkpoint.extra["sources"] == {f"{topics.events}:0": N_EVENTS}, "every label learned once"

@@ -43,13 +43,17 @@ def _create_topics(bootstrap: str, settings: Settings, partitions: int = 1) -> N
                               t.shadow_predictions: 1, t.dead_letters: 1})
 
 
+@pytest.mark.parametrize("scope", ["group", "partition"])
 def test_phishing_predictions_equal_river_progressive_val_score(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str, scope: str,
 ) -> None:
+    """With one partition, both sync scopes publish River's own prequential predictions (group scope: with
+    syncs every 300 events, each one a checkpoint that publishes the model's delta, on the way)."""
     n = 2000
     settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], kafka={"client": kafka_client},
         preprocessing={"scale_numbers": True, "one_hot_categories": True, "impute_missing": True},
+        sync={"scope": scope, "every_events": 300},
     )
     _create_topics(kafka_bootstrap, settings)
     stats = replay("phishing", bootstrap_servers=kafka_bootstrap, topic=settings.kafka.topics.events,
@@ -85,6 +89,9 @@ def test_phishing_predictions_equal_river_progressive_val_score(
     assert sample_value(registry, "streamlearn_predictions_total", {"model": "logreg"}) == n
     assert sample_value(registry, "streamlearn_model_metric",
                         {"model": "logreg", "metric": "accuracy", "window": "rolling"}) is not None
+    if scope == "group":
+        syncs = sample_value(registry, "streamlearn_syncs_total", {"outcome": "ok"})
+        assert syncs is not None and syncs >= 2, "the group-scope run synced on the way"
 
 
 def _committed(bootstrap: str, settings: Settings) -> int:

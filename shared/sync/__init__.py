@@ -1,0 +1,1 @@
+"""Sharing what the workers of a consumer group learn (``sync.scope: group``)."""

@@ -1,0 +1,354 @@
+"""One logical model per consumer group: the sync between the workers' model sets (``sync.scope: group``).
+
+Design (docs/architecture.md, "One model per group"): each worker keeps one model set for all its partitions. A
+*sync* is always a checkpoint: the worker
+
+1. measures what each model learned since its last sync (its *delta*, :meth:`Learner.sync_delta`) and how many
+   examples that is,
+2. reads the deltas the other members published since its cursor in the group's Redis stream, and merges them
+   (:meth:`Learner.merge`: exact sums for sufficient statistics, a weighted mean for parameters),
+3. writes its checkpoint (every partition it holds, each with its offset, and this module's record: lineage,
+   cursor, examples learned per source partition) **and**, in the same Redis transaction, appends its own delta
+   to the stream and its view-mode models (forests) to the group's views.
+
+A delta therefore reaches the group exactly when the checkpoint that reflects its examples is stored: a crash
+before it replays those examples from the previous checkpoint and publishes them with the next sync; a crash after
+it replays nothing of them. A checkpointed state holds exactly every delta in the stream up to its cursor plus its
+own lineage's deltas; a restore picks, among the checkpoints of the partitions it gets, the one with the furthest
+cursor, then reads the stream from there, skipping that state's own lineage, so every delta counts once.
+
+Models that cannot merge (trees and forests: :attr:`MergeMode.VIEW`) learn only their own partitions; at every
+sync each member publishes its model, and every member's predictions are the vote of its own model and the other
+members' latest models (:meth:`Learner.set_views`), those that synced within ``sync.view_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from shared.learners.base import Learner, MergeMode
+from shared.learners.registry import restore_learner
+from shared.monitoring.metrics import Metrics
+from shared.settings import SyncSettings
+from shared.state.keys import KeySpace
+from shared.steps.models import ModelSet
+
+log = logging.getLogger("streamlearn.sync")
+
+#: the stream id before every entry
+START = "0-0"
+#: how many lineages a state remembers as contained in it (their views are not voted again); bounded
+MAX_CONTAINED = 32
+#: stream entries read per XRANGE round trip
+READ_CHUNK = 500
+
+
+def stream_id(value: str | bytes) -> tuple[int, int]:
+    """A Redis stream id as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(slots=True)
+class SyncRecord:
+    """What a group-scope checkpoint records about the sync it is (``extra["sync"]``)."""
+
+    #: this state's lineage: the id its deltas are published under (new at every restore)
+    lineage: str
+    #: the last stream entry merged into this state
+    cursor: str = START
+    #: lineages whose deltas and views this state already holds (the restored state's, and what it held)
+    contained: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lineage": self.lineage, "cursor": self.cursor, "contained": list(self.contained)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SyncRecord:
+        return cls(str(data["lineage"]), str(data.get("cursor", START)), [str(x) for x in data.get("contained", [])])
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    """One sync: the record to checkpoint, and the Redis commands that publish it (run in the checkpoint's MULTI)."""
+
+    record: SyncRecord
+    publish: Callable[[Any], None]
+    published_bytes: int
+    read_bytes: int
+    seconds: float
+    merged: int
+
+
+class GroupSync:
+    """The worker's side of the group's shared learning (one instance per worker)."""
+
+    def __init__(
+        self, client: redis.Redis, namespace: str, group: str, hmac_keys: bytes | Sequence[bytes],
+        settings: SyncSettings,
+        metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        keys = KeySpace(namespace, group, "sync")
+        self._client = client
+        self._stream = keys.key("deltas")
+        self._views_index = keys.key("views")
+        self._view_key = keys.key
+        #: the first key signs, every key verifies (a key rotation, docs/security.md)
+        self._hmac_keys = (bytes(hmac_keys),) if isinstance(hmac_keys, bytes) else tuple(bytes(k) for k in hmac_keys)
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self.record = SyncRecord(uuid.uuid4().hex)
+        #: per model name, the examples learned at the last sync; per source, the examples learned at the last sync
+        self._learned_at_sync: dict[str, int] = {}
+        self._sources_at_sync: dict[str, int] = {}
+        #: own deltas a failed checkpoint could not publish; they go with the next one (bounded by the failures)
+        self._unpublished: list[bytes] = []
+        #: other members' view-mode models: lineage -> (published seq, {model name: learner})
+        self._views: dict[str, tuple[int, dict[str, Learner]]] = {}
+        self._seq = 0
+
+    @property
+    def every_events(self) -> int:
+        return self._settings.every_events
+
+    @property
+    def every_s(self) -> float:
+        return self._settings.every_s
+
+    # --- signing ------------------------------------------------------------------------------------------
+    def _sign(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(self._hmac_keys[0] if key is None else key, payload, hashlib.sha256).digest()
+
+    def _verified(self, payload: bytes, signature: bytes) -> bool:
+        return any(hmac.compare_digest(self._sign(payload, key), signature) for key in self._hmac_keys)
+
+    # --- adopting a state ---------------------------------------------------------------------------------
+    def adopt(self, model_set: ModelSet, record: SyncRecord | None, *, skip_history: bool = False) -> int:
+        """Start a new lineage from a restored state (``record``: its checkpointed sync record) or a fresh one,
+        and merge the deltas published since its cursor. Returns how many were merged.
+
+        ``skip_history``: merge nothing published so far (a partition whose state was lost is being learned again
+        from its earliest offset: the deltas that hold its earlier learning must not count a second time).
+        """
+        contained = [] if record is None else [record.lineage, *record.contained][:MAX_CONTAINED]
+        cursor = record.cursor if record is not None else START
+        if skip_history:
+            last: list[Any] = self._client.xrevrange(self._stream, count=1)  # type: ignore[assignment]
+            if last:
+                cursor = last[0][0].decode() if isinstance(last[0][0], bytes) else str(last[0][0])
+        self.record = SyncRecord(uuid.uuid4().hex, cursor, contained)
+        self._views = {}
+        self._unpublished = []
+        for learner in model_set.learners.values():
+            learner.mark_synced()
+        self._learned_at_sync = dict(model_set.learned)
+        self._sources_at_sync = dict(model_set.sources)
+        merged, _ = self._merge_stream(model_set, own={}, weights={})
+        for learner in model_set.learners.values():
+            learner.mark_synced()
+        self._sources_at_sync = dict(model_set.sources)
+        return merged
+
+    # --- one sync -----------------------------------------------------------------------------------------
+    def sync(self, model_set: ModelSet) -> SyncOutcome:
+        """Measure this member's deltas, merge the others', and prepare the publication (see the module doc)."""
+        started = time.perf_counter()
+        own: dict[str, bytes] = {}
+        weights: dict[str, int] = {}
+        for name, learner in model_set.learners.items():
+            delta = learner.sync_delta()
+            weights[name] = model_set.learned.get(name, 0) - self._learned_at_sync.get(name, 0)
+            if delta is not None:
+                own[name] = delta
+        sources = {source: count - self._sources_at_sync.get(source, 0) for source, count in model_set.sources.items()
+                   if count != self._sources_at_sync.get(source, 0)}
+        merged, read_bytes = self._merge_stream(model_set, own, weights)
+        for learner in model_set.learners.values():
+            learner.mark_synced()
+        self._learned_at_sync = dict(model_set.learned)
+        self._sources_at_sync = dict(model_set.sources)
+        entries = list(self._unpublished)
+        self._seq += 1
+        if own or sources:
+            entries.append(orjson.dumps({
+                "lineage": self.record.lineage, "seq": self._seq,
+                "models": {name: {"delta": own[name].decode(), "weight": weights[name]} for name in own},
+                "sources": sources,
+            }))
+        self._unpublished = entries
+        views = {name: learner.snapshot() for name, learner in model_set.learners.items()
+                 if learner.merge_mode() is MergeMode.VIEW}
+        view_blob = self._view_blob(views) if views else None
+        read_bytes += self._refresh_views(model_set)
+        published = sum(len(e) for e in entries) + (len(view_blob) if view_blob else 0)
+        lineage, max_deltas, ttl = self.record.lineage, self._settings.max_deltas, self._settings.view_ttl_s
+        now = self._clock()
+
+        def publish(pipe: Any) -> None:
+            for entry in entries:
+                pipe.xadd(self._stream, {b"d": entry, b"s": self._sign(entry)}, maxlen=max_deltas, approximate=True)
+            if view_blob is not None:
+                pipe.set(self._view_key("view", lineage), view_blob, ex=max(1, int(ttl)))
+                pipe.hset(self._views_index, lineage, orjson.dumps({"at": now, "seq": self._seq}))
+
+        return SyncOutcome(SyncRecord(lineage, self.record.cursor, list(self.record.contained)), publish,
+                           published, read_bytes, time.perf_counter() - started, merged)
+
+    def published(self, outcome: SyncOutcome) -> None:
+        """The checkpoint carrying ``outcome`` was stored: its deltas are in the stream."""
+        self._unpublished = []
+        if self._metrics is not None:
+            self._metrics.syncs.labels("ok").inc()
+            self._metrics.sync_seconds.observe(outcome.seconds)
+            self._metrics.sync_bytes.labels("published").inc(outcome.published_bytes)
+            self._metrics.sync_bytes.labels("read").inc(outcome.read_bytes)
+
+    def failed(self) -> None:
+        """The checkpoint was not stored: the deltas stay queued for the next sync (bounded by ``max_deltas``)."""
+        del self._unpublished[:-self._settings.max_deltas]
+        if self._metrics is not None:
+            self._metrics.syncs.labels("failed").inc()
+
+    # --- reading the stream -------------------------------------------------------------------------------
+    def _merge_stream(
+        self, model_set: ModelSet, own: Mapping[str, bytes], weights: Mapping[str, int],
+    ) -> tuple[int, int]:
+        """Merge every delta after the cursor that is not this state's own; advance the cursor."""
+        skip = {self.record.lineage, *self.record.contained}
+        others: dict[str, list[tuple[bytes, int]]] = {name: [] for name in model_set.learners}
+        merged = read_bytes = 0
+        cursor = self.record.cursor
+        first = True
+        while True:
+            entries: list[Any] = self._client.xrange(  # type: ignore[assignment]
+                self._stream, min=f"({cursor}" if cursor != START else "-", count=READ_CHUNK)
+            if first and cursor != START and entries:
+                self._check_trimmed(cursor)
+            first = False
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                payload, signature = bytes(fields.get(b"d", b"")), bytes(fields.get(b"s", b""))
+                read_bytes += len(payload)
+                if not self._verified(payload, signature):
+                    log.error("sync delta %s fails signature verification: ignored", cursor)
+                    continue
+                data = orjson.loads(payload)
+                if data.get("lineage") in skip:
+                    continue
+                merged += 1
+                for name, item in data.get("models", {}).items():
+                    if name in others:
+                        others[name].append((item["delta"].encode(), int(item["weight"])))
+                for source, count in data.get("sources", {}).items():
+                    model_set.sources[source] = model_set.sources.get(source, 0) + int(count)
+            if len(entries) < READ_CHUNK:
+                break
+        self.record.cursor = cursor
+        for name, learner in model_set.learners.items():
+            if others[name]:
+                own_delta = own.get(name)
+                if own_delta is None:
+                    own_delta = learner.sync_delta()
+                learner.merge(own_delta, weights.get(name, 0), others[name])
+        return merged, read_bytes
+
+    def _check_trimmed(self, cursor: str) -> None:
+        """Count a restore whose cursor lies before the oldest kept entry (the entries in between are gone)."""
+        info: dict[Any, Any] = self._client.xinfo_stream(self._stream)
+        first = info.get("first-entry") or info.get(b"first-entry")
+        if first and stream_id(first[0]) > stream_id(cursor) and self._client.xlen(self._stream) >= \
+                self._settings.max_deltas:
+            log.error("the group's delta stream was trimmed past this state's cursor %s: deltas lost", cursor)
+            if self._metrics is not None:
+                self._metrics.sync_deltas_lost.inc()
+
+    # --- views --------------------------------------------------------------------------------------------
+    def _view_blob(self, views: Mapping[str, bytes]) -> bytes:
+        header = orjson.dumps({"lineage": self.record.lineage, "models": [[n, len(b)] for n, b in views.items()]})
+        body = b"".join([len(header).to_bytes(4, "big"), header, *views.values()])
+        return self._sign(body) + body
+
+    def _read_view(self, blob: bytes) -> dict[str, Learner] | None:
+        signature, body = blob[:32], blob[32:]
+        if not self._verified(body, signature):
+            log.error("a member's published model fails signature verification: ignored")
+            return None
+        length = int.from_bytes(body[:4], "big")
+        header = orjson.loads(body[4:4 + length])
+        cursor = 4 + length
+        learners: dict[str, Learner] = {}
+        for name, size in header["models"]:
+            data = body[cursor:cursor + size]
+            cursor += size
+            try:
+                learners[name] = restore_learner("river", data)
+            except Exception as exc:  # a view that does not restore votes with nobody
+                log.warning("a member's model %s does not restore (%s): ignored", name, exc)
+        return learners
+
+    def _refresh_views(self, model_set: ModelSet) -> int:
+        """Fetch the other members' view-mode models that changed, and give them to this member's learners."""
+        viewers = {name: learner for name, learner in model_set.learners.items()
+                   if learner.merge_mode() is MergeMode.VIEW}
+        if not viewers or self._settings.max_views == 0:
+            return 0
+        skip = {self.record.lineage, *self.record.contained}
+        now = self._clock()
+        index = self._client.hgetall(self._views_index)
+        fresh: list[tuple[float, str, int]] = []
+        for raw_lineage, raw_meta in index.items():
+            lineage = raw_lineage.decode() if isinstance(raw_lineage, bytes) else str(raw_lineage)
+            meta = orjson.loads(raw_meta)
+            if now - float(meta["at"]) > self._settings.view_ttl_s:
+                self._client.hdel(self._views_index, lineage)
+                continue
+            if lineage not in skip:
+                fresh.append((float(meta["at"]), lineage, int(meta["seq"])))
+        fresh.sort(reverse=True)
+        chosen = fresh[:self._settings.max_views]
+        read_bytes = 0
+        views: dict[str, tuple[int, dict[str, Learner]]] = {}
+        for _, lineage, seq in chosen:
+            held = self._views.get(lineage)
+            if held is not None and held[0] == seq:
+                views[lineage] = held
+                continue
+            blob = self._client.get(self._view_key("view", lineage))
+            if blob is None:
+                continue
+            read_bytes += len(blob)
+            learners = self._read_view(bytes(blob))  # type: ignore[arg-type]
+            if learners is not None:
+                views[lineage] = (seq, learners)
+        self._views = views
+        for name, learner in viewers.items():
+            learner.set_views([held[1][name] for held in views.values() if name in held[1]])
+        return read_bytes
+
+
+def choose_state(records: Mapping[Any, SyncRecord]) -> Any:
+    """Among restored states, the key of the one with the furthest cursor (it lacks the fewest deltas)."""
+    return max(records, key=lambda key: stream_id(records[key].cursor))
+
+
+def open_group_sync(
+    client: redis.Redis, settings: Any, metrics: Metrics | None, hmac_keys: Sequence[bytes],
+) -> GroupSync | None:
+    """The worker's :class:`GroupSync` in group scope (``None`` in partition scope); the first key signs."""
+    if settings.sync.scope != "group":
+        return None
+    return GroupSync(client, settings.redis.namespace, settings.kafka.group_id, hmac_keys, settings.sync, metrics)
