@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 from shared.client import DeliveryError, EventCheck, EventProducer, InvalidRecord, encode_event, encode_label
 from shared.kafka.clients import security_options
 from shared.settings import KafkaSettings, LimitSettings, Settings, SettingsError, load_settings
+from shared.steps.semantics import rules_for
 
 Format = Literal["csv", "jsonl"]
 LabelTarget = Literal["inline", "topic"]
@@ -375,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
             producer = _producer(args, settings)
         stats = produce_rows(
             rows, producer, limits=limits, labels=args.labels, rate=args.rate, source_name=source_name,
+            # with --config, the rows a worker of that config would dead-letter are refused here too
+            check=rules_for(settings).check_event if settings is not None else None,
             progress=progress, bytes_read=lambda: counter.bytes_read,
         )
     except UsageError as exc:

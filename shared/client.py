@@ -47,6 +47,7 @@ from shared.kafka.clients import security_options
 from shared.settings import LimitSettings, Settings
 from shared.steps.batch import InvalidMessage, Rejection
 from shared.steps.decode import decode_event
+from shared.steps.semantics import rules_for
 
 __all__ = [
     "MAX_LABEL_BYTES",
@@ -190,7 +191,8 @@ class EventProducer:
         kafka = settings.kafka
         return cls(
             kafka.bootstrap_servers, events_topic=kafka.topics.events, labels_topic=kafka.topics.labels,
-            limits=settings.limits, **{**security_options(kafka), **producer_options},
+            limits=settings.limits, check=rules_for(settings).check_event,
+            **{**security_options(kafka), **producer_options},
         )
 
     def send_event(self, event: Event | Mapping[str, Any]) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.contract import SEMANTIC_ERROR_CODES, Event
 from shared.learners.base import Task
-from shared.settings import LimitSettings
+from shared.settings import LimitSettings, Settings
 from shared.steps.batch import Batch, Rejection
 
 LABEL_TASK, TS_OUT_OF_WINDOW, VALUE_OUT_OF_RANGE, NO_FEATURES = SEMANTIC_ERROR_CODES
@@ -96,3 +96,11 @@ class SemanticCheckStep:
         for record in batch.records:
             if record.event is not None and record.rejection is None:
                 record.rejection = check(record.event)
+
+
+def rules_for(settings: Settings) -> SemanticRules:
+    """The rules a worker with these settings applies (its limits and its models' tasks), for producers."""
+    from shared.learners.registry import build_learner  # torch and River load only when a producer asks
+
+    tasks = {build_learner(m, settings.preprocessing, settings.worker.seed).task for m in settings.models}
+    return SemanticRules(settings.limits, tasks)

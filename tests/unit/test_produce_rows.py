@@ -158,3 +158,19 @@ def test_a_further_check_refuses_after_decoding_with_its_own_code() -> None:
     stats = produce_rows(jsonl_rows(_lines('{"id": "a"}\n{"id": "b", "x": 1}\n'), Columns()), None,
                          limits=LimitSettings(), check=no_empty, errors=errors)
     assert (stats.sent, stats.invalid_lines) == (1, [1]) and "line 1: event has no features" in errors.getvalue()
+
+
+def test_the_rules_of_a_workers_settings_refuse_what_its_semantic_step_would() -> None:
+    """``produce --config``: a row the worker would dead-letter (label_task, no_features, ...) is refused here."""
+    from shared.settings import Settings
+    from shared.steps.semantics import rules_for
+
+    settings = Settings(hmac_key="k" * 40)  # the default model: a binary logistic regression
+    text = "id,x,y\na,1,1\nb,2,3.5\nc,,\nd,1e300,0\n"  # c: a missing value, which the worker imputes
+    errors = io.StringIO()
+    stats = produce_rows(csv_rows(_lines(text), Columns(label="y")), None, limits=settings.limits,
+                         check=rules_for(settings).check_event, errors=errors)
+    assert stats.sent == 2 and stats.invalid_lines == [3, 5]
+    report = errors.getvalue()
+    assert "line 3: label 3.5 does not fit a binary classifier" in report
+    assert "line 5: feature 'x' is beyond limits.max_abs_value" in report
