@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
-from shared.kafka.transport import EventConsumer, EventProducer, TransportError
+from shared.kafka.transport import DeliveryMark, EventConsumer, EventProducer, TransportError
 
 log = logging.getLogger("streamlearn.commit")
 
@@ -23,6 +24,9 @@ TP = tuple[str, int]
 _CLOSE_TIMEOUT_S = 2.0
 #: seconds the producer gets to deliver what it holds when the worker stops
 _FLUSH_TIMEOUT_S = 120.0
+#: at-least-once: at most this many commits wait for their outputs' delivery; one more delivers everything first
+#: (a blocking flush: the broker is not keeping up, and the loop waits for it)
+MAX_WAITING_COMMITS = 64
 
 
 class TransactionFailed(Exception):
@@ -30,29 +34,80 @@ class TransactionFailed(Exception):
 
 
 class Committer:
-    """At-least-once: flush the producer, then commit the offsets."""
+    """At-least-once: offsets are committed once every output sent before them is delivered.
+
+    The poll loop's periodic commits (:meth:`commit_when_delivered`) queue the offsets behind a
+    :class:`~shared.kafka.transport.DeliveryMark` of the producer and go on; :meth:`release`, called on every turn
+    of the loop, commits the offsets whose mark is done. No flush stalls the loop. A forced commit (revoke,
+    shutdown, or one followed by a checkpoint: :meth:`commit`) still delivers everything first.
+    """
 
     def __init__(self, consumer: EventConsumer, producer: EventProducer) -> None:
         self._consumer = consumer
         self._producer = producer
+        #: (mark, offsets) in commit order; bounded by ``MAX_WAITING_COMMITS``
+        self._waiting: deque[tuple[DeliveryMark, dict[TP, int]]] = deque()
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         """Hand one output record to the producer."""
         self._producer.send(topic, value, key, headers)
 
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
-        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read).
+        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read) with every commit still
+        waiting for its outputs.
 
         ``wait=False`` does not wait for the broker to acknowledge the offsets (the outputs are delivered
-        either way): the loop's periodic commits save a round trip; a lost one only means re-reading.
+        either way); a lost commit only means re-reading.
         """
         self._producer.flush(None)
-        self._consumer.commit(offsets, wait=wait)
+        self._consumer.commit(self._take_waiting(offsets), wait=wait)
+
+    def commit_when_delivered(self, offsets: dict[TP, int]) -> None:
+        """Commit ``offsets`` once every output sent so far is delivered, without waiting for that here.
+
+        Raises :class:`TransportError` when an output of an earlier commit failed (see :meth:`release`).
+        """
+        if len(self._waiting) >= MAX_WAITING_COMMITS:
+            self.commit(offsets, wait=False)
+            return
+        if offsets:
+            self._waiting.append((self._producer.mark(), offsets))
+        self.release()
+
+    def release(self) -> None:
+        """Commit (without waiting for the answer) the offsets whose outputs are all delivered, oldest first.
+
+        An output that failed raises :class:`TransportError` once everything before it is committed: nothing past
+        it is committed, and the worker stops.
+        """
+        if not self._waiting:
+            return
+        self._producer.serve_deliveries()
+        ready: dict[TP, int] = {}
+        failed: DeliveryMark | None = None
+        while self._waiting and self._waiting[0][0].done:
+            mark, offsets = self._waiting[0]
+            if mark.failed:
+                failed = mark
+                break
+            self._waiting.popleft()
+            ready.update(offsets)
+        if ready:
+            self._consumer.commit(ready, wait=False)
+        if failed is not None:
+            self._waiting.clear()
+            failed.raise_failed()
+
+    def forget(self, tps: list[TP]) -> None:
+        """Drop the waiting offsets of partitions this worker no longer owns (lost in a rebalance)."""
+        for _, offsets in self._waiting:
+            for tp in tps:
+                offsets.pop(tp, None)
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """The same commit from inside a rebalance listener (kafka-python: on its IO thread, awaited)."""
         self._producer.flush(None)
-        await self._consumer.commit_in_listener(offsets)
+        await self._consumer.commit_in_listener(self._take_waiting(offsets))
 
     def reset(self, stopping: Callable[[], bool]) -> None:
         """Only the transactional committer can be reset."""
@@ -61,6 +116,14 @@ class Committer:
     def close(self) -> None:
         """Close the producer (delivering what it holds)."""
         self._producer.close(_FLUSH_TIMEOUT_S)
+
+    def _take_waiting(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        """The waiting commits' offsets merged in order, then ``offsets`` (called once everything is delivered)."""
+        merged: dict[TP, int] = {}
+        while self._waiting:
+            merged.update(self._waiting.popleft()[1])
+        merged.update(offsets)
+        return merged
 
 
 class TransactionalCommitter(Committer):
@@ -106,6 +169,10 @@ class TransactionalCommitter(Committer):
         except TransportError as exc:
             raise TransactionFailed(f"transaction commit failed: {exc}") from exc
         self._open = False
+
+    def commit_when_delivered(self, offsets: dict[TP, int]) -> None:
+        """A transaction commits its outputs and offsets together: the same as :meth:`commit`."""
+        self.commit(offsets)
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""

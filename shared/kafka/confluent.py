@@ -26,10 +26,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from shared.kafka.clients import default_transactional_id
 from shared.kafka.transport import (
     DeliveryFailures,
+    DeliveryMark,
     EventConsumer,
     RebalanceHandler,
     TransportError,
     run_listener_coroutine,
+    untracked_mark,
 )
 from shared.settings import KafkaSettings
 from shared.steps.batch import Record
@@ -352,12 +354,16 @@ class ConfluentConsumer:
 class ConfluentProducer:
     """:class:`~shared.kafka.transport.EventProducer` over confluent-kafka's ``Producer``.
 
-    Delivery reports come back for failures only; :meth:`flush` raises when any record failed since the last one.
-    Keys are partitioned as Java and kafka-python do (murmur2), so both transports spread keys alike.
+    Delivery reports come back for failures only, unless ``track_deliveries`` (the at-least-once committer's
+    :meth:`mark`); :meth:`flush` raises when any record failed since the last one. Keys are partitioned as Java
+    and kafka-python do (murmur2), so both transports spread keys alike.
     """
 
-    def __init__(self, settings: KafkaSettings, *, transactional: bool = False) -> None:
+    def __init__(self, settings: KafkaSettings, *, transactional: bool = False,
+                 track_deliveries: bool = False) -> None:
         failures = self._failures = DeliveryFailures()
+        self._tracking = track_deliveries
+        self._mark = DeliveryMark(failures)
 
         def on_delivery(error: KafkaError | None, message: Any) -> None:
             # a closure over the counter, not a bound method: no cycle keeps a dropped producer (and its
@@ -372,7 +378,7 @@ class ConfluentProducer:
             "linger.ms": settings.linger_ms,
             "partitioner": "murmur2_random",
             "compression.type": settings.compression_type,
-            "delivery.report.only.error": True,
+            "delivery.report.only.error": not track_deliveries,
             "queue.buffering.max.kbytes": PRODUCER_QUEUE_KBYTES,
             "on_delivery": on_delivery,
             "error_cb": self._on_error,
@@ -392,20 +398,39 @@ class ConfluentProducer:
         log.log(level, "Kafka producer error: %s", error)
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        mark = self._mark if self._tracking else None
         try:
-            self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+            self._produce(topic, value, key, headers, mark)
         except BufferError:  # the local queue is full: serve delivery reports until there is room
             deadline = time.monotonic() + REQUEST_TIMEOUT_S
             while True:
                 self.raw.poll(0.05)
                 try:
-                    self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
-                    return
+                    self._produce(topic, value, key, headers, mark)
+                    break
                 except BufferError as exc:
                     if time.monotonic() > deadline:
                         raise TransportError("the producer queue stayed full") from exc
         except KafkaException as exc:
             raise _raise(exc, "send") from exc
+        if mark is not None:
+            mark.sent += 1
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None,
+                 mark: DeliveryMark | None) -> None:
+        if mark is None:
+            self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+        else:
+            self.raw.produce(topic, value, key, headers=headers, on_delivery=mark.report)  # type: ignore[arg-type]
+
+    def mark(self) -> DeliveryMark:
+        if not self._tracking:
+            return untracked_mark()
+        closed, self._mark = self._mark, DeliveryMark(self._failures)
+        return closed
+
+    def serve_deliveries(self) -> None:
+        self.raw.poll(0)
 
     def flush(self, timeout_s: float | None) -> None:
         left = self.raw.flush(-1 if timeout_s is None else timeout_s)
