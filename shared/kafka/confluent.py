@@ -1,6 +1,7 @@
-"""The ``kafka.client: confluent`` transport: :class:`EventConsumer` and :class:`EventProducer` over librdkafka.
+"""The ``kafka.client: confluent`` transport (and ``auto``'s): :class:`EventConsumer` and :class:`EventProducer`
+over librdkafka.
 
-Needs the ``confluent`` extra (``pip install 'streamlearn[confluent]'``). librdkafka does the fetching, parsing,
+librdkafka does the fetching, parsing,
 batching and compression in C threads, so a record costs the Python loop a few microseconds instead of the
 tens that kafka-python spends (docs/benchmarks.md).
 
@@ -52,9 +53,8 @@ PREFETCH_MAX_KBYTES = 16 * 1024
 PREFETCH_BACKOFF_MS = 10
 #: the producer's queue of records not yet delivered (librdkafka's default is 1 GiB)
 PRODUCER_QUEUE_KBYTES = 64 * 1024
-#: a poll that found fewer records than this waits up to ``SMALL_BATCH_WAIT_S`` for more
+#: a poll that found fewer records than this waits up to ``kafka.batch_wait_ms`` for more
 SMALL_BATCH = 64
-SMALL_BATCH_WAIT_S = 0.002
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -64,6 +64,8 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         "client.id": settings.client_id,
         "security.protocol": settings.security_protocol,
         "reconnect.backoff.max.ms": settings.reconnect_backoff_max_ms,
+        # a request is sent when it is ready, not held back by Nagle's algorithm
+        "socket.nagle.disable": True,
         # librdkafka's own log lines go through Python logging (not straight to stderr)
         "logger": logging.getLogger("streamlearn.librdkafka"),
     }
@@ -94,6 +96,7 @@ class ConfluentConsumer:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
+        self._batch_wait_s = settings.batch_wait_ms / 1000
         self._handler: RebalanceHandler | None = None
         self._up = True
         self._last_probe = 0.0
@@ -202,10 +205,10 @@ class ConfluentConsumer:
             messages = [first]
             if max_records > 1:
                 messages += self.raw.consume(num_messages=max_records - 1, timeout=0)
-            if len(messages) < SMALL_BATCH < max_records:
+            if self._batch_wait_s and len(messages) < SMALL_BATCH < max_records:
                 # records are trickling in (a fetch response each): give the next ones a moment, so that the
                 # steps' per-batch costs (a Redis round trip, the metric exports) are shared by more records
-                messages += self.raw.consume(num_messages=max_records - len(messages), timeout=SMALL_BATCH_WAIT_S)
+                messages += self.raw.consume(num_messages=max_records - len(messages), timeout=self._batch_wait_s)
         except KafkaException as exc:
             raise _raise(exc, "consume") from exc
         records: list[Record] = []

@@ -1,8 +1,8 @@
 """The worker's view of Kafka: one consumer and one producer interface, two client libraries behind them.
 
-``kafka.client: kafka-python`` (the default, pure Python) or ``confluent`` (librdkafka through confluent-kafka, the
-``streamlearn[confluent]`` extra). The worker speaks only these interfaces, in ``(topic, partition)`` tuples and
-plain offsets; each library's quirks stay in its adapter (docs/architecture.md, "Kafka transports").
+``kafka.client: auto`` (the default) or ``confluent``: librdkafka through confluent-kafka; ``kafka-python``: pure
+Python. The worker speaks only these interfaces, in ``(topic, partition)`` tuples and plain offsets; each library's
+quirks stay in its adapter (docs/architecture.md, "Kafka transports", also says what each client costs).
 """
 
 from __future__ import annotations
@@ -221,9 +221,28 @@ class EventProducer(Protocol):
         """Close; what cannot be delivered within ``timeout_s`` is dropped (an open transaction is aborted)."""
 
 
+_warned_fallback = False
+
+
+def resolved_client(settings: KafkaSettings) -> str:
+    """``confluent`` or ``kafka-python``: ``auto`` is librdkafka when confluent-kafka imports (it is a regular
+    dependency; a platform without its wheels falls back to kafka-python, with a warning)."""
+    global _warned_fallback
+    if settings.client != "auto":
+        return settings.client
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError as exc:
+        if not _warned_fallback:
+            log.warning("kafka.client auto: confluent-kafka does not import (%s); using kafka-python", exc)
+            _warned_fallback = True
+        return "kafka-python"
+    return "confluent"
+
+
 def open_consumer(settings: KafkaSettings) -> EventConsumer:
     """The consumer of the configured ``kafka.client``."""
-    if settings.client == "confluent":
+    if resolved_client(settings) == "confluent":
         from shared.kafka.confluent import ConfluentConsumer
 
         return ConfluentConsumer(settings)
@@ -233,7 +252,7 @@ def open_consumer(settings: KafkaSettings) -> EventConsumer:
 def open_producer(settings: KafkaSettings, *, transactional: bool = False) -> EventProducer:
     """The producer of the configured ``kafka.client``; a non-transactional one tracks deliveries
     (:meth:`EventProducer.mark`) for the at-least-once committer."""
-    if settings.client == "confluent":
+    if resolved_client(settings) == "confluent":
         from shared.kafka.confluent import ConfluentProducer
 
         return ConfluentProducer(settings, transactional=transactional, track_deliveries=not transactional)

@@ -78,7 +78,7 @@ def test_offsets_are_committed_only_once_their_outputs_are_delivered_and_never_b
 
 
 def test_a_failed_output_commits_what_came_before_it_and_nothing_after() -> None:
-    committer, producer, consumer = _committer()
+    committer, _producer, consumer = _committer()
     committer.send("predictions", b"a", None, None)
     committer.commit_when_delivered({TP: 1})
     ok = committer._waiting[0][0]
@@ -110,7 +110,7 @@ def test_a_forced_commit_flushes_and_commits_every_waiting_offset_with_its_own()
 
 
 def test_a_lost_partition_is_never_committed_from_the_waiting_offsets() -> None:
-    committer, producer, consumer = _committer()
+    committer, _producer, consumer = _committer()
     committer.send("predictions", b"a", None, None)
     committer.commit_when_delivered({TP: 1, OTHER: 7})
     committer.forget([OTHER])
