@@ -656,6 +656,11 @@ TEMPLATE_HEAD = """# Benchmarks
   every second or 10,000 events (the worker's default commit policy; same model, same prequential order);
 - **(t)** for reference, kafka-python alone at its best (batch polls, orjson, one `send` per record, flush
   then commit; no model): what any kafka-python consumer-producer pays per event before doing any work;
+- **(r)** the latency floor, with each client: a relay with no model (consume, produce the record to a second
+  topic, flush and commit once a second), tuned for latency as issue 13 describes it (librdkafka: `poll` then
+  `consume(n, 0)`, linger 0; kafka-python: `poll(timeout_ms=50)`, `fetch_max_wait_ms` 5, linger 0). It runs in
+  the same run and at the same rates as the at-least-once worker of the same client (500 events/s and half the
+  worker's maximum), and the latency targets are ratios to it;
 - **(c)** streamlearn's `Worker` (`services/worker/worker.py`) with its settings from `shared/settings.py`:
   validation, cleaning, metrics endpoint, drift monitoring, checkpoints to Redis and exactly-once
   transactions on (at-least-once where marked).
@@ -664,7 +669,11 @@ Models: River `StandardScaler` + `LogisticRegression` (the worker's preprocessin
 `ARFClassifier(n_models=10)`, and the torch MLP (`kind: torch.mlp`, batch size 64, CPU). The benchmark starts its
 own Kafka and Redis on free ports in a temporary directory (as the tests do) and stops them at the end; every
 contender is a separate process (`python -m bench.runner ...`). `--quick` is a smoke run of a few seconds per
-scenario; the event counts of each scenario are flags (`python -m bench --help`). Benchmarks are not tests:
+scenario; the event counts of each scenario are flags (`python -m bench --help`). `make bench-latency`
+(`python -m bench --latency-only`) runs only the latency targets' rows (the floor and the worker of each client at
+500 events/s and at half the worker's maximum, exactly-once at 0.1 s) after one short throughput run per worker for
+its maximum: a few minutes; it prints its report and leaves this file alone. `python -m bench.txn_costs` times
+each step of an exactly-once commit with each client. Benchmarks are not tests:
 they report. Every number in the results comes from the run they describe; the analysis after them
 quotes that run (and, where it says so, earlier runs of the same command).
 

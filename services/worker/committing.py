@@ -10,9 +10,11 @@ partitions to the committed offsets.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any, cast
 
 from shared.kafka.transport import DeliveryMark, EventConsumer, EventProducer, TransportError
 
@@ -126,8 +128,25 @@ class Committer:
         return merged
 
 
+class _GroupMetadata:
+    """The consumer's group metadata, taken on the polling thread for a commit that finishes on another."""
+
+    def __init__(self, metadata: Any) -> None:
+        self._metadata = metadata
+
+    def group_metadata(self) -> Any:
+        return self._metadata
+
+
 class TransactionalCommitter(Committer):
     """Exactly-once: outputs and consumer offsets go out in one Kafka transaction per commit.
+
+    The poll loop's periodic commits (:meth:`commit_when_delivered`) run on a helper thread while the loop goes on
+    polling and processing: the next transaction opens at the first output sent after that commit finished (a
+    send waits for it), so the commit's round trips overlap the next batch's work instead of stopping the loop.
+    Its outcome is taken by the next :meth:`send`, :meth:`commit` or :meth:`release`; a failure raises
+    :class:`TransactionFailed` there. A forced commit (checkpoint, revoke, shutdown: :meth:`commit`) waits for
+    its transaction, so a checkpoint never runs ahead of what Kafka committed.
 
     ``producer_factory`` builds a transactional producer (always the same transactional id); it is called again by
     :meth:`reset`.
@@ -141,10 +160,15 @@ class TransactionalCommitter(Committer):
         self._op_timeout_s = op_timeout_ms / 1000
         self._retry_s = retry_s
         self._open = False
+        #: the commit running on a helper thread: the thread and, once it ended, what it raised
+        self._committing: tuple[threading.Thread, list[BaseException]] | None = None
         super().__init__(consumer, self._new_producer(lambda: False))
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
-        """Send inside the open transaction (opened on the first record after a commit)."""
+        """Send inside the open transaction (opened on the first record after a commit; a commit still running
+        is waited for first)."""
+        if self._committing is not None:
+            self._finish_commit()
         try:
             if not self._open:
                 self._producer.begin_transaction()
@@ -157,6 +181,7 @@ class TransactionalCommitter(Committer):
         """Commit the open transaction with ``offsets``; raise :class:`TransactionFailed` when that fails.
 
         A transaction's commit always waits (``wait`` is ignored): its outputs become readable only then."""
+        self._finish_commit()
         if not offsets and not self._open:
             return
         try:
@@ -171,8 +196,58 @@ class TransactionalCommitter(Committer):
         self._open = False
 
     def commit_when_delivered(self, offsets: dict[TP, int]) -> None:
-        """A transaction commits its outputs and offsets together: the same as :meth:`commit`."""
-        self.commit(offsets)
+        """Start committing the open transaction with ``offsets`` on a helper thread and return at once.
+
+        A commit still running is waited for first (raising :class:`TransactionFailed` when it failed)."""
+        self._finish_commit()
+        if not offsets and not self._open:
+            return
+        producer, timeout_s = self._producer, self._op_timeout_s
+        try:
+            if not self._open:
+                producer.begin_transaction()
+            group = cast(EventConsumer, _GroupMetadata(self._consumer.group_metadata()))
+        except TransportError as exc:
+            raise TransactionFailed(f"transaction commit failed: {exc}") from exc
+        self._open = False  # the next send opens the next transaction, once this one is committed
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if offsets:
+                    producer.send_offsets_to_transaction(offsets, group, timeout_s)
+                producer.commit_transaction(timeout_s)
+            except BaseException as exc:  # handed to the polling thread by _finish_commit
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="kafka-transaction-commit", daemon=True)
+        thread.start()
+        self._committing = (thread, failed)
+
+    def release(self) -> None:
+        """Take the outcome of a commit running on the helper thread if it has ended (never waits)."""
+        if self._committing is not None and not self._committing[0].is_alive():
+            self._finish_commit()
+
+    def _finish_commit(self) -> None:
+        """Wait for the commit running on the helper thread (its producer calls are bounded by their own timeouts);
+        raise :class:`TransactionFailed` when it failed."""
+        if self._committing is None:
+            return
+        thread, failed = self._committing
+        thread.join()
+        self._committing = None
+        if failed:
+            error = failed[0]
+            if isinstance(error, TransportError):
+                raise TransactionFailed(f"transaction commit failed: {error}") from error
+            raise error
+
+    def _abandon_commit(self) -> None:
+        """Wait for a commit still running, whatever its outcome (the producer is about to be dropped)."""
+        if self._committing is not None:
+            self._committing[0].join()
+            self._committing = None
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""
@@ -184,12 +259,14 @@ class TransactionalCommitter(Committer):
         ``init_transactions`` of the new producer fences the old one: the broker aborts its open transaction, or
         completes one whose commit had already been written, before the new producer may go on.
         """
+        self._abandon_commit()
         old, self._open = self._producer, False
         _force_close(old, _CLOSE_TIMEOUT_S)
         self._producer = self._new_producer(stopping)
 
     def close(self) -> None:
         """Close the producer; an open transaction (nothing committed since) is left to be aborted."""
+        self._abandon_commit()
         _force_close(self._producer, _CLOSE_TIMEOUT_S * 5)
 
     def _new_producer(self, stopping: Callable[[], bool]) -> EventProducer:

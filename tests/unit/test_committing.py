@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
-from services.worker.committing import MAX_WAITING_COMMITS, Committer
+from services.worker.committing import MAX_WAITING_COMMITS, Committer, TransactionalCommitter, TransactionFailed
 from shared.kafka.transport import DeliveryFailures, DeliveryMark, TransportError
 
 TP = ("events", 0)
@@ -127,3 +128,66 @@ def test_the_waiting_commits_are_bounded_by_a_flush() -> None:
     assert len(committer._waiting) == 0
     assert producer.flushes == 1
     assert consumer.commits == [({TP: MAX_WAITING_COMMITS + 1}, False)]
+
+
+class FakeTransactionalProducer:
+    """Records the transactional calls; ``commit_transaction`` waits for ``release`` and may fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self.fail_commit = False
+
+    def init_transactions(self, timeout_s: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
+        self.calls.append(f"send {value.decode()}")
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, int], consumer: Any, timeout_s: float) -> None:
+        self.calls.append(f"offsets {consumer.group_metadata()} {sorted(offsets.values())}")
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        assert self.release.wait(5)
+        self.calls.append("commit")
+        if self.fail_commit:
+            raise TransportError("fenced")
+
+    def close(self, timeout_s: float) -> None:
+        self.calls.append("close")
+
+
+class GroupConsumer:
+    def group_metadata(self) -> str:
+        return "generation-1"
+
+
+def test_an_exactly_once_commit_runs_beside_the_loop_and_the_next_send_waits_for_it() -> None:
+    producer = FakeTransactionalProducer()
+    committer = TransactionalCommitter(GroupConsumer(), lambda: producer, op_timeout_ms=1000)  # type: ignore[arg-type]
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})  # returns while commit_transaction waits
+    assert producer.calls == ["init", "begin", "send a", "offsets generation-1 [1]"]
+    committer.release()  # still running: nothing happens
+    sender = threading.Thread(target=committer.send, args=("predictions", b"b", None, None))
+    sender.start()
+    sender.join(0.2)
+    assert sender.is_alive(), "a send must wait for the running commit (the next transaction opens after it)"
+    producer.release.set()
+    sender.join(5)
+    assert producer.calls[4:] == ["commit", "begin", "send b"]
+
+
+def test_a_failed_background_commit_raises_transaction_failed_at_the_next_step() -> None:
+    producer = FakeTransactionalProducer()
+    producer.release.set()
+    producer.fail_commit = True
+    committer = TransactionalCommitter(GroupConsumer(), lambda: producer, op_timeout_ms=1000)  # type: ignore[arg-type]
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})
+    with pytest.raises(TransactionFailed, match="fenced"):
+        committer.send("predictions", b"b", None, None)
+    assert "send b" not in producer.calls
