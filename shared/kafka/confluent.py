@@ -24,7 +24,11 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from shared.kafka.clients import default_transactional_id
+from shared.kafka.clients import (
+    TRANSACTIONAL_RETRY_BACKOFF_MAX_MS,
+    TRANSACTIONAL_RETRY_BACKOFF_MS,
+    default_transactional_id,
+)
 from shared.kafka.transport import (
     DeliveryFailures,
     DeliveryMark,
@@ -389,6 +393,8 @@ class ConfluentProducer:
         if transactional:
             config["transactional.id"] = default_transactional_id(settings)
             config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+            config["retry.backoff.ms"] = TRANSACTIONAL_RETRY_BACKOFF_MS
+            config["retry.backoff.max.ms"] = TRANSACTIONAL_RETRY_BACKOFF_MAX_MS
         self.raw = Producer(config)
         #: a transactional call outlived its timeout: the handle is left alone (never closed) from then on
         self._abandoned = False
