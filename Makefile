@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck bench stack-up stack-down clean
+.PHONY: demo test install lint typecheck bench bench-latency stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+# only the latency rows against the relay floor (a few minutes); prints the report, leaves docs/benchmarks.md alone
+bench-latency: install
+	$(PY) -m bench --latency-only
 
 stack-up: install
 	$(PY) -m services.cli stack up

@@ -28,6 +28,11 @@ STAGES = ("throughput", "latency", "scale", "memory", "profile")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds, not minutes)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the latency targets (make bench-latency): the relay floor and the at-least-once "
+                             "worker of each client at 500 events/s and at half the worker's max, exactly-once at "
+                             "0.1 s; after one short throughput run per worker for its max (a few minutes; "
+                             "does not touch the docs unless --output is given)")
     parser.add_argument("--events-logreg", type=int, help="events per logistic-regression throughput run")
     parser.add_argument("--events-arf", type=int, help="events per ARF throughput run")
     parser.add_argument("--events-mlp", type=int, help="events per torch MLP throughput run")
@@ -47,6 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config_from(args: argparse.Namespace) -> Config:
     base = Config.smoke() if args.quick else Config()
+    if args.latency_only:
+        base = base.replace(latency_only=True, stages=("latency",), models=("logreg",), repeat=1,
+                            logreg_events=min(base.logreg_events, 20_000))
+        if args.only == ",".join(STAGES):
+            args.only = "latency"
     overrides = {
         "logreg_events": args.events_logreg, "arf_events": args.events_arf, "mlp_events": args.events_mlp,
         "latency_seconds": args.latency_seconds, "scale_events": args.scale_events,
@@ -81,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcome.finish(time.monotonic() - started)
     markdown = render(outcome)
     print(markdown)
-    output = args.output if args.output is not None else (None if args.quick else DOC)
+    output = args.output if args.output is not None else (None if args.quick or args.latency_only else DOC)
     if output is not None:
         write_doc(output, markdown)
         log(f"wrote {output}")

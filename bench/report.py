@@ -27,6 +27,18 @@ END = "<!-- bench:results:end -->"
 TARGET_LOGREG_VS_PLAIN = 1.5
 TARGET_ARF_VS_BARE = 0.9
 TARGET_P99_MS = 25.0
+#: issue 13: at-least-once at 500 events/s against the relay floor of the same client and run, and in ms
+LOW_RATE = 500.0
+TARGET_LOW_P50_VS_FLOOR = 3.0
+TARGET_LOW_P99_VS_FLOOR = 2.0
+TARGET_LOW_P99_MS = 10.0
+#: issue 13: at-least-once at half the worker's maximum, p99 against the relay floor at that rate
+TARGET_HALF_P99_VS_FLOOR = 3.0
+#: issue 13: exactly-once p99 at most this many transaction intervals (0.1 s), default client
+TARGET_EOS_INTERVALS = 1.5
+EOS_INTERVAL_S = 0.1
+#: the client ``kafka.client: auto`` resolves to (confluent-kafka is a dependency)
+DEFAULT_CLIENT = "confluent"
 TARGET_SCALE = 1.6
 #: "flat": RSS at the end at most this much above RSS after the first 10% of the run
 FLAT_TOLERANCE = 0.05
@@ -47,6 +59,9 @@ class Config:
     quick: bool = False
     stages: tuple[str, ...] = ("throughput", "latency", "scale", "memory", "profile")
     models: tuple[str, ...] = ("logreg", "arf", "mlp")
+    #: ``--latency-only``: only the latency rows of the targets (relay floor and worker at 500 events/s and at
+    #: half max, each client; exactly-once at 0.1 s), after one short throughput run per client for the maximum
+    latency_only: bool = False
 
     @classmethod
     def smoke(cls) -> Config:
@@ -71,16 +86,60 @@ CONTENDERS = {
     "c-rd-alos": "(c) streamlearn worker, at-least-once, `kafka.client: confluent`",
     "c-ckl": "(c) streamlearn worker, exactly-once, checkpoints in the poll loop (`checkpoint.background: false`)",
     "t": "(t) kafka-python alone: poll, orjson, send; no model",
+    "r": "(r) relay floor, kafka-python: poll, produce, flush and commit once a second; no model",
+    "r-rd": "(r) relay floor, confluent: poll then consume(n, 0), produce, flush and commit once a second; no model",
 }
 #: the worker's Kafka transports (``kafka.client``), each benchmarked
 CLIENTS = ("kafka-python", "confluent")
-#: the worker's ``kafka.linger_ms`` in the latency rows that show what a lower linger buys (the default is 5)
-LATENCY_LINGER_MS = 1
 #: the transport of each worker contender
 CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent", "c-rd-alos": "confluent"}
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
-#: the latency rows measured ``repeat`` times (target 3 and its floor); the median p99 is reported
-LATENCY_REPEATED = ("t", "c-alos", "c-rd-alos")
+#: the latency rows measured ``repeat`` times (the targets and their floors); the median p99 is reported
+LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r-rd@half",
+                    "c-rd-alos@half")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPlan:
+    """One paced latency row: who, at what rate (fixed, or a fraction of a worker's maximum), with what."""
+
+    key: str
+    contender: str
+    label: str
+    client: str
+    at_least_once: bool = True
+    interval_s: float | None = None
+    rate: float | None = None
+    of: str | None = None
+    fraction: float = 0.5
+
+
+def latency_plans(latency_only: bool) -> list[LatencyPlan]:
+    """The latency rows in the order they run: each client's relay floor beside its worker, at 500 events/s and at
+    half the worker's maximum, then exactly-once (and, in a full run, the plain loop and the 1 s interval)."""
+    plans: list[LatencyPlan] = []
+    for client, relay, worker in (("kafka-python", "r", "c-alos"), ("confluent", "r-rd", "c-rd-alos")):
+        for where, rate, of in (("500", LOW_RATE, None), ("half", None, worker)):
+            at = f"at {LOW_RATE:,.0f} events/s" if rate else "at half the worker's max"
+            plans.append(LatencyPlan(f"{relay}@{where}", "relay", f"{CONTENDERS[relay]}, {at}", client, rate=rate,
+                                     of=of))
+            plans.append(LatencyPlan(f"{worker}@{where}", "worker", f"{CONTENDERS[worker]}, {at}", client,
+                                     rate=rate, of=of))
+    eos = [("c-rd", "confluent"), ("c", "kafka-python")]
+    for key, client in eos:
+        plans.append(LatencyPlan(f"{key}@{EOS_INTERVAL_S:g}s", "worker",
+                                 f"{CONTENDERS[key]} (commit_interval_s {EOS_INTERVAL_S:g})", client,
+                                 at_least_once=False, interval_s=EOS_INTERVAL_S, of=key))
+    # the same at a light load: what the commit costs when the worker is far from its maximum
+    plans.append(LatencyPlan(f"c-rd@{EOS_INTERVAL_S:g}s@500", "worker",
+                             f"{CONTENDERS['c-rd']} (commit_interval_s {EOS_INTERVAL_S:g}), at {LOW_RATE:,.0f} "
+                             "events/s", "confluent", at_least_once=False, interval_s=EOS_INTERVAL_S, rate=LOW_RATE))
+    if not latency_only:
+        plans.insert(0, LatencyPlan("b", "plain", CONTENDERS["b"], "kafka-python", of="b"))
+        for key, client in eos:
+            plans.append(LatencyPlan(f"{key}@1s", "worker", f"{CONTENDERS[key]} (commit_interval_s 1.0, default)",
+                                     client, at_least_once=False, of=key))
+    return plans
 
 
 def median_run(runs: list[LatencyResult]) -> LatencyResult:
@@ -133,7 +192,8 @@ class Outcome:
                 self._throughput(bench, model, keys)
         if "latency" in stages:
             if "logreg" not in self.throughput:
-                self._throughput(bench, "logreg", ("b", "c", "c-alos", "c-rd", "c-rd-alos"))
+                self._throughput(bench, "logreg", ("c", "c-alos", "c-rd", "c-rd-alos") if self.config.latency_only
+                                 else ("b", "c", "c-alos", "c-rd", "c-rd-alos"))
             self._latency(bench)
         if "scale" in stages:
             self._scale(bench)
@@ -183,41 +243,26 @@ class Outcome:
 
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
-        linger = f" with `kafka.linger_ms: {LATENCY_LINGER_MS}`"
-        # (key, contender, label, at-least-once, commit interval, whose maximum, fraction of it, linger_ms)
-        plans = [
-            ("b", "plain", CONTENDERS["b"], True, None, "b", 0.5, None),
-            ("t", "transport", CONTENDERS["t"] + ", at the rate of the next row", True, None, "c-alos", 0.5, None),
-            ("c-alos", "worker", CONTENDERS["c-alos"], True, None, "c-alos", 0.5, None),
-            ("c-alos-linger", "worker", CONTENDERS["c-alos"] + linger, True, None, "c-alos", 0.5, LATENCY_LINGER_MS),
-            ("c-alos-quarter", "worker", CONTENDERS["c-alos"] + " at a quarter of max", True, None, "c-alos",
-             0.25, None),
-            ("c-alos-light", "worker", CONTENDERS["c-alos"] + " at a tenth of max", True, None, "c-alos", 0.1, None),
-            ("c", "worker", CONTENDERS["c"] + " (commit_interval_s 1.0, default)", False, None, "c", 0.5, None),
-            ("c-100ms", "worker", CONTENDERS["c"] + " (commit_interval_s 0.1)", False, 0.1, "c", 0.5, None),
-            ("c-rd-alos", "worker", CONTENDERS["c-rd-alos"], True, None, "c-rd-alos", 0.5, None),
-            ("c-rd-alos-linger", "worker", CONTENDERS["c-rd-alos"] + linger, True, None, "c-rd-alos", 0.5,
-             LATENCY_LINGER_MS),
-            ("c-rd", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 1.0, default)", False, None, "c-rd", 0.5,
-             None),
-            ("c-rd-100ms", "worker", CONTENDERS["c-rd"] + " (commit_interval_s 0.1)", False, 0.1, "c-rd", 0.5, None),
-        ]
-        # the rows of the target itself run ``repeat`` times, interleaved; the others once
-        repeated = [plan for plan in plans if plan[0] in LATENCY_REPEATED]
+        plans = latency_plans(self.config.latency_only)
+        # the rows of the targets run ``repeat`` times, interleaved; the others once
+        repeated = [plan for plan in plans if plan.key in LATENCY_REPEATED]
         rounds = [plans] + [repeated] * (self.config.repeat - 1)
         for round_plans in rounds:
-            for key, contender, label, at_least_once, interval, of, fraction, linger_ms in round_plans:
-                max_rate = self.rate("logreg", of)
-                if max_rate is None:
-                    continue
-                rate = fraction * max_rate
-                log(f"latency: {label} at {rate:,.0f} events/s for {seconds:.0f} s")
-                result = bench.paced(contender, "logreg", rate, seconds, label=label, at_least_once=at_least_once,
-                                     commit_interval_s=interval, client=CLIENT_OF.get(of, "kafka-python"),
-                                     linger_ms=linger_ms)
-                runs = self.latency_runs.setdefault(key, [])
+            for plan in round_plans:
+                if plan.rate is not None:
+                    rate = plan.rate
+                else:
+                    max_rate = self.rate("logreg", plan.of or "")
+                    if max_rate is None:
+                        continue
+                    rate = plan.fraction * max_rate
+                log(f"latency: {plan.label} ({rate:,.0f} events/s for {seconds:.0f} s)")
+                result = bench.paced(plan.contender, "logreg", rate, seconds, label=plan.label,
+                                     at_least_once=plan.at_least_once, commit_interval_s=plan.interval_s,
+                                     client=plan.client)
+                runs = self.latency_runs.setdefault(plan.key, [])
                 runs.append(result)
-                self.latency[key] = median_run(runs)
+                self.latency[plan.key] = median_run(runs)
                 log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} "
                     "read)")
 
@@ -320,18 +365,22 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def targets(outcome: Outcome) -> list[list[str]]:
-    """The issue's five targets: what was measured, as a ratio of the same run, and whether it is met."""
-    rows: list[list[str]] = []
+    """Issue 13's targets (1-6) and issue 6's scale and memory: what was measured, as a ratio of the same run,
+    and whether it is met."""
+    rows: list[list[str]] = latency_targets(outcome)
     for key in ("c", "c-rd"):
         worker, plain = outcome.rate("logreg", key), outcome.rate("logreg", "b")
         if worker is not None and plain is not None:
             pairs = outcome.paired_ratios("logreg", key, "b")
             ratio = statistics.median(pairs) if pairs else worker / plain
-            rows.append([f"1. logreg: worker (exactly-once, everything on; {CLIENT_OF[key]}) vs plain loop (b)",
+            default = ", the default client" if CLIENT_OF[key] == DEFAULT_CLIENT else ""
+            rows.append([f"4. logreg: worker (exactly-once, everything on; {CLIENT_OF[key]}{default}) vs plain "
+                         "loop (b)",
                          f">= {TARGET_LOGREG_VS_PLAIN}x",
                          f"{ratio:.2f}x ({_spread(pairs)}medians {worker:,.0f} vs {plain:,.0f} events/s; one worker: "
                          f"{worker:,.0f} events/s)",
-                         _verdict(ratio >= TARGET_LOGREG_VS_PLAIN)])
+                         _verdict(ratio >= TARGET_LOGREG_VS_PLAIN) if default else
+                         ("within" if ratio >= TARGET_LOGREG_VS_PLAIN else "below")])
     for key in ("c", "c-rd", "c-ckl"):
         arf_worker, arf_bare = outcome.rate("arf", key), outcome.rate("arf", "a")
         if arf_worker is not None and arf_bare is not None:
@@ -339,49 +388,23 @@ def targets(outcome: Outcome) -> list[list[str]]:
             ratio = statistics.median(pairs) if pairs else arf_worker / arf_bare
             measured = f"{ratio:.2f}x ({_spread(pairs)}medians {arf_worker:,.0f} vs {arf_bare:,.0f} events/s)"
             if key == "c-ckl":
-                rows.append(["2. the same (kafka-python) with checkpoints in the poll loop, "
+                rows.append(["5. the same (kafka-python) with checkpoints in the poll loop, "
                              "`checkpoint.background: false` (reference)", f">= {TARGET_ARF_VS_BARE}x", measured,
                              "within" if ratio >= TARGET_ARF_VS_BARE else "below"])
             else:
-                rows.append([f"2. ARF: worker ({CLIENT_OF[key]}) vs bare River loop (a)",
-                             f">= {TARGET_ARF_VS_BARE}x", measured, _verdict(ratio >= TARGET_ARF_VS_BARE)])
-    for key in ("c-alos", "c-rd-alos"):
-        alos = outcome.latency.get(key)
-        if alos is not None:
-            p99s = [r.p99_ms for r in outcome.latency_runs.get(key, [])]
-            rows.append([f"3. p99 end-to-end latency, logreg, at-least-once ({CLIENT_OF[key]}), at half max "
-                         "throughput", f"<= {TARGET_P99_MS:.0f} ms",
-                         f"{alos.p99_ms:.1f} ms at {alos.rate:,.0f} events/s"
-                         + (f" ({_spread(p99s, ' ms', 1).rstrip('; ')})" if len(p99s) > 1 else ""),
-                         _verdict(alos.p99_ms <= TARGET_P99_MS)])
-    for key in ("c-alos-linger", "c-rd-alos-linger"):
-        tuned = outcome.latency.get(key)
-        if tuned is not None:
-            client = "confluent" if key.startswith("c-rd") else "kafka-python"
-            rows.append([f"3. the same ({client}) with `kafka.linger_ms: {LATENCY_LINGER_MS}` (reference)",
-                         f"<= {TARGET_P99_MS:.0f} ms", f"{tuned.p99_ms:.1f} ms at {tuned.rate:,.0f} events/s",
-                         "within" if tuned.p99_ms <= TARGET_P99_MS else "above"])
-    floor = outcome.latency.get("t")
-    if floor is not None:
-        p99s = [r.p99_ms for r in outcome.latency_runs.get("t", [])]
-        rows.append(["3. kafka-python alone (t), no model and no steps, at the same rate (the floor)",
-                     f"<= {TARGET_P99_MS:.0f} ms", f"{floor.p99_ms:.1f} ms at {floor.rate:,.0f} events/s"
-                     + (f" ({_spread(p99s, ' ms', 1).rstrip('; ')})" if len(p99s) > 1 else ""),
-                     "within" if floor.p99_ms <= TARGET_P99_MS else "above"])
-    for key, share in (("c-alos-quarter", "a quarter"), ("c-alos-light", "a tenth")):
-        light = outcome.latency.get(key)
-        if light is not None:
-            rows.append([f"3. the same at {share} of max throughput (reference)", f"<= {TARGET_P99_MS:.0f} ms",
-                         f"{light.p99_ms:.1f} ms at {light.rate:,.0f} events/s",
-                         "within" if light.p99_ms <= TARGET_P99_MS else "above"])
-    for key in ("c", "c-100ms", "c-rd", "c-rd-100ms"):
-        eos = outcome.latency.get(key)
-        if eos is not None:
-            interval = eos.commit_interval_s if eos.commit_interval_s is not None else 1.0
-            client = "confluent" if key.startswith("c-rd") else "kafka-python"
-            rows.append([f"3. p99 with exactly-once ({client}), transaction interval {interval:g} s",
-                         "report vs the interval",
-                         f"{eos.p99_ms:.0f} ms = {eos.p99_ms / (1000 * interval):.2f}x the interval",
+                default = ", the default client" if CLIENT_OF[key] == DEFAULT_CLIENT else ""
+                rows.append([f"5. ARF: worker ({CLIENT_OF[key]}{default}) vs bare River loop (a)",
+                             f">= {TARGET_ARF_VS_BARE}x", measured,
+                             _verdict(ratio >= TARGET_ARF_VS_BARE) if default else
+                             ("within" if ratio >= TARGET_ARF_VS_BARE else "below")])
+    for key in ("c-rd", "c"):
+        mlp_worker, mlp_bare = outcome.rate("mlp", key), outcome.rate("mlp", "a")
+        if mlp_worker is not None and mlp_bare is not None:
+            pairs = outcome.paired_ratios("mlp", key, "a")
+            ratio = statistics.median(pairs) if pairs else mlp_worker / mlp_bare
+            rows.append([f"6. torch MLP: worker (exactly-once, {CLIENT_OF[key]}) vs the bare torch loop (a)",
+                         "report (profile if below 0.8x)",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {mlp_worker:,.0f} vs {mlp_bare:,.0f} events/s)",
                          "reported"])
     for client, runs in outcome.scale.items():
         pairs = outcome.scale_ratios(client)
@@ -389,7 +412,7 @@ def targets(outcome: Outcome) -> list[list[str]]:
             ratio = statistics.median(pairs)
             one = statistics.median(r.rate for r in runs[0::2])
             two = statistics.median(r.rate for r in runs[1::2])
-            rows.append([f"4. 2 workers vs 1 worker ({client}), 4 partitions", f">= {TARGET_SCALE}x",
+            rows.append([f"issue 6: 2 workers vs 1 worker ({client}), 4 partitions", f">= {TARGET_SCALE}x",
                          f"{ratio:.2f}x ({_spread(pairs)}medians {two:,.0f} vs {one:,.0f} events/s)",
                          _verdict(ratio >= TARGET_SCALE)])
     for client, memory in outcome.memory.items():
@@ -397,9 +420,57 @@ def targets(outcome: Outcome) -> list[list[str]]:
         events = memory.result.events
         flat = growth <= FLAT_TOLERANCE
         note = "" if events >= 1_000_000 else f" (over {events:,} events, not 1,000,000)"
-        rows.append([f"5. resident memory flat over a long run ({client})", f"flat (<= {FLAT_TOLERANCE:.0%} growth)",
+        rows.append([f"issue 6: resident memory flat over a long run ({client})",
+                     f"flat (<= {FLAT_TOLERANCE:.0%} growth)",
                      f"{first:.0f} -> {last:.0f} MiB (max {peak:.0f}), {growth:+.1%}{note}",
                      _verdict(flat) if events >= 1_000_000 else _verdict(flat) + " (shorter run)"])
+    return rows
+
+
+def _runs(outcome: Outcome, key: str) -> str:
+    p99s = [r.p99_ms for r in outcome.latency_runs.get(key, [])]
+    return f" ({_spread(p99s, ' ms', 1).rstrip('; ')})" if len(p99s) > 1 else ""
+
+
+def latency_targets(outcome: Outcome) -> list[list[str]]:
+    """Issue 13's latency targets: the worker against the relay floor of the same client and run."""
+    rows: list[list[str]] = []
+    for client, relay, worker in (("confluent", "r-rd", "c-rd-alos"), ("kafka-python", "r", "c-alos")):
+        default = " (default client)" if client == DEFAULT_CLIENT else ""
+        floor, got = outcome.latency.get(f"{relay}@500"), outcome.latency.get(f"{worker}@500")
+        if floor is not None and got is not None:
+            p50_ratio, p99_ratio = got.p50_ms / floor.p50_ms, got.p99_ms / floor.p99_ms
+            met = (p50_ratio <= TARGET_LOW_P50_VS_FLOOR and p99_ratio <= TARGET_LOW_P99_VS_FLOOR
+                   and got.p99_ms <= TARGET_LOW_P99_MS)
+            rows.append([f"1. at-least-once, logreg, {LOW_RATE:,.0f} events/s, {client}{default}: worker vs relay "
+                         "floor (same client, same run)",
+                         f"p50 <= {TARGET_LOW_P50_VS_FLOOR:g}x, p99 <= {TARGET_LOW_P99_VS_FLOOR:g}x and "
+                         f"<= {TARGET_LOW_P99_MS:g} ms",
+                         f"p50 {got.p50_ms:.1f} vs {floor.p50_ms:.1f} ms = {p50_ratio:.2f}x; p99 {got.p99_ms:.1f}"
+                         f"{_runs(outcome, f'{worker}@500')} vs {floor.p99_ms:.1f}{_runs(outcome, f'{relay}@500')} "
+                         f"ms = {p99_ratio:.2f}x",
+                         _verdict(met) if default else ("within" if met else "outside")])
+    for client, relay, worker in (("confluent", "r-rd", "c-rd-alos"), ("kafka-python", "r", "c-alos")):
+        floor, got = outcome.latency.get(f"{relay}@half"), outcome.latency.get(f"{worker}@half")
+        if floor is not None and got is not None:
+            ratio = got.p99_ms / floor.p99_ms
+            rows.append([f"2. at-least-once, logreg, half the worker's max ({got.rate:,.0f} events/s), {client}: "
+                         "worker p99 vs relay floor p99", f"<= {TARGET_HALF_P99_VS_FLOOR:g}x",
+                         f"{got.p99_ms:.1f}{_runs(outcome, f'{worker}@half')} vs {floor.p99_ms:.1f}"
+                         f"{_runs(outcome, f'{relay}@half')} ms = {ratio:.2f}x (p50 {got.p50_ms:.1f} vs "
+                         f"{floor.p50_ms:.1f} ms)", _verdict(ratio <= TARGET_HALF_P99_VS_FLOOR)])
+    for key, client in (("c-rd", "confluent"), ("c", "kafka-python")):
+        for interval, suffix in ((EOS_INTERVAL_S, ""), (EOS_INTERVAL_S, "@500"), (1.0, "")):
+            eos = outcome.latency.get(f"{key}@{interval:g}s{suffix}")
+            if eos is None:
+                continue
+            intervals = eos.p99_ms / (1000 * interval)
+            target = client == DEFAULT_CLIENT and interval == EOS_INTERVAL_S and not suffix
+            rows.append([f"3. exactly-once ({client}{', the default client' if client == DEFAULT_CLIENT else ''}), "
+                         f"transaction interval {interval:g} s, at {eos.rate:,.0f} events/s",
+                         f"p99 <= {TARGET_EOS_INTERVALS:g}x the interval" if target else "report vs the interval",
+                         f"p99 {eos.p99_ms:.0f} ms = {intervals:.2f}x the interval (p50 {eos.p50_ms:.0f} ms)",
+                         _verdict(intervals <= TARGET_EOS_INTERVALS) if target else "reported"])
     return rows
 
 
@@ -419,7 +490,8 @@ def render(outcome: Outcome) -> str:
     m, v = outcome.machine, outcome.versions
     out: list[str] = [BEGIN, ""]
     out += ["## The run", ""]
-    kind = "a **--quick smoke run** (too few events for stable figures)" if c.quick else "a full run"
+    kind = "a **--quick smoke run** (too few events for stable figures)" if c.quick else (
+        "a **--latency-only** run (the latency targets only)" if c.latency_only else "a full run")
     out += [f"- **When**: {outcome.started_utc}, {kind}, {outcome.seconds / 60:.1f} minutes including the "
             "start and stop of Kafka and Redis.",
             f"- **Command**: `{outcome.command}` (`make bench` runs `.venv/bin/python -m bench`).",
@@ -433,7 +505,7 @@ def render(outcome: Outcome) -> str:
             "events for every contender of a model.", ""]
     rows = targets(outcome)
     if rows:
-        out += ["## Targets (issue 6), as ratios measured in this run", ""]
+        out += ["## Targets (issues 6 and 13), as ratios measured in this run", ""]
         out += [*_table(["target", "goal", "measured", "verdict"], rows), ""]
     if outcome.throughput:
         out += ["## Throughput", "",
@@ -588,6 +660,11 @@ TEMPLATE_HEAD = """# Benchmarks
   every second or 10,000 events (the worker's default commit policy; same model, same prequential order);
 - **(t)** for reference, kafka-python alone at its best (batch polls, orjson, one `send` per record, flush
   then commit; no model): what any kafka-python consumer-producer pays per event before doing any work;
+- **(r)** the latency floor, with each client: a relay with no model (consume, produce the record to a second
+  topic, flush and commit once a second), tuned for latency as issue 13 describes it (librdkafka: `poll` then
+  `consume(n, 0)`, linger 0; kafka-python: `poll(timeout_ms=50)`, `fetch_max_wait_ms` 5, linger 0). It runs in
+  the same run and at the same rates as the at-least-once worker of the same client (500 events/s and half the
+  worker's maximum), and the latency targets are ratios to it;
 - **(c)** streamlearn's `Worker` (`services/worker/worker.py`) with its settings from `shared/settings.py`:
   validation, cleaning, metrics endpoint, drift monitoring, checkpoints to Redis and exactly-once
   transactions on (at-least-once where marked).
@@ -596,7 +673,11 @@ Models: River `StandardScaler` + `LogisticRegression` (the worker's preprocessin
 `ARFClassifier(n_models=10)`, and the torch MLP (`kind: torch.mlp`, batch size 64, CPU). The benchmark starts its
 own Kafka and Redis on free ports in a temporary directory (as the tests do) and stops them at the end; every
 contender is a separate process (`python -m bench.runner ...`). `--quick` is a smoke run of a few seconds per
-scenario; the event counts of each scenario are flags (`python -m bench --help`). Benchmarks are not tests:
+scenario; the event counts of each scenario are flags (`python -m bench --help`). `make bench-latency`
+(`python -m bench --latency-only`) runs only the latency targets' rows (the floor and the worker of each client at
+500 events/s and at half the worker's maximum, exactly-once at 0.1 s) after one short throughput run per worker for
+its maximum: a few minutes; it prints its report and leaves this file alone. `python -m bench.txn_costs` times
+each step of an exactly-once commit with each client. Benchmarks are not tests:
 they report. Every number in the results comes from the run they describe; the analysis after them
 quotes that run (and, where it says so, earlier runs of the same command).
 

@@ -7,6 +7,8 @@ Contenders:
 * ``plain``: the loop a user writes from the kafka-python and River tutorials (iterate a ``KafkaConsumer``,
   ``json.loads``, ``predict_one``, ``learn_one``, ``producer.send(json.dumps(...))``, flush then commit);
 * ``transport``: kafka-python alone (batch polls, orjson, a send per record, no model): its per-event cost;
+* ``relay``: the latency floor: consume, produce to a second topic, flush and commit once a second; no model,
+  each client tuned for latency (``--client``);
 * ``worker``: streamlearn's :class:`~services.worker.Worker` with its settings (validation, metrics,
   checkpoints to Redis, exactly-once unless ``--at-least-once``).
 
@@ -204,6 +206,84 @@ def run_transport(args: argparse.Namespace) -> None:
     producer.close()
 
 
+#: the relay's commit cadence (issue 13: "flush and commit once a second")
+RELAY_COMMIT_S = 1.0
+
+
+def run_relay(args: argparse.Namespace) -> None:
+    """(r) The latency floor: a relay with no model, tuned for latency (issue 13). Each record is produced as it
+    came to the predictions topic; the producer is flushed and the offsets committed once a second.
+
+    confluent: ``poll`` for the first record, then ``consume(n, 0)`` for what came with it; linger 0.
+    kafka-python: ``poll(timeout_ms=50)``, ``fetch_max_wait_ms`` 5; linger 0. Both read ``read_committed`` and
+    produce idempotently with ``acks=all``, as the worker does.
+    """
+    stop = _stop_flag(args.stop_file)
+    if args.client == "confluent":
+        _relay_confluent(args, stop)
+    else:
+        _relay_kafka_python(args, stop)
+
+
+def _relay_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+    })
+    producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 0})
+
+    def assigned(_consumer: Any, partitions: Any) -> None:
+        if args.ready_file and partitions:
+            args.ready_file.touch()
+
+    consumer.subscribe([args.topic], on_assign=assigned)
+    last_commit, uncommitted = time.monotonic(), False
+    while not stop.is_set():
+        first = consumer.poll(0.05)
+        if first is not None:
+            for message in [first, *consumer.consume(num_messages=499, timeout=0)]:
+                if message.error() is None:
+                    producer.produce(args.predictions, message.value(), message.key())
+                    uncommitted = True
+            producer.poll(0)
+        if uncommitted and time.monotonic() - last_commit >= RELAY_COMMIT_S:
+            producer.flush()
+            consumer.commit(asynchronous=False)
+            last_commit, uncommitted = time.monotonic(), False
+    producer.flush(10)
+    consumer.close()
+
+
+def _relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        args.topic, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", isolation_level="read_committed", fetch_max_wait_ms=5,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
+    consumer.partitions_for_topic(args.topic)  # metadata before the group join (see BenchWorker.start)
+    last_commit, uncommitted = time.monotonic(), False
+    while not stop.is_set():
+        polled = consumer.poll(timeout_ms=50, max_records=500)
+        if args.ready_file and not args.ready_file.exists() and consumer.assignment():
+            args.ready_file.touch()
+        for records in polled.values():
+            for message in records:
+                producer.send(args.predictions, key=message.key, value=message.value)
+                uncommitted = True
+        if uncommitted and time.monotonic() - last_commit >= RELAY_COMMIT_S:
+            producer.flush()
+            consumer.commit()
+            last_commit, uncommitted = time.monotonic(), False
+    producer.flush(10)
+    consumer.close()
+    producer.close()
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """(c) streamlearn's worker, stopped by the parent once it has reported."""
     settings = worker_settings(
@@ -345,7 +425,7 @@ def _stop_flag(path: Path | None, on_stop: Any = None) -> threading.Event:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n")[0])
-    parser.add_argument("contender", choices=["bare", "plain", "transport", "worker"])
+    parser.add_argument("contender", choices=["bare", "plain", "transport", "relay", "worker"])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--result", type=Path, help="where to report (none: a paced run, never reports)")
     parser.add_argument("--n", type=int, default=0, help="events to process (0: up to the end offsets at start)")
@@ -361,7 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--linger-ms", type=int, help="the worker's kafka.linger_ms (default: the settings' default)")
     parser.add_argument("--transactional-id")
     parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
-                        help="the worker's Kafka transport")
+                        help="the Kafka client of the worker or the relay")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--go-file", type=Path)
     parser.add_argument("--stop-file", type=Path)
@@ -372,7 +452,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    {"bare": run_bare, "plain": run_plain, "transport": run_transport, "worker": run_worker}[args.contender](args)
+    {"bare": run_bare, "plain": run_plain, "transport": run_transport, "relay": run_relay,
+     "worker": run_worker}[args.contender](args)
 
 
 if __name__ == "__main__":

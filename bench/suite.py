@@ -330,7 +330,7 @@ class Bench:
             args += ["--commit-interval", str(commit_interval_s)]
         if linger_ms is not None:
             args += ["--linger-ms", str(linger_ms)]
-        if contender == "worker":
+        if contender in ("worker", "relay"):
             args += ["--client", client]
         child = self.spawn(*args)
         n = max(50, int(rate * (WARMUP_S + seconds)))

@@ -34,9 +34,10 @@ class KafkaSettings(_Frozen):
     """How the worker talks to Kafka."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    #: the client library: ``kafka-python`` (pure Python, the default) or ``confluent`` (librdkafka through
-    #: confluent-kafka: far less CPU per record; ``pip install 'streamlearn[confluent]'``)
-    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    #: the client library: ``auto`` (the default: librdkafka through confluent-kafka when it imports, else
+    #: kafka-python), ``confluent`` (librdkafka: far less CPU per record and lower latency) or ``kafka-python``
+    #: (pure Python; docs/architecture.md, "Kafka transports")
+    client: Literal["auto", "kafka-python", "confluent"] = "auto"
     group_id: str = "streamlearn"
     client_id: str = "streamlearn-worker"
     topics: TopicSettings = TopicSettings()
@@ -49,8 +50,12 @@ class KafkaSettings(_Frozen):
     poll_timeout_ms: int = Field(100, ge=1, le=60_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     session_timeout_ms: int = Field(10_000, ge=1_000)
-    fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
-    linger_ms: int = Field(5, ge=0, le=10_000)
+    #: how long the broker holds a fetch when no data is there (data arriving answers it at once); small, so that
+    #: an idle consumer notices new records quickly (docs/operations.md, "Latency")
+    fetch_max_wait_ms: int = Field(5, ge=0, le=10_000)
+    #: how long the producer waits to fill a batch: at most this much latency at low rates; at high rates batches
+    #: fill while earlier requests are in flight anyway
+    linger_ms: int = Field(1, ge=0, le=10_000)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     #: predictions, dead letters and consumer offsets in one Kafka transaction per commit (worker.commit_*)
     exactly_once: bool = True
@@ -64,6 +69,10 @@ class KafkaSettings(_Frozen):
     #: how long one transactional step (offsets, commit, init) may wait before the worker gives the
     #: transaction up, builds a new producer and rewinds to the committed offsets (exactly-once mode)
     transaction_op_timeout_ms: int = Field(30_000, ge=1_000)
+    #: the latency/throughput knob of the poll loop: a poll that found fewer than 64 records waits up to this long
+    #: for more, so that per-batch costs (Redis round trips, metric exports) are shared by more records at moderate
+    #: rates; every record then waits up to this long (0: a poll hands over what is there at once; librdkafka only)
+    batch_wait_ms: int = Field(0, ge=0, le=1_000)
     #: TLS (``security_protocol`` SSL or SASL_SSL): the PEM bundle of the CA(s) that signed the brokers'
     #: certificates (None: the system's trust store)
     ssl_cafile: Path | None = None

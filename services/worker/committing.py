@@ -10,10 +10,13 @@ partitions to the committed offsets.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any, cast
 
-from shared.kafka.transport import EventConsumer, EventProducer, TransportError
+from shared.kafka.transport import DeliveryMark, EventConsumer, EventProducer, TransportError
 
 log = logging.getLogger("streamlearn.commit")
 
@@ -23,6 +26,9 @@ TP = tuple[str, int]
 _CLOSE_TIMEOUT_S = 2.0
 #: seconds the producer gets to deliver what it holds when the worker stops
 _FLUSH_TIMEOUT_S = 120.0
+#: at-least-once: at most this many commits wait for their outputs' delivery; one more delivers everything first
+#: (a blocking flush: the broker is not keeping up, and the loop waits for it)
+MAX_WAITING_COMMITS = 64
 
 
 class TransactionFailed(Exception):
@@ -30,29 +36,80 @@ class TransactionFailed(Exception):
 
 
 class Committer:
-    """At-least-once: flush the producer, then commit the offsets."""
+    """At-least-once: offsets are committed once every output sent before them is delivered.
+
+    The poll loop's periodic commits (:meth:`commit_when_delivered`) queue the offsets behind a
+    :class:`~shared.kafka.transport.DeliveryMark` of the producer and go on; :meth:`release`, called on every turn
+    of the loop, commits the offsets whose mark is done. No flush stalls the loop. A forced commit (revoke,
+    shutdown, or one followed by a checkpoint: :meth:`commit`) still delivers everything first.
+    """
 
     def __init__(self, consumer: EventConsumer, producer: EventProducer) -> None:
         self._consumer = consumer
         self._producer = producer
+        #: (mark, offsets) in commit order; bounded by ``MAX_WAITING_COMMITS``
+        self._waiting: deque[tuple[DeliveryMark, dict[TP, int]]] = deque()
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         """Hand one output record to the producer."""
         self._producer.send(topic, value, key, headers)
 
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
-        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read).
+        """Deliver everything sent so far, then commit ``offsets`` (next offsets to read) with every commit still
+        waiting for its outputs.
 
         ``wait=False`` does not wait for the broker to acknowledge the offsets (the outputs are delivered
-        either way): the loop's periodic commits save a round trip; a lost one only means re-reading.
+        either way); a lost commit only means re-reading.
         """
         self._producer.flush(None)
-        self._consumer.commit(offsets, wait=wait)
+        self._consumer.commit(self._take_waiting(offsets), wait=wait)
+
+    def commit_when_delivered(self, offsets: dict[TP, int]) -> None:
+        """Commit ``offsets`` once every output sent so far is delivered, without waiting for that here.
+
+        Raises :class:`TransportError` when an output of an earlier commit failed (see :meth:`release`).
+        """
+        if len(self._waiting) >= MAX_WAITING_COMMITS:
+            self.commit(offsets, wait=False)
+            return
+        if offsets:
+            self._waiting.append((self._producer.mark(), offsets))
+        self.release()
+
+    def release(self) -> None:
+        """Commit (without waiting for the answer) the offsets whose outputs are all delivered, oldest first.
+
+        An output that failed raises :class:`TransportError` once everything before it is committed: nothing past
+        it is committed, and the worker stops.
+        """
+        if not self._waiting:
+            return
+        self._producer.serve_deliveries()
+        ready: dict[TP, int] = {}
+        failed: DeliveryMark | None = None
+        while self._waiting and self._waiting[0][0].done:
+            mark, offsets = self._waiting[0]
+            if mark.failed:
+                failed = mark
+                break
+            self._waiting.popleft()
+            ready.update(offsets)
+        if ready:
+            self._consumer.commit(ready, wait=False)
+        if failed is not None:
+            self._waiting.clear()
+            failed.raise_failed()
+
+    def forget(self, tps: list[TP]) -> None:
+        """Drop the waiting offsets of partitions this worker no longer owns (lost in a rebalance)."""
+        for _, offsets in self._waiting:
+            for tp in tps:
+                offsets.pop(tp, None)
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """The same commit from inside a rebalance listener (kafka-python: on its IO thread, awaited)."""
         self._producer.flush(None)
-        await self._consumer.commit_in_listener(offsets)
+        await self._consumer.commit_in_listener(self._take_waiting(offsets))
 
     def reset(self, stopping: Callable[[], bool]) -> None:
         """Only the transactional committer can be reset."""
@@ -62,9 +119,34 @@ class Committer:
         """Close the producer (delivering what it holds)."""
         self._producer.close(_FLUSH_TIMEOUT_S)
 
+    def _take_waiting(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        """The waiting commits' offsets merged in order, then ``offsets`` (called once everything is delivered)."""
+        merged: dict[TP, int] = {}
+        while self._waiting:
+            merged.update(self._waiting.popleft()[1])
+        merged.update(offsets)
+        return merged
+
+
+class _GroupMetadata:
+    """The consumer's group metadata, taken on the polling thread for a commit that finishes on another."""
+
+    def __init__(self, metadata: Any) -> None:
+        self._metadata = metadata
+
+    def group_metadata(self) -> Any:
+        return self._metadata
+
 
 class TransactionalCommitter(Committer):
     """Exactly-once: outputs and consumer offsets go out in one Kafka transaction per commit.
+
+    The poll loop's periodic commits (:meth:`commit_when_delivered`) run on a helper thread while the loop goes on
+    polling and processing: the next transaction opens at the first output sent after that commit finished (a
+    send waits for it), so the commit's round trips overlap the next batch's work instead of stopping the loop.
+    Its outcome is taken by the next :meth:`send`, :meth:`commit` or :meth:`release`; a failure raises
+    :class:`TransactionFailed` there. A forced commit (checkpoint, revoke, shutdown: :meth:`commit`) waits for
+    its transaction, so a checkpoint never runs ahead of what Kafka committed.
 
     ``producer_factory`` builds a transactional producer (always the same transactional id); it is called again by
     :meth:`reset`.
@@ -78,10 +160,15 @@ class TransactionalCommitter(Committer):
         self._op_timeout_s = op_timeout_ms / 1000
         self._retry_s = retry_s
         self._open = False
+        #: the commit running on a helper thread: the thread and, once it ended, what it raised
+        self._committing: tuple[threading.Thread, list[BaseException]] | None = None
         super().__init__(consumer, self._new_producer(lambda: False))
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
-        """Send inside the open transaction (opened on the first record after a commit)."""
+        """Send inside the open transaction (opened on the first record after a commit; a commit still running
+        is waited for first)."""
+        if self._committing is not None:
+            self._finish_commit()
         try:
             if not self._open:
                 self._producer.begin_transaction()
@@ -94,6 +181,7 @@ class TransactionalCommitter(Committer):
         """Commit the open transaction with ``offsets``; raise :class:`TransactionFailed` when that fails.
 
         A transaction's commit always waits (``wait`` is ignored): its outputs become readable only then."""
+        self._finish_commit()
         if not offsets and not self._open:
             return
         try:
@@ -107,6 +195,60 @@ class TransactionalCommitter(Committer):
             raise TransactionFailed(f"transaction commit failed: {exc}") from exc
         self._open = False
 
+    def commit_when_delivered(self, offsets: dict[TP, int]) -> None:
+        """Start committing the open transaction with ``offsets`` on a helper thread and return at once.
+
+        A commit still running is waited for first (raising :class:`TransactionFailed` when it failed)."""
+        self._finish_commit()
+        if not offsets and not self._open:
+            return
+        producer, timeout_s = self._producer, self._op_timeout_s
+        try:
+            if not self._open:
+                producer.begin_transaction()
+            group = cast(EventConsumer, _GroupMetadata(self._consumer.group_metadata()))
+        except TransportError as exc:
+            raise TransactionFailed(f"transaction commit failed: {exc}") from exc
+        self._open = False  # the next send opens the next transaction, once this one is committed
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if offsets:
+                    producer.send_offsets_to_transaction(offsets, group, timeout_s)
+                producer.commit_transaction(timeout_s)
+            except BaseException as exc:  # handed to the polling thread by _finish_commit
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="kafka-transaction-commit", daemon=True)
+        thread.start()
+        self._committing = (thread, failed)
+
+    def release(self) -> None:
+        """Take the outcome of a commit running on the helper thread if it has ended (never waits)."""
+        if self._committing is not None and not self._committing[0].is_alive():
+            self._finish_commit()
+
+    def _finish_commit(self) -> None:
+        """Wait for the commit running on the helper thread (its producer calls are bounded by their own timeouts);
+        raise :class:`TransactionFailed` when it failed."""
+        if self._committing is None:
+            return
+        thread, failed = self._committing
+        thread.join()
+        self._committing = None
+        if failed:
+            error = failed[0]
+            if isinstance(error, TransportError):
+                raise TransactionFailed(f"transaction commit failed: {error}") from error
+            raise error
+
+    def _abandon_commit(self) -> None:
+        """Wait for a commit still running, whatever its outcome (the producer is about to be dropped)."""
+        if self._committing is not None:
+            self._committing[0].join()
+            self._committing = None
+
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""
         self.commit(offsets)
@@ -117,12 +259,14 @@ class TransactionalCommitter(Committer):
         ``init_transactions`` of the new producer fences the old one: the broker aborts its open transaction, or
         completes one whose commit had already been written, before the new producer may go on.
         """
+        self._abandon_commit()
         old, self._open = self._producer, False
         _force_close(old, _CLOSE_TIMEOUT_S)
         self._producer = self._new_producer(stopping)
 
     def close(self) -> None:
         """Close the producer; an open transaction (nothing committed since) is left to be aborted."""
+        self._abandon_commit()
         _force_close(self._producer, _CLOSE_TIMEOUT_S * 5)
 
     def _new_producer(self, stopping: Callable[[], bool]) -> EventProducer:

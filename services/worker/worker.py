@@ -360,18 +360,30 @@ class Worker:
         )
         if due and (self._pending_offsets or force):
             self.commit(wait=False)
+        elif self.committer is not None:
+            try:  # at-least-once: commit what is delivered by now
+                self.committer.release()
+            except TransportError as exc:
+                self._delivery_failure = exc
+                raise
 
     def commit(self, *, checkpoint: bool = False, wait: bool = True) -> None:
-        """Deliver everything sent so far, commit the processed offsets, then checkpoint when due.
+        """Commit the processed offsets once their outputs are delivered, then checkpoint when due.
 
-        ``wait=False`` (the loop's periodic commits, at-least-once) does not wait for the offset commit's answer.
-        A checkpoint may then run ahead of the committed offset, which is safe: its outputs were delivered
-        before it was taken, and a restore resumes from the checkpoint (docs/architecture.md).
+        ``wait=False`` (the loop's periodic commits, at-least-once) neither waits for the outputs' delivery (the
+        offsets are committed by a later turn of the loop, once delivered) nor for the offset commit's answer,
+        unless a checkpoint follows: a checkpoint is taken only once every output before it is delivered, and may
+        then run ahead of the committed offset, which is safe: a restore resumes from the checkpoint
+        (docs/architecture.md).
         """
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
+        checkpoint_due = self.checkpointer is not None and (checkpoint or self.checkpointer.due())
         try:
-            self.committer.commit(offsets, wait=wait)
+            if wait or checkpoint_due:
+                self.committer.commit(offsets, wait=wait)
+            else:
+                self.committer.commit_when_delivered(offsets)
         except TransportError as exc:
             self._delivery_failure = exc
             raise
@@ -379,7 +391,7 @@ class Worker:
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
-            if checkpoint or self.checkpointer.due():
+            if checkpoint_due:
                 # a periodic checkpoint may go to a forked child; a forced one (revoke, shutdown) is written now
                 self._checkpoint(list(self.model_step.sets), background=not checkpoint)
             self.checkpointer.export_age()
@@ -600,6 +612,8 @@ class Worker:
         self._to_restore = [tp for tp in self._to_restore if tp not in tps]
         for tp in tps:
             self._pending_offsets.pop(tp, None)
+        if self.committer is not None:
+            self.committer.forget(list(tps))
         self._forget(tps)
         if self.settings.kafka.exactly_once and self._rewind_reason is None:
             # the open transaction holds outputs of the lost partitions, which their new owner publishes again

@@ -14,6 +14,12 @@ from shared.settings import KafkaSettings
 #: the producer's batch buffer per partition; kafka-python's 16 KiB default costs about three times the CPU per
 #: record (measured with bench/profile_worker.py); a batch is still sent after ``linger_ms`` when not full
 PRODUCER_BATCH_BYTES = 256 * 1024
+#: a transactional producer's retry backoff: the first request of a transaction begun right after a commit is
+#: answered CONCURRENT_TRANSACTIONS until the broker has written the previous one's markers (a few ms), and the
+#: clients' default of 100 ms (librdkafka: growing to 1 s) then sets the exactly-once p99 (docs/benchmarks.md,
+#: "Exactly-once latency"); Java's producer retries this case after 20 ms
+TRANSACTIONAL_RETRY_BACKOFF_MS = 10
+TRANSACTIONAL_RETRY_BACKOFF_MAX_MS = 100
 
 
 class KeyPartitioner(Partitioner):
@@ -96,4 +102,5 @@ def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> K
     if transactional:
         options["transactional_id"] = default_transactional_id(settings)
         options["transaction_timeout_ms"] = settings.transaction_timeout_ms
+        options["retry_backoff_ms"] = TRANSACTIONAL_RETRY_BACKOFF_MS
     return KafkaProducer(**options)

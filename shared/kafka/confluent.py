@@ -1,6 +1,7 @@
-"""The ``kafka.client: confluent`` transport: :class:`EventConsumer` and :class:`EventProducer` over librdkafka.
+"""The ``kafka.client: confluent`` transport (and ``auto``'s): :class:`EventConsumer` and :class:`EventProducer`
+over librdkafka.
 
-Needs the ``confluent`` extra (``pip install 'streamlearn[confluent]'``). librdkafka does the fetching, parsing,
+librdkafka does the fetching, parsing,
 batching and compression in C threads, so a record costs the Python loop a few microseconds instead of the
 tens that kafka-python spends (docs/benchmarks.md).
 
@@ -23,13 +24,19 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from shared.kafka.clients import default_transactional_id
+from shared.kafka.clients import (
+    TRANSACTIONAL_RETRY_BACKOFF_MAX_MS,
+    TRANSACTIONAL_RETRY_BACKOFF_MS,
+    default_transactional_id,
+)
 from shared.kafka.transport import (
     DeliveryFailures,
+    DeliveryMark,
     EventConsumer,
     RebalanceHandler,
     TransportError,
     run_listener_coroutine,
+    untracked_mark,
 )
 from shared.settings import KafkaSettings
 from shared.steps.batch import Record
@@ -50,9 +57,8 @@ PREFETCH_MAX_KBYTES = 16 * 1024
 PREFETCH_BACKOFF_MS = 10
 #: the producer's queue of records not yet delivered (librdkafka's default is 1 GiB)
 PRODUCER_QUEUE_KBYTES = 64 * 1024
-#: a poll that found fewer records than this waits up to ``SMALL_BATCH_WAIT_S`` for more
+#: a poll that found fewer records than this waits up to ``kafka.batch_wait_ms`` for more
 SMALL_BATCH = 64
-SMALL_BATCH_WAIT_S = 0.002
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -62,6 +68,8 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         "client.id": settings.client_id,
         "security.protocol": settings.security_protocol,
         "reconnect.backoff.max.ms": settings.reconnect_backoff_max_ms,
+        # a request is sent when it is ready, not held back by Nagle's algorithm
+        "socket.nagle.disable": True,
         # librdkafka's own log lines go through Python logging (not straight to stderr)
         "logger": logging.getLogger("streamlearn.librdkafka"),
     }
@@ -101,6 +109,7 @@ class ConfluentConsumer:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
+        self._batch_wait_s = settings.batch_wait_ms / 1000
         self._handler: RebalanceHandler | None = None
         self._up = True
         self._last_probe = 0.0
@@ -209,10 +218,10 @@ class ConfluentConsumer:
             messages = [first]
             if max_records > 1:
                 messages += self.raw.consume(num_messages=max_records - 1, timeout=0)
-            if len(messages) < SMALL_BATCH < max_records:
+            if self._batch_wait_s and len(messages) < SMALL_BATCH < max_records:
                 # records are trickling in (a fetch response each): give the next ones a moment, so that the
                 # steps' per-batch costs (a Redis round trip, the metric exports) are shared by more records
-                messages += self.raw.consume(num_messages=max_records - len(messages), timeout=SMALL_BATCH_WAIT_S)
+                messages += self.raw.consume(num_messages=max_records - len(messages), timeout=self._batch_wait_s)
         except KafkaException as exc:
             raise _raise(exc, "consume") from exc
         records: list[Record] = []
@@ -361,12 +370,16 @@ class ConfluentConsumer:
 class ConfluentProducer:
     """:class:`~shared.kafka.transport.EventProducer` over confluent-kafka's ``Producer``.
 
-    Delivery reports come back for failures only; :meth:`flush` raises when any record failed since the last one.
-    Keys are partitioned as Java and kafka-python do (murmur2), so both transports spread keys alike.
+    Delivery reports come back for failures only, unless ``track_deliveries`` (the at-least-once committer's
+    :meth:`mark`); :meth:`flush` raises when any record failed since the last one. Keys are partitioned as Java
+    and kafka-python do (murmur2), so both transports spread keys alike.
     """
 
-    def __init__(self, settings: KafkaSettings, *, transactional: bool = False) -> None:
+    def __init__(self, settings: KafkaSettings, *, transactional: bool = False,
+                 track_deliveries: bool = False) -> None:
         failures = self._failures = DeliveryFailures()
+        self._tracking = track_deliveries
+        self._mark = DeliveryMark(failures)
 
         def on_delivery(error: KafkaError | None, message: Any) -> None:
             # a closure over the counter, not a bound method: no cycle keeps a dropped producer (and its
@@ -381,7 +394,7 @@ class ConfluentProducer:
             "linger.ms": settings.linger_ms,
             "partitioner": "murmur2_random",
             "compression.type": settings.compression_type,
-            "delivery.report.only.error": True,
+            "delivery.report.only.error": not track_deliveries,
             "queue.buffering.max.kbytes": PRODUCER_QUEUE_KBYTES,
             "on_delivery": on_delivery,
             "error_cb": self._on_error,
@@ -389,6 +402,8 @@ class ConfluentProducer:
         if transactional:
             config["transactional.id"] = default_transactional_id(settings)
             config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+            config["retry.backoff.ms"] = TRANSACTIONAL_RETRY_BACKOFF_MS
+            config["retry.backoff.max.ms"] = TRANSACTIONAL_RETRY_BACKOFF_MAX_MS
         self.raw = Producer(config)
         #: a transactional call outlived its timeout: the handle is left alone (never closed) from then on
         self._abandoned = False
@@ -401,20 +416,39 @@ class ConfluentProducer:
         log.log(level, "Kafka producer error: %s", error)
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        mark = self._mark if self._tracking else None
         try:
-            self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+            self._produce(topic, value, key, headers, mark)
         except BufferError:  # the local queue is full: serve delivery reports until there is room
             deadline = time.monotonic() + REQUEST_TIMEOUT_S
             while True:
                 self.raw.poll(0.05)
                 try:
-                    self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
-                    return
+                    self._produce(topic, value, key, headers, mark)
+                    break
                 except BufferError as exc:
                     if time.monotonic() > deadline:
                         raise TransportError("the producer queue stayed full") from exc
         except KafkaException as exc:
             raise _raise(exc, "send") from exc
+        if mark is not None:
+            mark.sent += 1
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None,
+                 mark: DeliveryMark | None) -> None:
+        if mark is None:
+            self.raw.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+        else:
+            self.raw.produce(topic, value, key, headers=headers, on_delivery=mark.report)  # type: ignore[arg-type]
+
+    def mark(self) -> DeliveryMark:
+        if not self._tracking:
+            return untracked_mark()
+        closed, self._mark = self._mark, DeliveryMark(self._failures)
+        return closed
+
+    def serve_deliveries(self) -> None:
+        self.raw.poll(0)
 
     def flush(self, timeout_s: float | None) -> None:
         left = self.raw.flush(-1 if timeout_s is None else timeout_s)

@@ -1,13 +1,14 @@
 """The worker's view of Kafka: one consumer and one producer interface, two client libraries behind them.
 
-``kafka.client: kafka-python`` (the default, pure Python) or ``confluent`` (librdkafka through confluent-kafka, the
-``streamlearn[confluent]`` extra). The worker speaks only these interfaces, in ``(topic, partition)`` tuples and
-plain offsets; each library's quirks stay in its adapter (docs/architecture.md, "Kafka transports").
+``kafka.client: auto`` (the default) or ``confluent``: librdkafka through confluent-kafka; ``kafka-python``: pure
+Python. The worker speaks only these interfaces, in ``(topic, partition)`` tuples and plain offsets; each library's
+quirks stay in its adapter (docs/architecture.md, "Kafka transports", also says what each client costs).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
@@ -67,6 +68,54 @@ class DeliveryFailures:
             count, reasons = self.count, self.reasons
             self.count, self.reasons = 0, []
             raise TransportError(f"{count} records failed: " + "; ".join(reasons))
+
+
+class DeliveryMark:
+    """The records a producer was handed between two marks; :attr:`done` once each was delivered or failed.
+
+    The at-least-once committer queues each commit's offsets behind the mark taken when it was due and commits
+    them once the mark is done (docs/architecture.md, "Commit semantics"), instead of flushing the producer in the
+    poll loop. Records settle out of order (several output partitions), so a mark counts them rather than
+    watching offsets. Settled from kafka-python's sender thread or librdkafka's reports on the polling thread.
+    """
+
+    __slots__ = ("_lock", "failed", "failures", "sent", "settled")
+
+    def __init__(self, failures: DeliveryFailures) -> None:
+        self.failures = failures
+        self.sent = 0
+        self.settled = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> bool:
+        """Every record counted by this mark was delivered or failed (meaningful once the mark is closed)."""
+        return self.settled >= self.sent
+
+    def delivered(self, _metadata: object = None) -> None:
+        """One record was delivered."""
+        with self._lock:
+            self.settled += 1
+
+    def failed_with(self, topic: str, error: object) -> None:
+        """One record failed for good (the producer's retries are spent or the broker refused it)."""
+        self.failures.add(topic, error)
+        with self._lock:
+            self.failed += 1
+            self.settled += 1
+
+    def report(self, error: object | None, message: Any) -> None:
+        """librdkafka's delivery report of one record."""
+        if error is None:
+            self.delivered()
+        else:
+            self.failed_with(message.topic(), error)
+
+    def raise_failed(self) -> None:
+        """Raise :class:`TransportError` for the failed records (with the first reasons the producer counted)."""
+        self.failures.raise_any()
+        raise TransportError(f"{self.failed} records failed")
 
 
 class RebalanceHandler(Protocol):
@@ -148,6 +197,14 @@ class EventProducer(Protocol):
         """Deliver every queued record (``None``: however long it takes, as the producer retries); raises
         :class:`TransportError` when one failed or the time ran out."""
 
+    def mark(self) -> DeliveryMark:
+        """Close the open mark (the records sent since the previous one) and open the next; only on a producer
+        built with ``track_deliveries``."""
+
+    def serve_deliveries(self) -> None:
+        """Take in the delivery reports that are waiting, without blocking (librdkafka serves them on the
+        calling thread; kafka-python's sender thread needs nothing)."""
+
     def init_transactions(self, timeout_s: float) -> None:
         """Register the transactional id (fencing any older producer with the same id)."""
 
@@ -164,9 +221,28 @@ class EventProducer(Protocol):
         """Close; what cannot be delivered within ``timeout_s`` is dropped (an open transaction is aborted)."""
 
 
+_warned_fallback = False
+
+
+def resolved_client(settings: KafkaSettings) -> str:
+    """``confluent`` or ``kafka-python``: ``auto`` is librdkafka when confluent-kafka imports (it is a regular
+    dependency; a platform without its wheels falls back to kafka-python, with a warning)."""
+    global _warned_fallback
+    if settings.client != "auto":
+        return settings.client
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError as exc:
+        if not _warned_fallback:
+            log.warning("kafka.client auto: confluent-kafka does not import (%s); using kafka-python", exc)
+            _warned_fallback = True
+        return "kafka-python"
+    return "confluent"
+
+
 def open_consumer(settings: KafkaSettings) -> EventConsumer:
     """The consumer of the configured ``kafka.client``."""
-    if settings.client == "confluent":
+    if resolved_client(settings) == "confluent":
         from shared.kafka.confluent import ConfluentConsumer
 
         return ConfluentConsumer(settings)
@@ -174,12 +250,19 @@ def open_consumer(settings: KafkaSettings) -> EventConsumer:
 
 
 def open_producer(settings: KafkaSettings, *, transactional: bool = False) -> EventProducer:
-    """The producer of the configured ``kafka.client``."""
-    if settings.client == "confluent":
+    """The producer of the configured ``kafka.client``; a non-transactional one tracks deliveries
+    (:meth:`EventProducer.mark`) for the at-least-once committer."""
+    if resolved_client(settings) == "confluent":
         from shared.kafka.confluent import ConfluentProducer
 
-        return ConfluentProducer(settings, transactional=transactional)
-    return KafkaPythonProducer(build_producer(settings, transactional=transactional))
+        return ConfluentProducer(settings, transactional=transactional, track_deliveries=not transactional)
+    return KafkaPythonProducer(build_producer(settings, transactional=transactional),
+                               track_deliveries=not transactional)
+
+
+def untracked_mark() -> DeliveryMark:
+    """Raised for by :meth:`EventProducer.mark` on a producer that does not track deliveries."""
+    raise RuntimeError("this producer does not track deliveries (built with track_deliveries=False)")
 
 
 def run_listener_coroutine(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -317,16 +400,33 @@ class KafkaPythonProducer:
     the producer's transaction manager (private attributes, checked before use).
     """
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(self, producer: KafkaProducer, *, track_deliveries: bool = False) -> None:
         self.raw = producer
         self._failures = DeliveryFailures()
+        self._tracking = track_deliveries
+        self._mark = DeliveryMark(self._failures)
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         try:
             future = self.raw.send(topic, value=value, key=key, headers=headers)
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
-        future.add_errback(self._failures.add, topic)
+        if self._tracking:
+            mark = self._mark
+            mark.sent += 1
+            future.add_callback(mark.delivered)
+            future.add_errback(mark.failed_with, topic)
+        else:
+            future.add_errback(self._failures.add, topic)
+
+    def mark(self) -> DeliveryMark:
+        if not self._tracking:
+            return untracked_mark()
+        closed, self._mark = self._mark, DeliveryMark(self._failures)
+        return closed
+
+    def serve_deliveries(self) -> None:
+        return None
 
     def flush(self, timeout_s: float | None) -> None:
         """kafka-python's own flush returns also when records failed; this one raises for them."""

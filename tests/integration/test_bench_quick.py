@@ -25,5 +25,5 @@ def test_quick_bench_writes_a_report(tmp_path: Path) -> None:
     assert "| (a) bare model loop, no Kafka |" in report
     assert "| (c) streamlearn worker, exactly-once |" in report
     assert "| (c) streamlearn worker, exactly-once, `kafka.client: confluent` |" in report
-    assert "1. logreg: worker (exactly-once, everything on; kafka-python) vs plain loop (b)" in report
-    assert "1. logreg: worker (exactly-once, everything on; confluent) vs plain loop (b)" in report
+    assert "4. logreg: worker (exactly-once, everything on; kafka-python) vs plain loop (b)" in report
+    assert "4. logreg: worker (exactly-once, everything on; confluent, the default client) vs plain loop (b)" in report

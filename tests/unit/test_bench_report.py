@@ -25,10 +25,19 @@ def _outcome() -> Outcome:
     }
     outcome.throughput["arf"] = {
         "a": [_measured("bare", "arf", 1_000, 1.0)],
-        "c": [_measured("worker", "arf", 1_000, 1.25)],
+        "c-rd": [_measured("worker", "arf", 1_000, 1.25)],
     }
-    outcome.latency["c-alos"] = LatencyResult("alos", 5_000.0, 1000, 1000, None, 5.0, 20.0, 30.0)
-    outcome.latency["c"] = LatencyResult("eos", 5_000.0, 1000, 1000, None, 500.0, 990.0, 1000.0)
+    outcome.throughput["mlp"] = {
+        "a": [_measured("bare", "mlp", 1_000, 1.0)],
+        "c-rd": [_measured("worker", "mlp", 1_000, 2.0)],
+    }
+    # the relay floor and the worker of the default client at 500 events/s: 2x at p50, 1.5x at p99, 6 ms
+    outcome.latency["r-rd@500"] = LatencyResult("relay", 500.0, 1000, 1000, None, 1.0, 4.0, 9.0)
+    outcome.latency["c-rd-alos@500"] = LatencyResult("alos", 500.0, 1000, 1000, None, 2.0, 6.0, 30.0)
+    # kafka-python at half max: 4x the floor's p99
+    outcome.latency["r@half"] = LatencyResult("relay", 3_000.0, 1000, 1000, None, 5.0, 20.0, 30.0)
+    outcome.latency["c-alos@half"] = LatencyResult("alos", 3_000.0, 1000, 1000, None, 9.0, 80.0, 90.0)
+    outcome.latency["c-rd@0.1s"] = LatencyResult("eos", 5_000.0, 1000, 1000, 0.1, 90.0, 140.0, 160.0)
     outcome.scale["kafka-python"] = [
         ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 1.0)], 0.0),
         ScaleResult(2, [RunResult("worker", "logreg", 2_000, 0.0, 0.6), RunResult("worker", "logreg", 2_000, 0.1,
@@ -44,15 +53,19 @@ def test_targets_are_ratios_of_the_same_run() -> None:
     rows: dict[str, list[str]] = {}
     for row in targets(_outcome()):
         rows.setdefault(row[0][:2], row)  # the first row of each target
-    assert "2.00x" in rows["1."][2] and rows["1."][3] == "**met**"  # 5,000 vs 2,500 events/s
-    confluent = [row for row in targets(_outcome()) if row[0].startswith("1.") and "confluent" in row[0]]
-    assert confluent and "2.50x" in confluent[0][2]  # 12,500 vs 5,000 events/s
-    assert "0.80x" in rows["2."][2] and rows["2."][3] == "**missed**"  # 800 vs 1,000 events/s
-    assert "20.0 ms" in rows["3."][2] and rows["3."][3] == "**met**"
-    assert "1.54x" in rows["4."][2] and rows["4."][3] == "**missed**"  # 4,000 in 0.65 s vs 4,000 in 1 s
-    assert rows["5."][3] == "**met**"  # 105 -> 105 MiB after the first 10%
-    eos = [row for row in targets(_outcome()) if "transaction interval" in row[0]]
-    assert eos and "0.99x the interval" in eos[0][2]
+    assert "= 2.00x" in rows["1."][2] and "= 1.50x" in rows["1."][2] and rows["1."][3] == "**met**"
+    assert "= 4.00x" in rows["2."][2] and rows["2."][3] == "**missed**"
+    assert "1.40x the interval" in rows["3."][2] and rows["3."][3] == "**met**"
+    default = [row for row in targets(_outcome()) if row[0].startswith("4.") and "the default client" in row[0]]
+    assert default and "2.50x" in default[0][2] and default[0][3] == "**met**"  # 12,500 vs 5,000 events/s
+    plain = [row for row in targets(_outcome()) if row[0].startswith("4.") and "kafka-python" in row[0]]
+    assert plain and "2.00x" in plain[0][2] and plain[0][3] == "within"  # 5,000 vs 2,500 events/s
+    assert "0.80x" in rows["5."][2] and rows["5."][3] == "**missed**"  # 800 vs 1,000 events/s
+    assert "0.50x" in rows["6."][2] and rows["6."][3] == "reported"
+    scale = next(row for row in targets(_outcome()) if row[0].startswith("issue 6: 2 workers"))
+    assert "1.54x" in scale[2] and scale[3] == "**missed**"  # 4,000 in 0.65 s vs 4,000 in 1 s
+    memory = next(row for row in targets(_outcome()) if row[0].startswith("issue 6: resident"))
+    assert memory[3] == "**met**"  # 105 -> 105 MiB after the first 10%
 
 
 def test_render_has_every_section_between_the_markers() -> None:
@@ -86,9 +99,9 @@ def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
     # three turns: the machine slows down in the last one, for both contenders alike
     outcome.throughput["arf"] = {
         "a": [_measured("bare", "arf", 1_000, s) for s in (1.0, 1.0, 2.0)],
-        "c": [_measured("worker", "arf", 1_000, s) for s in (1.05, 1.2, 2.1)],
+        "c-rd": [_measured("worker", "arf", 1_000, s) for s in (1.05, 1.2, 2.1)],
     }
-    arf = next(row for row in targets(outcome) if row[0].startswith("2. ARF"))
+    arf = next(row for row in targets(outcome) if row[0].startswith("5. ARF"))
     # per turn 0.95x, 0.83x, 0.95x: median 0.95x (the ratio of medians would be 1,000/1,052 ... 833/1,000)
     assert arf[2].startswith("0.95x (median of 3 runs: 0.95x, 0.83x, 0.95x;") and arf[3] == "**met**"
 
@@ -98,13 +111,13 @@ def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
     slow_two = ScaleResult(2, [RunResult("worker", "logreg", 4_000, 0.0, 1.2)], 0.0)
     outcome.scale["kafka-python"] = [one, two, slow_one, slow_two, one, ScaleResult(2, [
         RunResult("worker", "logreg", 4_000, 0.0, 0.8)], 0.0)]
-    scale = next(row for row in targets(outcome) if row[0].startswith("4."))
+    scale = next(row for row in targets(outcome) if row[0].startswith("issue 6: 2 workers"))
     assert scale[2].startswith("1.67x (median of 3 runs: 1.67x, 1.67x, 1.25x;") and scale[3] == "**met**"
 
-    outcome.latency_runs["c-alos"] = [LatencyResult("alos", 5_000.0, 1000, 1000, None, 5.0, p99, 40.0)
-                                      for p99 in (30.0, 22.0, 24.0)]
-    outcome.latency["c-alos"] = median_run(outcome.latency_runs["c-alos"])
-    latency = next(row for row in targets(outcome) if row[0].startswith("3. p99 end-to-end"))
-    assert latency[2].startswith("24.0 ms") and "30.0 ms, 22.0 ms, 24.0 ms" in latency[2]
+    outcome.latency_runs["c-alos@half"] = [LatencyResult("alos", 3_000.0, 1000, 1000, None, 5.0, p99, 40.0)
+                                           for p99 in (30.0, 22.0, 24.0)]
+    outcome.latency["c-alos@half"] = median_run(outcome.latency_runs["c-alos@half"])
+    latency = next(row for row in targets(outcome) if row[0].startswith("2.") and "kafka-python" in row[0])
+    assert latency[2].startswith("24.0 (median of 3 runs: 30.0 ms, 22.0 ms, 24.0 ms) vs 20.0 ms = 1.20x")
     assert latency[3] == "**met**"
     assert "| 24.0 | 30.0, 22.0, 24.0 |" in render(outcome)
