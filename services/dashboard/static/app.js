@@ -400,7 +400,7 @@
       const q = query(id);
       const result = (frame.results[id] || [])[0];
       const value = result ? num(q, stripName(result.metric), frame.end, result.value[1]) : h("span", { class: "dim" }, "–");
-      return h("div", { class: "tile", data: { tile: id } }, h("div", { class: "label" }, title || q.name),
+      return h("div", { class: "tile", data: { tile: id } }, h("div", { class: "label", title: `${title || q.name}\n\n${q.expr}` }, title || q.name),
                h("div", { class: "value" }, value));
     };
     const champion = D.quality && D.quality.currentChampion;
