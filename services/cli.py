@@ -90,7 +90,8 @@ def _dashboard(args: argparse.Namespace) -> int:
     from services.dashboard import DashboardServer, build_spec
 
     try:
-        spec = build_spec(metric=args.metric, rate_window=args.rate_window, refresh_s=args.refresh)
+        spec = build_spec(metric=args.metric, rate_window=args.rate_window, refresh_s=args.refresh,
+                          quality_window=args.quality_window)
         server = DashboardServer(args.prometheus, host=args.host, port=args.port, spec=spec)
     except (ValueError, OSError) as exc:
         print(f"streamlearn dashboard: {exc}", file=sys.stderr)
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
     dash.add_argument("--metric", default="accuracy", help="quality metric to chart (accuracy, f1, roc_auc, ...)")
     dash.add_argument("--rate-window", default="30s", help="PromQL window of the rate() panels")
+    dash.add_argument("--quality-window", default="1m",
+                      help="PromQL window of the rolling group-wide accuracy, MAE or RMSE")
     dash.add_argument("--refresh", type=float, default=2.0, help="seconds between refreshes of the page")
     dash.set_defaults(func=_dashboard)
     return parser

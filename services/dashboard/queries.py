@@ -20,6 +20,14 @@ QUALITY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss
 LOWER_IS_BETTER = frozenset({"log_loss", "mae", "rmse"})
 #: latency percentiles shown
 LATENCY_QUANTILES = (0.5, 0.95, 0.99)
+#: the metrics that are exact ratios of the group-wide counters (docs/metrics.md, "Group-wide quality"):
+#: metric -> (the counter summed in the numerator, whether the ratio's square root is taken)
+COUNTED_METRICS: dict[str, tuple[str, bool]] = {
+    "accuracy": ("streamlearn_predictions_correct_total", False),
+    "mae": ("streamlearn_prediction_absolute_error_total", False),
+    "rmse": ("streamlearn_prediction_squared_error_total", True),
+}
+SCORED_COUNTER = "streamlearn_predictions_scored_total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,8 @@ class DashboardSpec:
     rate_window: str
     refresh_s: float
     panels: tuple[Panel, ...]
+    #: the time window of the rolling quality figures when ``metric`` is counted (``COUNTED_METRICS``)
+    quality_window: str = "1m"
 
     def queries(self) -> list[Query]:
         """Every query of every panel, in page order."""
@@ -67,25 +77,75 @@ class DashboardSpec:
         """What ``GET /api/queries`` serves."""
         return {
             "metric": self.metric, "rate_window": self.rate_window, "refresh_s": self.refresh_s,
+            "quality_window": self.quality_window, "group_wide": self.metric in COUNTED_METRICS,
             "lower_is_better": self.metric in LOWER_IS_BETTER,
             "panels": [asdict(panel) for panel in self.panels],
         }
 
 
-def build_spec(metric: str = "accuracy", rate_window: str = "30s", refresh_s: float = 2.0) -> DashboardSpec:
-    """The dashboard's queries for a quality ``metric`` and a ``rate()`` window (a PromQL duration)."""
+def group_ratio(metric: str, *, by: str = "model", role: str = "", window: str = "") -> str:
+    """PromQL of a counted ``metric`` over the whole group: the counters summed over workers, then divided.
+
+    ``by``: the label kept (``""``: one series); ``role``: only the predictions of that role (``champion``:
+    those published); ``window``: over the last ``window`` (``increase``), else since the workers started.
+    """
+    numerator, root = COUNTED_METRICS[metric]
+    aggregation = f"sum by ({by}) " if by else "sum"
+    selector = f'{{role="{role}"}}' if role else ""
+
+    def summed(counter: str) -> str:
+        series = f"{counter}{selector}"
+        return f"{aggregation}({f'increase({series}[{window}])' if window else series})"
+
+    ratio = f"{summed(numerator)} / {summed(SCORED_COUNTER)}"
+    return f"sqrt({ratio})" if root else ratio
+
+
+def _quality_queries(m: str, quality_window: str) -> tuple[Query, Query, Query]:
+    """The rolling and cumulative score per model, and the champion's score (the summary tile)."""
+    if m in COUNTED_METRICS:
+        return (
+            Query("rolling", group_ratio(m, window=quality_window), "range", legend="model"),
+            Query("cumulative", group_ratio(m), "range", legend="model"),
+            Query("champion_metric", group_ratio(m, by="", role="champion", window=quality_window), "instant",
+                  name=f"published {m}", decimals=3),
+        )
+    return (
+        Query("rolling", f'avg by (model) (streamlearn_model_metric{{metric="{m}",window="rolling"}})',
+              "range", legend="model"),
+        Query("cumulative", f'avg by (model) (streamlearn_model_metric{{metric="{m}",window="cumulative"}})',
+              "range", legend="model"),
+        Query("champion_metric", f'avg(streamlearn_model_metric{{metric="{m}",window="rolling"}} '
+                                 "* on (instance, model) (streamlearn_champion == 1))",
+              "instant", name=f"champion {m}", decimals=3),
+    )
+
+
+def build_spec(
+    metric: str = "accuracy", rate_window: str = "30s", refresh_s: float = 2.0, quality_window: str = "1m",
+) -> DashboardSpec:
+    """The dashboard's queries for a quality ``metric``, a ``rate()`` window and the rolling quality window.
+
+    Both windows are PromQL durations; ``quality_window`` applies to the counted metrics only (the others are
+    the workers' own rolling gauges, averaged).
+    """
     if metric not in QUALITY_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(QUALITY_METRICS)}")
     m, w = metric, rate_window
+    rolling, cumulative, champion_metric = _quality_queries(m, quality_window)
+    if m in COUNTED_METRICS:
+        how = (f"the whole group's {m} per model from the summed counters (rolling: the last {quality_window}, "
+               "solid; cumulative: since the workers started, dashed)")
+    else:
+        how = (f"prequential {m} per model, the workers' own scores averaged (rolling: solid, cumulative: "
+               "dashed)")
     quality = Panel(
         "quality", f"{m.replace('_', ' ')}: models against the baselines",
-        f"Prequential {m} per model (rolling: solid, cumulative: dashed), the no-change and majority baselines "
-        "(grey), drift detections (red marks) and the champion (the band along the top).",
+        f"{how[0].upper()}{how[1:]}, the no-change and majority baselines (grey, the workers' rolling scores "
+        "averaged), drift detections (red marks) and the champion (the band along the top).",
         (
-            Query("rolling", f'avg by (model) (streamlearn_model_metric{{metric="{m}",window="rolling"}})',
-                  "range", legend="model"),
-            Query("cumulative", f'avg by (model) (streamlearn_model_metric{{metric="{m}",window="cumulative"}})',
-                  "range", legend="model"),
+            rolling,
+            cumulative,
             Query("baselines", f'avg by (baseline) (streamlearn_baseline_metric{{metric="{m}",window="rolling",'
                                'baseline=~"no_change|majority"})', "range", legend="baseline"),
             Query("champion", "max by (model) (streamlearn_champion)", "range", legend="model", decimals=0),
@@ -161,9 +221,7 @@ def build_spec(metric: str = "accuracy", rate_window: str = "30s", refresh_s: fl
                   name="events/s", unit="/s", decimals=0),
             Query("processed", 'sum(streamlearn_events_total{outcome="valid"})', "instant", name="events",
                   decimals=0),
-            Query("champion_metric", f'avg(streamlearn_model_metric{{metric="{m}",window="rolling"}} '
-                                     "* on (instance, model) (streamlearn_champion == 1))",
-                  "instant", name=f"champion {m}", decimals=3),
+            champion_metric,
             Query("p95", "histogram_quantile(0.95, sum by (le) "
                          f"(rate(streamlearn_end_to_end_latency_seconds_bucket[{w}])))",
                   "instant", name="p95 latency", scale=1000.0, unit="ms", decimals=1),
@@ -172,6 +230,6 @@ def build_spec(metric: str = "accuracy", rate_window: str = "30s", refresh_s: fl
         ),
     )
     return DashboardSpec(
-        metric=metric, rate_window=rate_window, refresh_s=refresh_s,
+        metric=metric, rate_window=rate_window, refresh_s=refresh_s, quality_window=quality_window,
         panels=(summary, quality, drift, throughput, latency, lag, labels, dead_letters, workers),
     )

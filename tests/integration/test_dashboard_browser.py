@@ -53,6 +53,10 @@ N_EVENTS = 6000
 DRIFT_AT = 3000
 RATE = 250  # events per second: 24 s of replay, two dozen scrapes on each side of the drift
 ROLLING_WINDOW = 300
+#: the page's rolling accuracy is the group's over this time window (from the counters), 1,250 events here
+QUALITY_WINDOW_S = 5
+#: events before the models are past their first mistakes: a steady window starts after this many
+WARM_UP = 500
 SEED = 1
 RANGE = "2m"
 #: records no worker can use, sent during the replay: the dead-letter panel has two reasons to show
@@ -121,7 +125,7 @@ def test_the_page_shows_what_prometheus_answers_and_the_drift(
     t = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: 1, t.labels: 1, t.predictions: 1, t.shadow_predictions: 1,
                                     t.dead_letters: 1})
-    spec = build_spec(rate_window="10s", refresh_s=1.0)
+    spec = build_spec(rate_window="10s", refresh_s=1.0, quality_window=f"{QUALITY_WINDOW_S}s")
     page = chromium
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -266,10 +270,13 @@ def _check_drift_and_champion(
     rolling_logreg = next(i for i, k in enumerate(quality["keys"], start=1)
                           if k["query"] == "rolling" and k["labels"].get("model") == "logreg")
     accuracy = dict(zip(quality["data"][0], quality["data"][rolling_logreg], strict=True))
+    # the events counted at the start of each point's window (a time window of whole steps: step is 1 s here)
+    assert QUALITY_WINDOW_S % frame["step"] == 0, frame
+    window_start = {ts: events_at.get(ts - QUALITY_WINDOW_S, -1) for ts in accuracy}
     steady = [a for ts, a in accuracy.items()
-              if a is not None and DRIFT_AT - 3 * ROLLING_WINDOW <= events_at.get(ts, -1) < DRIFT_AT]
+              if a is not None and window_start[ts] >= WARM_UP and events_at.get(ts, DRIFT_AT) < DRIFT_AT]
     drifted = [a for ts, a in accuracy.items()
-               if a is not None and events_at.get(ts, -1) >= DRIFT_AT + 2 * ROLLING_WINDOW]
+               if a is not None and window_start[ts] >= DRIFT_AT + 2 * ROLLING_WINDOW]
     assert steady and drifted, (steady, drifted)
     # River alone on this stream: about 0.66 before the drift, 0.58 after (tests/integration/test_drift_prometheus.py)
     assert sum(drifted) / len(drifted) < sum(steady) / len(steady) - 0.04, (steady, drifted)

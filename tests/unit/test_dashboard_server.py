@@ -56,8 +56,36 @@ def test_query_ids_are_unique_and_the_metric_is_substituted() -> None:
     assert len(ids) == len(set(ids))
     rolling = next(q for q in spec.queries() if q.id == "rolling")
     assert 'metric="f1"' in rolling.expr
-    assert all("[1m]" in q.expr for q in spec.queries() if "rate(" in q.expr)
+    assert all("[1m]" in q.expr for q in spec.queries() if "rate(" in q.expr or "increase(" in q.expr)
     assert spec.as_json()["metric"] == "f1"
+
+
+def test_accuracy_mae_and_rmse_are_summed_over_workers_before_they_are_divided() -> None:
+    scored = "streamlearn_predictions_scored_total"
+    expected = {
+        "accuracy": ("", "streamlearn_predictions_correct_total"),
+        "mae": ("", "streamlearn_prediction_absolute_error_total"),
+        "rmse": ("sqrt", "streamlearn_prediction_squared_error_total"),
+    }
+    for metric, (root, counter) in expected.items():
+        queries = {q.id: q.expr for q in build_spec(metric=metric, quality_window="2m").queries()}
+        ratio = f"sum by (model) (increase({counter}[2m])) / sum by (model) (increase({scored}[2m]))"
+        assert queries["rolling"] == (f"{root}({ratio})" if root else ratio)
+        ratio = f"sum by (model) ({counter}) / sum by (model) ({scored})"
+        assert queries["cumulative"] == (f"{root}({ratio})" if root else ratio)
+        ratio = (f'sum(increase({counter}{{role="champion"}}[2m])) / '
+                 f'sum(increase({scored}{{role="champion"}}[2m]))')
+        assert queries["champion_metric"] == (f"{root}({ratio})" if root else ratio)
+        assert "streamlearn_model_metric" not in queries["rolling"] + queries["cumulative"]
+
+
+def test_metrics_without_counters_average_the_workers_gauges() -> None:
+    for metric in ("f1", "roc_auc", "log_loss", "r2"):
+        queries = {q.id: q.expr for q in build_spec(metric=metric).queries()}
+        assert queries["rolling"] == f'avg by (model) (streamlearn_model_metric{{metric="{metric}",window="rolling"}})'
+        assert "streamlearn_champion == 1" in queries["champion_metric"]
+        assert build_spec(metric=metric).as_json()["group_wide"] is False
+    assert build_spec().as_json()["group_wide"] is True
 
 
 def test_an_unknown_metric_is_refused() -> None:

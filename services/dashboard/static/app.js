@@ -294,7 +294,8 @@
       const r = rolling.find((s) => s.name === model);
       const c = cumulative.find((s) => s.name === model);
       const parts = [h("b", {}, model)];
-      for (const [word, s] of [["rolling", r], ["cumulative", c]]) {
+      const recent = spec.group_wide ? `last ${spec.quality_window}` : "rolling";
+      for (const [word, s] of [[recent, r], ["cumulative", c]]) {
         const point = s && lastPoint(frame, s);
         if (point) parts.push(h("span", { class: "dim" }, word), num(s.query, s.labels, point[0], point[1]));
       }
@@ -399,7 +400,7 @@
       const q = query(id);
       const result = (frame.results[id] || [])[0];
       const value = result ? num(q, stripName(result.metric), frame.end, result.value[1]) : h("span", { class: "dim" }, "–");
-      return h("div", { class: "tile", data: { tile: id } }, h("div", { class: "label" }, title || q.name),
+      return h("div", { class: "tile", data: { tile: id } }, h("div", { class: "label", title: `${title || q.name}\n\n${q.expr}` }, title || q.name),
                h("div", { class: "value" }, value));
     };
     const champion = D.quality && D.quality.currentChampion;
@@ -408,7 +409,7 @@
       instant("processed", "processed"),
       h("div", { class: "tile", data: { tile: "champion" } }, h("div", { class: "label" }, "champion"),
         h("div", { class: "value", style: champion ? `color:${modelColor(champion)}` : "" }, champion || "–")),
-      instant("champion_metric", D.spec.metric.replace("_", " ")),
+      instant("champion_metric", query("champion_metric").name.replace("_", " ")),
       instant("drift_count", "drifts detected"),
       instant("p95", "p95 latency"),
       instant("total_lag", "consumer lag"),
