@@ -39,7 +39,7 @@ GROUP = {
 }
 #: what was published (role="champion": logreg on both workers)
 PUBLISHED = {"accuracy": 320 / 400, "mae": 350 / 400, "rmse": math.sqrt(1200 / 400)}
-QUALITY_WINDOW_S = 30
+QUALITY_WINDOW_S = 12
 
 
 @pytest.fixture
@@ -81,7 +81,9 @@ def test_the_quality_queries_give_the_groups_figures_not_a_mean_of_the_workers(
     prometheus_server.set_scrape_targets(instances)
     scraped = f"count by (instance) (streamlearn_predictions_scored_total{{{ours}}})"
     wait_for(lambda: len(prometheus_server.query(scraped)) == 2, 60, "Prometheus to scrape both workers")
-    time.sleep(2)  # two more scrapes at 0
+    # the series sit at 0 for a whole window before the step, so at evaluation each worker's samples span the window
+    # and increase() extrapolates both workers' counts alike (by at most one scrape interval of the window)
+    time.sleep(QUALITY_WINDOW_S + 1)
     for name, (_, worker) in two_workers.items():
         for model, (role, scored, correct, absolute, squared) in COUNTS[name].items():
             worker.scored.labels(model=model, role=role).inc(scored)
@@ -98,7 +100,7 @@ def test_the_quality_queries_give_the_groups_figures_not_a_mean_of_the_workers(
         cumulative = _by_model(prometheus_server, queries["cumulative"].expr, at)
         assert cumulative == pytest.approx(expected, rel=1e-12), (metric, cumulative)
         # increase() extrapolates each worker's samples to the window's edges (by at most half a scrape interval
-        # each side, 1 s of 30 s); the mean of the workers' figures is at least 10 % away from the group's
+        # each side); the mean of the workers' figures is at least 10 % away from the group's
         rolling = _by_model(prometheus_server, queries["rolling"].expr, at)
         assert rolling == pytest.approx(expected, rel=0.04), (metric, rolling)
         published = _by_model(prometheus_server, queries["champion_metric"].expr, at)
