@@ -19,9 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from services.replayer import replay
 from shared.kafka.admin import ensure_topics
+from shared.learners.registry import restore_learner
 from shared.settings import Settings, load_settings
 from shared.signing_keys import generate_key
 from shared.state.checkpoints import CheckpointStore, SnapshotRejected
+from shared.steps.models import ModelSet
+from shared.sync.group import GroupSync, SyncRecord
 from tests.integration.helpers import committed_total, make_settings, read_topic, running_worker, sample_value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,7 +119,15 @@ def test_a_key_rotates_under_a_running_group_without_losing_a_model(
             checkpoint = with_new.load(t.events, partition)
             assert checkpoint is not None, f"partition {partition} has no checkpoint signed with the new key"
             assert checkpoint.next_offset == events
-            assert checkpoint.extra["learned"] == {"logreg": events}, "every event learned once, by one model"
+            # the group's one state (sync.scope: group) as a restore sees it: the checkpoint plus the deltas the
+            # other worker published since, verified with either key; every event learned once, from its partition
+            model_set = ModelSet({name: restore_learner(kind, data) for name, (kind, data) in
+                                  checkpoint.models.items()}, dict(checkpoint.extra["learned"]),
+                                 dict(checkpoint.extra["sources"]))
+            GroupSync(client, base.redis.namespace, base.kafka.group_id, (new.encode(), old.encode()),
+                      base.sync).adopt(model_set, SyncRecord.from_json(checkpoint.extra["sync"]))
+            assert model_set.sources == {f"{t.events}:{p}": n for p, n in per_partition.items()}, \
+                "every event learned once, from its own partition"
             with pytest.raises(SnapshotRejected, match="signature"):
                 with_old.load(t.events, partition)
     finally:
