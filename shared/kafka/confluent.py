@@ -290,8 +290,14 @@ class ConfluentConsumer:
                 self.raw.seek(TopicPartition(tp[0], tp[1], offset))
                 return
             except KafkaException as exc:
-                # _STATE: the partition is still starting up; anything else is a real failure
-                if exc.args[0].code() != KafkaError._STATE or time.monotonic() > deadline:
+                # _STATE: the partition is still starting up, or no longer ours; anything else is a real failure
+                if exc.args[0].code() != KafkaError._STATE:
+                    raise _raise(exc, f"seeking {tp} to {offset}") from exc
+                if time.monotonic() > deadline:
+                    if tp not in {(p.topic, p.partition) for p in self.raw.assignment()}:
+                        # revoked meanwhile: the next owner resumes it from the committed offset
+                        self._next.pop(tp, None)
+                        return
                     raise _raise(exc, f"seeking {tp} to {offset}") from exc
                 time.sleep(0.01)
 

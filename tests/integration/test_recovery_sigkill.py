@@ -43,6 +43,8 @@ N_PROBE = 500
 SEED = 11
 KILL_SEED = 20260425
 HMAC_KEY = TEST_HMAC_KEY
+#: logged once a run has restored its partition and resumed it
+ASSIGNED = "INFO streamlearn.worker: assigned"
 RESTORED = re.compile(r"restored \('[^']+', 0\) at offset (\d+) \(committed (\d+)\)")
 
 
@@ -108,11 +110,14 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     process = _start(config, log_path)
     restarted_at = 0
     try:
-        for point in kill_points:
-            # at the point, or, when the last run got past it already, once this run has committed something
+        for run, point in enumerate(kill_points, start=1):
+            # at the point, or, when the last run got past it already, once this run has committed something; and
+            # never before this run has restored its partition: an offset commit the killed run sent just before
+            # its SIGKILL can land after killed_at was read, and would otherwise let the next run be killed
+            # before its restore
             target = max(point, restarted_at + 1)
             deadline = time.monotonic() + 60
-            while _committed(admin, settings) < target:
+            while _committed(admin, settings) < target or log_path.read_text().count(ASSIGNED) < run:
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, f"no progress to offset {point}: {log_path.read_text()[-3000:]}"
                 time.sleep(0.05)
