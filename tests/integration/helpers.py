@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -164,3 +165,11 @@ def committed_total(
     finally:
         admin.close()
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset >= 0)
+
+
+def events_committed(bootstrap: str, settings: Settings) -> int:
+    """:func:`committed_total` of the settings' group on its events topic; -1 while the group has no coordinator."""
+    try:
+        return committed_total(bootstrap, settings.kafka.group_id, settings.kafka.topics.events)
+    except KafkaError:  # the group's coordinator is not there yet
+        return -1

@@ -14,7 +14,6 @@ from contextlib import ExitStack
 
 import pytest
 import redis
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.replayer import replay
@@ -25,7 +24,14 @@ from shared.signing_keys import generate_key
 from shared.state.checkpoints import CheckpointStore, SnapshotRejected
 from shared.steps.models import ModelSet
 from shared.sync.group import GroupSync, SyncRecord
-from tests.integration.helpers import committed_total, make_settings, read_topic, running_worker, sample_value, wait_for
+from tests.integration.helpers import (
+    events_committed,
+    make_settings,
+    read_topic,
+    running_worker,
+    sample_value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +46,6 @@ def _instance(base: Settings, name: str, signing: str, verifying: list[str]) -> 
     data["hmac_key"] = signing
     data["hmac_verify_keys"] = verifying
     return load_settings(None, **data)
-
-
-def _committed(bootstrap: str, settings: Settings) -> int:
-    try:
-        return committed_total(bootstrap, settings.kafka.group_id, settings.kafka.topics.events)
-    except KafkaError:  # the group's coordinator is not there yet
-        return -1
 
 
 def test_a_key_rotates_under_a_running_group_without_losing_a_model(
@@ -82,7 +81,7 @@ def test_a_key_rotates_under_a_running_group_without_losing_a_model(
         replay("agrawal", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=BATCH, seed=seed,
                progress=False)
         sent += BATCH
-        wait_for(lambda: _committed(kafka_bootstrap, base) == sent, 90, f"{sent} events committed")
+        wait_for(lambda: events_committed(kafka_bootstrap, base) == sent, 90, f"{sent} events committed")
 
     try:
         start("a", old, [])

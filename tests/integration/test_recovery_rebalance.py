@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from services.replayer import replay
@@ -25,7 +24,7 @@ from shared.state.checkpoints import CheckpointStore
 from shared.steps.models import ModelSet
 from shared.sync.group import GroupSync, SyncRecord
 from tests.integration.helpers import (
-    committed_total,
+    events_committed,
     make_settings,
     produce,
     read_topic,
@@ -50,13 +49,6 @@ def _with_transactional_id(settings: Settings, instance: str) -> Settings:
     return load_settings(None, **data)
 
 
-def _committed(bootstrap: str, settings: Settings) -> int:
-    try:
-        return committed_total(bootstrap, settings.kafka.group_id, settings.kafka.topics.events)
-    except KafkaError:  # the group's coordinator is not there yet
-        return -1
-
-
 @pytest.mark.parametrize("scope", ["partition", "group"])
 def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
     kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], kafka_client: str, scope: str,
@@ -77,11 +69,11 @@ def test_a_joining_worker_takes_over_a_partition_from_the_revoke_checkpoint(
     replay("agrawal", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=FIRST, seed=9, progress=False)
     registry_a, registry_b = CollectorRegistry(), CollectorRegistry()
     with running_worker(first, registry_a):
-        wait_for(lambda: _committed(kafka_bootstrap, base) == FIRST, 90, "the first part committed")
+        wait_for(lambda: events_committed(kafka_bootstrap, base) == FIRST, 90, "the first part committed")
         with running_worker(second, registry_b):
             wait_for(lambda: (sample_value(registry_b, "streamlearn_ready") or 0) == 1, 60, "the second worker")
             _produce_second_part(kafka_bootstrap, t.events)
-            wait_for(lambda: _committed(kafka_bootstrap, base) == FIRST + SECOND, 90, "everything committed")
+            wait_for(lambda: events_committed(kafka_bootstrap, base) == FIRST + SECOND, 90, "everything committed")
             processed_b = sample_value(registry_b, "streamlearn_events_total", {"outcome": "valid"}) or 0
             state_lost_b = sample_value(registry_b, "streamlearn_state_lost_total")
     assert processed_b > 0, "the second worker got a partition"
