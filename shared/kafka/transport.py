@@ -283,9 +283,13 @@ def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMeta
 class KafkaPythonConsumer:
     """:class:`EventConsumer` over kafka-python's ``KafkaConsumer``."""
 
+    #: seconds between metadata requests while a subscribed topic has no partitions in the client's metadata
+    METADATA_RETRY_S = 1.0
+
     def __init__(self, consumer: KafkaConsumer) -> None:
         #: the library's consumer, for code that needs more than the interface (the benchmark)
         self.raw = consumer
+        self._metadata_requested_at = 0.0
 
     def subscribe(self, topics: Sequence[str], handler: RebalanceHandler) -> None:
         self.raw.subscribe(list(topics), listener=_KafkaPythonListener(handler))
@@ -295,6 +299,8 @@ class KafkaPythonConsumer:
             polled = self.raw.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
             raise TransportError(repr(exc)) from exc
+        if not polled:
+            self._refresh_missing_metadata()
         records: list[Record] = []
         for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
             for message in polled[tp]:
@@ -303,6 +309,21 @@ class KafkaPythonConsumer:
                     key=message.key, value=message.value, timestamp_ms=message.timestamp or 0,
                 ))
         return records
+
+    def _refresh_missing_metadata(self) -> None:
+        """Ask for metadata again while a subscribed topic has none (dpkp/kafka-python#2377).
+
+        A member that joins before a new topic's metadata reached it is assigned nothing for that topic, and
+        kafka-python would look again only after ``metadata_max_age_ms`` (5 minutes); the update this requests
+        changes the coordinator's metadata snapshot, which makes the member rejoin and get its partitions.
+        """
+        now = time.monotonic()
+        if now - self._metadata_requested_at < self.METADATA_RETRY_S:
+            return
+        cluster = self.raw._client.cluster  # kafka-python has no public handle on its metadata
+        if any(not cluster.partitions_for_topic(topic) for topic in self.raw.subscription() or ()):
+            self._metadata_requested_at = now
+            cluster.request_update()
 
     def pause(self, tps: Sequence[TP]) -> None:
         if tps:

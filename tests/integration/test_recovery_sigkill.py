@@ -128,10 +128,11 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
             restarted_at = killed_at[-1]
             process = _start(config, log_path)
         wait_for(lambda: _committed(admin, settings) == N_EVENTS, 90, f"{N_EVENTS} committed offsets")
-        # a run that got to the end before its kill leaves the last one nothing to do: it must still be up (its
-        # SIGTERM handler installed) before it is asked to drain, or the signal kills it half-started
+        # a run that got to the end before its kill leaves the last one nothing to do: it must still have
+        # restored its partition before it is asked to drain (a SIGTERM before its assignment, which waits out the
+        # killed member's session, would stop it with nothing restored)
         runs = len(kill_points) + 1
-        wait_for(lambda: log_path.read_text().count("worker subscribed") == runs, 60, f"worker run {runs} to start")
+        wait_for(lambda: log_path.read_text().count(ASSIGNED) == runs, 60, f"worker run {runs} to restore")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
