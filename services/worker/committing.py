@@ -88,9 +88,11 @@ class Committer:
         An output that failed raises :class:`TransportError` once everything before it is committed: nothing past
         it is committed, and the worker stops.
         """
+        # every turn, also with nothing waiting: librdkafka runs one Python callback per delivered record, and a
+        # second's worth served at the next commit stalled the loop 12-20 ms at 6,400 records/s
+        self._producer.serve_deliveries()
         if not self._waiting:
             return
-        self._producer.serve_deliveries()
         ready: dict[TP, int] = {}
         then: list[Callable[[], object]] = []
         failed: DeliveryMark | None = None
