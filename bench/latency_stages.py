@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import suite
 from bench.suite import (
     WARMUP_S,
     Bench,
@@ -45,7 +47,7 @@ STALL_S = 0.001
 
 
 def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds: float, *,
-                 at_least_once: bool = True, interval_s: float | None = None,
+                 at_least_once: bool = True, interval_s: float | None = None, code_dir: Path | None = None,
                  extra: Sequence[str] = ()) -> tuple[LatencyResult, dict[str, float], dict[str, tuple[float, float]],
                                                      dict[str, Any] | None]:
     """One paced run with the worker's trace: (result, sent, received, trace)."""
@@ -60,9 +62,13 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
             args.append("--at-least-once")
         if interval_s is not None:
             args += ["--commit-interval", str(interval_s)]
-    child = bench.spawn(*args)
+    child = _spawn_from(bench, code_dir, args)
     n = max(50, int(rate * (WARMUP_S + seconds)))
-    bench.await_ready(ready_path, [child], f"{contender} to get its partitions")
+    try:
+        bench.await_ready(ready_path, [child], f"{contender} to get its partitions")
+    except RuntimeError:
+        print(child.tail())
+        raise
     try:
         reader = _Reader(bench.stack.bootstrap, predictions, n)
         reader.start()
@@ -74,6 +80,23 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
     child.wait()
     trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
     return LatencyResult.of(contender, rate, sent, reader.received, interval_s), sent, reader.received, trace
+
+
+def _spawn_from(bench: Bench, code_dir: Path | None, args: list[str]) -> Any:
+    """``bench.spawn``, from another checkout of the code when ``code_dir`` is given (its ``bench.runner``,
+    ``services`` and ``shared``)."""
+    if code_dir is None:
+        return bench.spawn(*args)
+    saved_root, saved_path = suite.ROOT, os.environ.get("PYTHONPATH")
+    suite.ROOT, os.environ["PYTHONPATH"] = code_dir, str(code_dir)
+    try:
+        return bench.spawn(*args)
+    finally:
+        suite.ROOT = saved_root
+        if saved_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_path
 
 
 def stages_of(sent: dict[str, float], received: dict[str, tuple[float, float]],
@@ -165,25 +188,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eos-interval", type=float, help="also the exactly-once worker with this interval")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--no-alos", action="store_true", help="no at-least-once worker")
+    parser.add_argument("--before", type=Path, help="also run each worker from this other checkout of the code "
+                                                    "(e.g. `git archive` of an earlier commit): before and after "
+                                                    "in one run, beside the same relay")
     args = parser.parse_args(argv)
     with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
         bench = Bench(stack, Path(tmp))
         try:
             for _ in range(args.repeat):
                 for rate in args.rate or [500.0]:
-                    runs: list[tuple[str, str, bool, float | None]] = []
+                    runs: list[tuple[str, str, bool, float | None, Path | None]] = []
                     if not args.no_relay:
-                        runs.append(("relay", "relay", True, None))
-                    if not args.no_alos:
-                        runs.append(("worker at-least-once", "worker", True, None))
-                    if args.eos_interval is not None:
-                        runs.append((f"worker exactly-once {args.eos_interval:g} s", "worker", False,
-                                     args.eos_interval))
-                    for label, contender, alos, interval in runs:
+                        runs.append(("relay", "relay", True, None, None))
+                    for code_dir, tag in ([(args.before, " BEFORE")] if args.before else []) + [(None, "")]:
+                        if not args.no_alos:
+                            runs.append((f"worker at-least-once{tag}", "worker", True, None, code_dir))
+                        if args.eos_interval is not None:
+                            runs.append((f"worker exactly-once {args.eos_interval:g} s{tag}", "worker", False,
+                                         args.eos_interval, code_dir))
+                    for label, contender, alos, interval, code_dir in runs:
                         log(f"{label}, {args.client}, {rate:,.0f}/s")
                         result, sent, received, trace = paced_traced(
                             bench, contender, args.client, rate, args.seconds, at_least_once=alos,
-                            interval_s=interval)
+                            interval_s=interval, code_dir=code_dir)
                         report(f"{label} ({args.client})", result, sent, received, trace)
         finally:
             bench.kill_all()

@@ -39,8 +39,11 @@ class LoopTrace:
             self.truncated = True
 
     def wrap(self, owner: Any, name: str, part: str) -> None:
-        """Replace ``owner.name`` (a method) by a timed call of it, noted as ``part``."""
-        call: Callable[..., Any] = getattr(owner, name)
+        """Replace ``owner.name`` (a method) by a timed call of it, noted as ``part`` (nothing when ``owner`` has no
+        such method: an older version of the worker)."""
+        call: Callable[..., Any] | None = getattr(owner, name, None)
+        if call is None:
+            return
         entries = self.calls.setdefault(part, [])
 
         def timed(*args: Any, **kwargs: Any) -> Any:
