@@ -371,10 +371,10 @@ class Worker:
         """Commit the processed offsets once their outputs are delivered, then checkpoint when due.
 
         ``wait=False`` (the loop's periodic commits, at-least-once) neither waits for the outputs' delivery (the
-        offsets are committed by a later turn of the loop, once delivered) nor for the offset commit's answer,
-        unless a checkpoint follows: a checkpoint is taken only once every output before it is delivered, and may
-        then run ahead of the committed offset, which is safe: a restore resumes from the checkpoint
-        (docs/architecture.md).
+        offsets are committed by a later turn of the loop, once delivered) nor for the offset commit's answer. A
+        periodic checkpoint due then is snapshotted now and written once every output before it is delivered (or,
+        exactly-once, its transaction committed); it may run ahead of the committed offset, which is safe: a
+        restore resumes from the checkpoint (docs/architecture.md).
         """
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
