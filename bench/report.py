@@ -677,7 +677,9 @@ scenario; the event counts of each scenario are flags (`python -m bench --help`)
 (`python -m bench --latency-only`) runs only the latency targets' rows (the floor and the worker of each client at
 500 events/s and at half the worker's maximum, exactly-once at 0.1 s) after one short throughput run per worker for
 its maximum: a few minutes; it prints its report and leaves this file alone. `python -m bench.txn_costs` times
-each step of an exactly-once commit with each client. Benchmarks are not tests:
+each step of an exactly-once commit with each client; `python -m bench.latency_stages` splits a paced run's
+latency by stage (the worker's loop traced call by call, the relay beside it, optionally an earlier checkout of
+the code with `--before`). Benchmarks are not tests:
 they report. Every number in the results comes from the run they describe; the analysis after them
 quotes that run (and, where it says so, earlier runs of the same command).
 

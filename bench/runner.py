@@ -298,6 +298,8 @@ def run_worker(args: argparse.Namespace) -> None:
         worker.run()
     finally:
         stop.set()
+        if worker.trace is not None:
+            worker.trace.write(args.trace)
 
 
 def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
@@ -316,6 +318,8 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             self._ends: dict[tuple[str, int], int] | None = None
             self._share = ""
             self._profiler: Any = None
+            #: ``--trace``: the loop's timings (bench.worker_trace)
+            self.trace: Any = None
             if args.profile is not None:
                 from pyinstrument import Profiler
 
@@ -329,6 +333,11 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             if isinstance(raw, KafkaConsumer):
                 for topic in sorted(raw.subscription() or ()):
                     raw.partitions_for_topic(topic)
+            if args.trace is not None:
+                from bench.worker_trace import LoopTrace
+
+                self.trace = LoopTrace()
+                self.trace.install(self)
 
         def restore_assigned(self) -> None:
             # keep new partitions paused until the parent says go (all workers of the group have joined)
@@ -357,7 +366,10 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
                 self._threads0 = thread_cpu_seconds()
                 if self._profiler is not None:
                     self._profiler.start()
+            started = time.time()
             super().process(batch)
+            if self.trace is not None:
+                self.trace.chunk(batch.records, batch.polled_at, started, time.time())
             self.result.events += len(batch.records)
             if not self._reported and self._done():
                 self.commit()  # checkpoints keep their own cadence (every 5,000 events or 10 s)
@@ -446,6 +458,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--go-file", type=Path)
     parser.add_argument("--stop-file", type=Path)
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--trace", type=Path, help="the worker's loop timings as JSON (bench.worker_trace)")
     return parser.parse_args(argv)
 
 

@@ -34,7 +34,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,15 @@ class Checkpointer:
         #: guards ``_child``, and keeps saves one at a time: revoke listeners may run on another thread
         self._child_lock = threading.Lock()
         self._save_lock = threading.RLock()
+        #: a periodic checkpoint taken and not written yet (:meth:`hold`), with the events it holds and its cost
+        self._held: dict[TP, PartitionCheckpoint] | None = None
+        self._held_events = 0
+        self._held_started = 0.0
+        self._held_snapshot_s = 0.0
+        #: group scope: the held checkpoint's sync outcome (its deltas are published with it)
+        self._held_sync: Any = None
+        #: how long the last checkpoint's snapshots took (without the Redis write), seconds
+        self.last_snapshot_s = 0.0
 
     def account(self, events: int) -> None:
         """Count events processed since the last checkpoint."""
@@ -128,7 +137,7 @@ class Checkpointer:
         duty-cycle bound (``max_time_fraction``) defers it.
         """
         self.poll()
-        if self._child is not None:
+        if self._child is not None or self._held is not None:
             return False
         now = self._monotonic()
         if now - self._last_attempt < self._backoff_s or now < self._not_before:
@@ -151,6 +160,7 @@ class Checkpointer:
         snapshots taken before it do.
         """
         ended = self._monotonic() if stored or self._store_started is None else self._store_started
+        self.last_snapshot_s = max(0.0, (self._store_started or ended) - started)
         duration = max(0.0, ended - started)
         self.last_duration_s = duration
         self._not_before = started + duration / self._settings.max_time_fraction
@@ -172,6 +182,80 @@ class Checkpointer:
             if background and self.group is None and self._worth_a_child() and self._fork_safe(offsets):
                 return self._fork(offsets, extra)
             return self._save_here(offsets, extra)
+
+    # --- a periodic checkpoint written once its outputs are durable (docs/architecture.md, "Commit semantics") --
+    def can_hold(self, offsets: dict[TP, int]) -> bool:
+        """Whether the periodic checkpoint of ``offsets`` may be snapshotted in the loop now and written later
+        (:meth:`hold`): not a group sync, and its snapshots are cheaper than ``background_min_ms`` (else a forked
+        child takes them, after the outputs are delivered)."""
+        if self.group is not None:
+            return True  # a sync is always taken in the loop
+        expensive = self.last_snapshot_s * 1000.0 >= self._settings.background_min_ms
+        return not (self._background and expensive and self._fork_safe(offsets))
+
+    def hold(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> None:
+        """Snapshot the model sets of ``offsets``' partitions now; :meth:`write_held` writes them once the outputs
+        before these offsets are durable (delivered, or their transaction committed). No periodic checkpoint is due
+        while one is held."""
+        with self._save_lock:
+            self.join()
+            self._held_started = self._last_attempt = self._monotonic()
+            self._held_events = self._events_since
+            if self.group is None:
+                self._held = self._states(offsets, extra)
+            else:  # the sync merges now; its deltas are published with the checkpoint
+                synced = self._group_states(offsets, extra)
+                if synced is None:
+                    return
+                self._held, self._held_sync = synced
+            self._held_snapshot_s = self.last_snapshot_s = self._monotonic() - self._held_started
+
+    def write_held(self) -> bool:
+        """Write the held checkpoint (its outputs are durable now); ``False`` when Redis failed (backed off)."""
+        with self._save_lock:
+            states, self._held = self._held, None
+            sync, self._held_sync = self._held_sync, None
+            if not states:
+                return True
+            began = self._monotonic()
+            stored = False
+            try:
+                if sync is not None:
+                    self._store.save(states, also=sync.publish)
+                else:
+                    self._store.save(states)
+                stored = True
+                if sync is not None and self.group is not None:
+                    self.group.published(sync)
+            except Exception as exc:  # Redis down or failing: keep serving, retry with backoff
+                if sync is not None and self.group is not None:
+                    self.group.failed()
+                self._failed(redis_down=True)
+                log.warning("checkpoint failed (%s); retrying in %.0f s", exc, self._backoff_s)
+                return False
+            finally:
+                # the duty-cycle bound counts the snapshots and a successful write, not the wait for delivery
+                duration = self._held_snapshot_s + (self._monotonic() - began if stored else 0.0)
+                self.last_duration_s = duration
+                self._not_before = self._held_started + duration / self._settings.max_time_fraction
+            self._stored(self._held_events)
+            return True
+
+    def drop_held(self, tps: Sequence[TP] | None = None) -> None:
+        """Forget the held checkpoint of ``tps`` (all when ``None``): its outputs will never be durable (a failed
+        transaction) or the partitions are no longer this worker's."""
+        with self._save_lock:
+            if self._held is None:
+                return
+            dropped = [tp for tp in (list(self._held) if tps is None else tps) if self._held.pop(tp, None) is not None]
+            if dropped and self._held and self._held_sync is not None:
+                # group scope: one state reflects every held partition; without all of them it is not written
+                self._held = {}
+            if not self._held:
+                self._held = None
+                if self._held_sync is not None and self.group is not None:
+                    self.group.failed()  # its deltas stay queued for the next sync
+                self._held_sync = None
 
     def _save_here(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
         started = self._last_attempt = self._monotonic()
@@ -270,6 +354,7 @@ class Checkpointer:
         code = os.waitstatus_to_exitcode(status) if status != -1 else _CRASHED
         if len(report) == _TIMINGS.size:
             snapshots_s, total_s = _TIMINGS.unpack(report)
+            self.last_snapshot_s = snapshots_s
             # as in the loop: a failed Redis write (mostly waiting, spaced by the backoff) does not count
             duration = total_s if code == _SAVED else snapshots_s
         else:  # the child died before it could say: count it from the fork to now
@@ -320,23 +405,12 @@ class Checkpointer:
         """Group scope: sync, then store the one model set under every partition it reflects, each with its own
         offset and all of their offsets, and publish the sync's deltas in the same transaction."""
         assert self.group is not None
-        model_set = self._models.shared_set()
-        if model_set is None or not offsets:
-            return True
-        try:
-            outcome = self.group.sync(model_set)
-        except Exception as exc:  # Redis down while reading the others' deltas: nothing merged or published
-            self._failed(redis_down=True)
-            log.warning("sync failed (%s); retrying in %.0f s", exc, self._backoff_s)
+        synced = self._group_states(offsets, extra)
+        if synced is None:
             return False
-        models = {name: (learner.kind, learner.snapshot()) for name, learner in model_set.learners.items()}
-        reflected = {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
-        shared = {"learned": dict(model_set.learned), "sources": dict(model_set.sources),
-                  "sync": outcome.record.to_json(), "offsets": reflected}
-        states = {
-            tp: PartitionCheckpoint(models=models, next_offset=offset, extra={**(extra or {}).get(tp, {}), **shared})
-            for tp, offset in offsets.items()
-        }
+        states, outcome = synced
+        if not states:
+            return True
         self._store_started = self._monotonic()
         try:
             self._store.save(states, also=outcome.publish)
@@ -348,6 +422,31 @@ class Checkpointer:
         self.group.published(outcome)
         self._stored(self._events_since)
         return True
+
+    def _group_states(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None,
+    ) -> tuple[dict[TP, PartitionCheckpoint], Any] | None:
+        """Group scope: sync, and the checkpoints of ``offsets``' partitions with the sync's outcome (its
+        ``publish`` goes in the checkpoint's transaction); ``None`` when Redis failed (backed off)."""
+        assert self.group is not None
+        model_set = self._models.shared_set()
+        if model_set is None or not offsets:
+            return {}, None
+        try:
+            outcome = self.group.sync(model_set)
+        except Exception as exc:  # Redis down while reading the others' deltas: nothing merged or published
+            self._failed(redis_down=True)
+            log.warning("sync failed (%s); retrying in %.0f s", exc, self._backoff_s)
+            return None
+        models = {name: (learner.kind, learner.snapshot()) for name, learner in model_set.learners.items()}
+        reflected = {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
+        shared = {"learned": dict(model_set.learned), "sources": dict(model_set.sources),
+                  "sync": outcome.record.to_json(), "offsets": reflected}
+        states = {
+            tp: PartitionCheckpoint(models=models, next_offset=offset, extra={**(extra or {}).get(tp, {}), **shared})
+            for tp, offset in offsets.items()
+        }
+        return states, outcome
 
     def _stored(self, events: int) -> None:
         """A checkpoint holding ``events`` of the events accounted so far reached Redis."""

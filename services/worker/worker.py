@@ -371,19 +371,21 @@ class Worker:
         """Commit the processed offsets once their outputs are delivered, then checkpoint when due.
 
         ``wait=False`` (the loop's periodic commits, at-least-once) neither waits for the outputs' delivery (the
-        offsets are committed by a later turn of the loop, once delivered) nor for the offset commit's answer,
-        unless a checkpoint follows: a checkpoint is taken only once every output before it is delivered, and may
-        then run ahead of the committed offset, which is safe: a restore resumes from the checkpoint
-        (docs/architecture.md).
+        offsets are committed by a later turn of the loop, once delivered) nor for the offset commit's answer. A
+        periodic checkpoint due then is snapshotted now and written once every output before it is delivered (or,
+        exactly-once, its transaction committed); it may run ahead of the committed offset, which is safe: a
+        restore resumes from the checkpoint (docs/architecture.md).
         """
         assert self.committer is not None
         offsets, self._pending_offsets = self._pending_offsets, {}
         checkpoint_due = self.checkpointer is not None and (checkpoint or self.checkpointer.due())
+        # a periodic checkpoint taken in the loop is snapshotted now and written once the commit's outputs are durable
+        held = self._hold_checkpoint() if checkpoint_due and not (wait or checkpoint) else None
         try:
-            if wait or checkpoint_due:
+            if wait or (checkpoint_due and held is None):
                 self.committer.commit(offsets, wait=wait)
             else:
-                self.committer.commit_when_delivered(offsets)
+                self.committer.commit_when_delivered(offsets, then=held)
         except TransportError as exc:
             self._delivery_failure = exc
             raise
@@ -391,11 +393,21 @@ class Worker:
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
         if self.checkpointer is not None:
-            if checkpoint_due:
+            if checkpoint_due and held is None:
                 # a periodic checkpoint may go to a forked child; a forced one (revoke, shutdown) is written now
                 self._checkpoint(list(self.model_step.sets), background=not checkpoint)
             self.checkpointer.export_age()
         self._update_gauges()
+
+    def _hold_checkpoint(self) -> Callable[[], object] | None:
+        """Snapshot the periodic checkpoint now, when it is taken in the loop; what writes it (else ``None``)."""
+        assert self.checkpointer is not None
+        tps = list(self.model_step.sets)
+        offsets = {tp: self._processed[tp] for tp in tps if tp in self._processed}
+        if not self.checkpointer.can_hold(offsets):
+            return None
+        self.checkpointer.hold(offsets, extra=self._label_offsets(tps))
+        return self.checkpointer.write_held
 
     def _checkpoint(self, tps: Sequence[TP], *, background: bool = False) -> None:
         assert self.checkpointer is not None
@@ -662,6 +674,8 @@ class Worker:
         self.metrics.kafka_up.set(1)
 
     def _forget(self, tps: Sequence[TP]) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.drop_held(tps)
         self.model_step.revoke(tps)
         self.backpressure.forget(tps)
         if self.delayed_labels is not None:

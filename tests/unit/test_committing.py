@@ -191,3 +191,58 @@ def test_a_failed_background_commit_raises_transaction_failed_at_the_next_step()
     with pytest.raises(TransactionFailed, match="fenced"):
         committer.send("predictions", b"b", None, None)
     assert "send b" not in producer.calls
+
+
+def test_a_periodic_checkpoint_is_written_only_once_the_outputs_before_it_are_delivered() -> None:
+    committer, producer, consumer = _committer()
+    written: list[str] = []
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1}, then=lambda: written.append("checkpoint"))
+    mark = committer._waiting[0][0]
+    committer.release()
+    assert written == [] and producer.flushes == 0  # not delivered yet, and no flush to get there
+    mark.delivered()
+    committer.release()
+    assert consumer.commits == [({TP: 1}, False)] and written == ["checkpoint"]
+    committer.release()
+    assert written == ["checkpoint"]  # once
+
+
+def test_a_failed_output_drops_the_checkpoint_riding_on_its_commit() -> None:
+    committer, _, _ = _committer()
+    written: list[str] = []
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1}, then=lambda: written.append("checkpoint"))
+    committer._waiting[0][0].failed_with("predictions", "refused")
+    with pytest.raises(TransportError):
+        committer.release()
+    committer.release()
+    assert written == []
+
+
+def test_a_forced_commit_writes_the_waiting_checkpoint_after_delivering_everything() -> None:
+    committer, producer, consumer = _committer()
+    order: list[str] = []
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1}, then=lambda: order.append(f"checkpoint after {producer.flushes} flush"))
+    committer.commit({TP: 2})
+    assert order == ["checkpoint after 1 flush"] and consumer.commits == [({TP: 2}, True)]
+
+
+def test_an_exactly_once_checkpoint_is_written_once_its_transaction_committed_and_never_when_it_failed() -> None:
+    producer = FakeTransactionalProducer()
+    committer = TransactionalCommitter(GroupConsumer(), lambda: producer, op_timeout_ms=1000)  # type: ignore[arg-type]
+    written: list[str] = []
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1}, then=lambda: written.append(f"after {producer.calls[-1]}"))
+    committer.release()
+    assert written == []  # the transaction is still committing
+    producer.release.set()
+    committer.send("predictions", b"b", None, None)  # takes the commit's outcome
+    assert written == ["after commit"]
+
+    producer.fail_commit = True
+    committer.commit_when_delivered({TP: 2}, then=lambda: written.append("second"))
+    with pytest.raises(TransactionFailed):
+        committer.send("predictions", b"c", None, None)
+    assert written == ["after commit"]

@@ -1,0 +1,220 @@
+"""Where a paced run's latency goes, stage by stage: ``python -m bench.latency_stages --client confluent --rate 6000``.
+
+Starts Kafka and Redis (as ``make bench`` does), then runs, one after the other and each ``--repeat`` times, the
+relay floor and the worker (at-least-once; and exactly-once with ``--eos-interval``) at the same paced rate, as
+``bench.suite`` does for the latency rows. The worker runs with ``--trace`` (``bench.worker_trace``), so each
+measured event's latency splits into:
+
+- **fetch**: from the event's send to the worker's poll returning it (the broker, the fetch, and the time the loop
+  spent elsewhere before it called ``poll`` again);
+- **held**: from the poll to the start of the chunk that processed it (backpressure holds what a chunk left);
+- **process**: the chunk's run through the steps, up to the last record's send to the producer;
+- **out**: from there to the prediction being read (the producer's linger and delivery, the commit when
+  exactly-once, the reader's fetch).
+
+For the slowest 1% of events the mean of each stage is printed beside the median event's, and the loop's calls
+(commit, exports, collections, ...) that overlapped those events' wait, by part. A diagnostic: it prints, it does
+not write the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import suite
+from bench.suite import (
+    WARMUP_S,
+    Bench,
+    LatencyResult,
+    _Reader,
+    _send_paced,
+    log,
+    percentile,
+    started_stack,
+    temp_dir,
+)
+
+STAGES = ("fetch", "held", "process", "out")
+#: a loop call at least this long is listed as a stall
+STALL_S = 0.001
+
+
+def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds: float, *,
+                 at_least_once: bool = True, interval_s: float | None = None, code_dir: Path | None = None,
+                 extra: Sequence[str] = ()) -> tuple[LatencyResult, dict[str, float], dict[str, tuple[float, float]],
+                                                     dict[str, Any] | None]:
+    """One paced run with the worker's trace: (result, sent, received, trace)."""
+    events, predictions = bench.topics()
+    ready_path, stop_path, trace_path = bench.path("ready"), bench.path("stop"), bench.path("trace")
+    args = [contender, "--model", "logreg", "--ready-file", str(ready_path), "--stop-file", str(stop_path),
+            "--bootstrap", bench.stack.bootstrap, "--topic", events, "--predictions", predictions,
+            "--group", bench.name("group"), "--redis-url", bench.stack.redis_url, "--client", client, *extra]
+    if contender == "worker":
+        args += ["--trace", str(trace_path)]
+        if at_least_once:
+            args.append("--at-least-once")
+        if interval_s is not None:
+            args += ["--commit-interval", str(interval_s)]
+    child = _spawn_from(bench, code_dir, args)
+    n = max(50, int(rate * (WARMUP_S + seconds)))
+    try:
+        bench.await_ready(ready_path, [child], f"{contender} to get its partitions")
+    except RuntimeError:
+        print(child.tail())
+        raise
+    try:
+        reader = _Reader(bench.stack.bootstrap, predictions, n)
+        reader.start()
+        sent = _send_paced(bench.stack.bootstrap, events, n, rate)
+        reader.join(timeout=60)
+        reader.stop()
+    finally:
+        stop_path.touch()
+    child.wait()
+    trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
+    return LatencyResult.of(contender, rate, sent, reader.received, interval_s), sent, reader.received, trace
+
+
+def _spawn_from(bench: Bench, code_dir: Path | None, args: list[str]) -> Any:
+    """``bench.spawn``, from another checkout of the code when ``code_dir`` is given (its ``bench.runner``,
+    ``services`` and ``shared``)."""
+    if code_dir is None:
+        return bench.spawn(*args)
+    saved_root, saved_path = suite.ROOT, os.environ.get("PYTHONPATH")
+    suite.ROOT, os.environ["PYTHONPATH"] = code_dir, str(code_dir)
+    try:
+        return bench.spawn(*args)
+    finally:
+        suite.ROOT = saved_root
+        if saved_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_path
+
+
+def stages_of(sent: dict[str, float], received: dict[str, tuple[float, float]],
+              trace: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per measured event id: its latency and the seconds of each stage (the event's index is its offset)."""
+    at: dict[int, tuple[float, float, float]] = {}
+    for _, first, last, polled, started, finished in trace["chunks"]:
+        for offset in range(first, last + 1):
+            at.setdefault(offset, (polled, started, finished))
+    start = min(sent.values(), default=0.0) + WARMUP_S
+    out: dict[str, dict[str, float]] = {}
+    for event_id, sent_at in sent.items():
+        if sent_at < start or event_id not in received:
+            continue
+        offset = int(event_id.rsplit("-", 1)[1])
+        if offset not in at:
+            continue
+        polled, started, finished = at[offset]
+        read = received[event_id][0]
+        out[event_id] = {"total": read - sent_at, "fetch": polled - sent_at, "held": started - polled,
+                         "process": finished - started, "out": read - finished, "sent": sent_at, "read": read}
+    return out
+
+
+def report(label: str, result: LatencyResult, sent: dict[str, float], received: dict[str, tuple[float, float]],
+           trace: dict[str, Any] | None) -> None:
+    print(f"\n== {label}: {result.rate:,.0f}/s, read {result.received}/{result.sent}, p50 {result.p50_ms:.1f} ms, "
+          f"p99 {result.p99_ms:.1f} ms, max {result.max_ms:.1f}; send->sent p50/p99 {result.to_send_p50_ms:.1f} / "
+          f"{result.to_send_p99_ms:.1f}, sent->read {result.to_read_p50_ms:.1f} / {result.to_read_p99_ms:.1f}")
+    if trace is None:
+        return
+    events = stages_of(sent, received, trace)
+    if not events:
+        print("  (no traced events)")
+        return
+    ordered = sorted(events.values(), key=lambda e: e["total"])
+    tail = ordered[int(0.99 * len(ordered)):]
+    middle = ordered[len(ordered) // 2]
+    print("  stage ms    " + "  ".join(f"{s:>8}" for s in STAGES))
+    print("  p50         " + "  ".join(f"{1000 * percentile([e[s] for e in ordered], 50):8.2f}" for s in STAGES))
+    print("  p99         " + "  ".join(f"{1000 * percentile([e[s] for e in ordered], 99):8.2f}" for s in STAGES))
+    print("  median ev.  " + "  ".join(f"{1000 * middle[s]:8.2f}" for s in STAGES))
+    print(f"  slowest 1% ({len(tail)} events, total >= {1000 * tail[0]['total']:.1f} ms), mean:")
+    print("              " + "  ".join(f"{1000 * statistics.fmean(e[s] for e in tail):8.2f}" for s in STAGES))
+    # the loop's parts: totals and the long calls
+    span = max(e["read"] for e in ordered) - min(e["sent"] for e in ordered)
+    print(f"  loop parts over the run ({span:.1f} s): calls, total s, p99 ms, max ms, calls >= {1000 * STALL_S:g} ms")
+    stalls: list[tuple[float, float, str]] = []
+    for part, calls in sorted(trace["calls"].items(), key=lambda kv: -sum(d for _, d in kv[1])):
+        if not calls:
+            continue
+        durations = [d for _, d in calls]
+        long = [(t, d, part) for t, d in calls if d >= STALL_S]
+        stalls += long
+        print(f"    {part:28} {len(calls):7d} {sum(durations):7.2f} {1000 * percentile(durations, 99):7.2f} "
+              f"{1000 * max(durations):7.1f} {len(long):5d}")
+    collections = trace["collections"]
+    for generation in (0, 1, 2):
+        pauses = [d for _, d, g in collections if g == generation]
+        if pauses:
+            print(f"    gc generation {generation}: {len(pauses)} collections, {sum(pauses):.3f} s, "
+                  f"max {1000 * max(pauses):.1f} ms")
+    stalls += [(t, d, f"gc gen {g}") for t, d, g in collections if d >= STALL_S]
+    # how much of the slowest events' wait each part's long calls took (mean ms per event, by part)
+    stalls.sort()
+    overlap: dict[str, float] = {}
+    starts = [t for t, _, _ in stalls]
+    longest = max((d for _, d, _ in stalls), default=0.0)
+    for event in tail:
+        lo = bisect.bisect_left(starts, event["sent"] - longest)
+        hi = bisect.bisect_right(starts, event["read"])
+        for t, d, part in stalls[lo:hi]:
+            shared = min(t + d, event["read"]) - max(t, event["sent"])
+            if shared > 0:
+                overlap[part] = overlap.get(part, 0.0) + shared
+    top = sorted(overlap.items(), key=lambda kv: -kv[1])[:10]
+    print("  long calls within the slowest 1%'s wait, mean ms per event: "
+          + (", ".join(f"{part} {1000 * total / len(tail):.1f}" for part, total in top) or "none"))
+    if trace.get("truncated"):
+        print("  (the trace hit its bound: later entries are missing)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency_stages", description=__doc__.split("\n")[0])
+    parser.add_argument("--client", choices=["confluent", "kafka-python"], default="confluent")
+    parser.add_argument("--rate", type=float, action="append", help="events/s (repeatable; default 500)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (after the warm-up)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--eos-interval", type=float, help="also the exactly-once worker with this interval")
+    parser.add_argument("--no-relay", action="store_true")
+    parser.add_argument("--no-alos", action="store_true", help="no at-least-once worker")
+    parser.add_argument("--before", type=Path, help="also run each worker from this other checkout of the code "
+                                                    "(e.g. `git archive` of an earlier commit): before and after "
+                                                    "in one run, beside the same relay")
+    args = parser.parse_args(argv)
+    with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
+        bench = Bench(stack, Path(tmp))
+        try:
+            for _ in range(args.repeat):
+                for rate in args.rate or [500.0]:
+                    runs: list[tuple[str, str, bool, float | None, Path | None]] = []
+                    if not args.no_relay:
+                        runs.append(("relay", "relay", True, None, None))
+                    for code_dir, tag in ([(args.before, " BEFORE")] if args.before else []) + [(None, "")]:
+                        if not args.no_alos:
+                            runs.append((f"worker at-least-once{tag}", "worker", True, None, code_dir))
+                        if args.eos_interval is not None:
+                            runs.append((f"worker exactly-once {args.eos_interval:g} s{tag}", "worker", False,
+                                         args.eos_interval, code_dir))
+                    for label, contender, alos, interval, code_dir in runs:
+                        log(f"{label}, {args.client}, {rate:,.0f}/s")
+                        result, sent, received, trace = paced_traced(
+                            bench, contender, args.client, rate, args.seconds, at_least_once=alos,
+                            interval_s=interval, code_dir=code_dir)
+                        report(f"{label} ({args.client})", result, sent, received, trace)
+        finally:
+            bench.kill_all()
+
+
+if __name__ == "__main__":
+    main()

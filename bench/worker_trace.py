@@ -1,0 +1,95 @@
+"""A trace of the worker's poll loop for the latency diagnostics (``bench.latency_stages``).
+
+Installed on a running :class:`~services.worker.Worker` by ``bench.runner worker --trace PATH``: it times every
+call of the loop's parts (the poll, each step, the commit, the exports, ...) and notes, per processed chunk, its
+offsets and when it was polled, started and finished; garbage collections are timed through ``gc.callbacks``.
+Written as JSON when the worker stops. Every list is bounded (``MAX_ENTRIES``); a trace that hit the bound says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: at most this many entries per list (a paced run of 10 s at 10,000 events/s needs a few tens of thousands)
+MAX_ENTRIES = 200_000
+
+
+class LoopTrace:
+    """Timings of one worker's loop: calls by part, chunks by offsets, collections by generation."""
+
+    def __init__(self) -> None:
+        #: part -> [(start, seconds)], wall clock (``time.time()``) for the start
+        self.calls: dict[str, list[tuple[float, float]]] = {}
+        #: per processed chunk: (partition, first offset, last offset, polled_at, started, finished)
+        self.chunks: list[tuple[int, int, int, float, float, float]] = []
+        #: per collection: (start, seconds, generation)
+        self.collections: list[tuple[float, float, int]] = []
+        self.truncated = False
+        self._gc_started = 0.0
+
+    def _add(self, entries: list[Any], entry: Any) -> None:
+        if len(entries) < MAX_ENTRIES:
+            entries.append(entry)
+        else:
+            self.truncated = True
+
+    def wrap(self, owner: Any, name: str, part: str) -> None:
+        """Replace ``owner.name`` (a method) by a timed call of it, noted as ``part`` (nothing when ``owner`` has no
+        such method: an older version of the worker)."""
+        call: Callable[..., Any] | None = getattr(owner, name, None)
+        if call is None:
+            return
+        entries = self.calls.setdefault(part, [])
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started, clock = time.time(), time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self._add(entries, (started, time.perf_counter() - clock))
+
+        setattr(owner, name, timed)
+
+    def chunk(self, records: list[Any], polled_at: float, started: float, finished: float) -> None:
+        """Note one processed chunk (its records in offset order per partition)."""
+        if records:
+            first, last = records[0], records[-1]
+            self._add(self.chunks, (first.partition, first.offset, last.offset, polled_at, started, finished))
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._add(self.collections, (time.time(), time.perf_counter() - self._gc_started, info["generation"]))
+
+    def install(self, worker: Any) -> None:
+        """Time the loop's parts of ``worker`` (started: its consumer, committer and steps exist)."""
+        self.wrap(worker.consumer, "poll", "poll")
+        for step in worker.steps:
+            self.wrap(step, "process", f"step {type(step).__name__}")
+        for name in ("_maybe_commit", "_update_champion", "_update_gauges"):
+            self.wrap(worker, name, name.strip("_"))
+        self.wrap(worker.backpressure, "apply", "backpressure.apply")
+        self.wrap(worker.score_step, "export", "score export")
+        self.wrap(worker.model_step, "train_if_due", "train_if_due")
+        if worker.checkpointer is not None:
+            self.wrap(worker.checkpointer, "poll", "checkpoint poll")
+            self.wrap(worker.checkpointer, "save", "checkpoint save")
+            self.wrap(worker.checkpointer, "hold", "checkpoint hold")
+            self.wrap(worker.checkpointer, "write_held", "checkpoint write_held")
+        committer = worker.committer
+        for name in ("release", "commit", "commit_when_delivered"):
+            self.wrap(committer, name, f"committer.{name}")
+        self.wrap(committer._producer, "send", "producer.send")
+        gc.callbacks.append(self.on_gc)
+
+    def write(self, path: Path) -> None:
+        if self.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.on_gc)
+        path.write_text(json.dumps({"calls": self.calls, "chunks": self.chunks, "collections": self.collections,
+                                    "truncated": self.truncated}))
