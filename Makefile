@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck bench bench-latency stack-up stack-down clean
+.PHONY: demo test install lint typecheck bench bench-latency bench-scale stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: install
 # only the latency rows against the relay floor (a few minutes); prints the report, leaves docs/benchmarks.md alone
 bench-latency: install
 	$(PY) -m bench --latency-only
+
+# only the scale rows (issue 12: 2 workers vs 1 on 4 partitions, 1 worker on 4 vs 1 partition; group scope; both
+# transports, 3 repeats; a few minutes); prints the report, leaves docs/benchmarks.md alone
+bench-scale: install
+	$(PY) -m bench --scale-only
 
 stack-up: install
 	$(PY) -m services.cli stack up

@@ -2,8 +2,9 @@
 
 Measures in one run, on the same events: (a) the bare model loop, (b) a plain kafka-python + River loop and
 (c) streamlearn's worker, for three models; then end-to-end latency at half the maximum throughput, a group of
-two workers against one, and resident memory over a long run; and profiles the worker. ``--quick`` is a small
-smoke run that does not touch the docs unless ``--output`` is given.
+two workers against one (and one worker on 4 partitions against 1, in ``sync.scope: group``), and resident memory
+over a long run; and profiles the worker. ``--quick`` is a small smoke run, ``--latency-only`` and ``--scale-only``
+run one scenario's targets; none of the three touches the docs unless ``--output`` is given.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "worker of each client at 500 events/s and at half the worker's max, exactly-once at "
                              "0.1 s; after one short throughput run per worker for its max (a few minutes; "
                              "does not touch the docs unless --output is given)")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="only the scale scenario (make bench-scale; issue 12's throughput targets): one worker "
+                             "on 1 partition, one and two workers on 4 partitions, in sync.scope group, with each "
+                             "transport, --repeat times (default 3); does not touch the docs unless --output is "
+                             "given")
     parser.add_argument("--events-logreg", type=int, help="events per logistic-regression throughput run")
     parser.add_argument("--events-arf", type=int, help="events per ARF throughput run")
     parser.add_argument("--events-mlp", type=int, help="events per torch MLP throughput run")
@@ -57,6 +63,12 @@ def config_from(args: argparse.Namespace) -> Config:
                             logreg_events=min(base.logreg_events, 20_000))
         if args.only == ",".join(STAGES):
             args.only = "latency"
+    if args.scale_only:
+        if args.latency_only:
+            raise SystemExit("--scale-only and --latency-only are two separate runs")
+        base = base.replace(scale_only=True, stages=("scale",), models=("logreg",))
+        if args.only == ",".join(STAGES):
+            args.only = "scale"
     overrides = {
         "logreg_events": args.events_logreg, "arf_events": args.events_arf, "mlp_events": args.events_mlp,
         "latency_seconds": args.latency_seconds, "scale_events": args.scale_events,
@@ -91,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcome.finish(time.monotonic() - started)
     markdown = render(outcome)
     print(markdown)
-    output = args.output if args.output is not None else (None if args.quick or args.latency_only else DOC)
+    output = args.output if args.output is not None else (
+        None if args.quick or args.latency_only or args.scale_only else DOC)
     if output is not None:
         write_doc(output, markdown)
         log(f"wrote {output}")

@@ -55,8 +55,12 @@ def worker_settings(
     transactional_id: str | None = None,
     namespace: str | None = None,
     client: str = "kafka-python",
+    scope: str | None = None,
 ) -> Settings:
-    """The worker's settings for one run: everything on (validation, metrics, checkpoints, exactly-once)."""
+    """The worker's settings for one run: everything on (validation, metrics, checkpoints, exactly-once).
+
+    ``scope``: ``sync.scope`` (``group`` or ``partition``); None keeps the settings' default.
+    """
     suffix = group_id
     kafka: dict[str, Any] = {
         "bootstrap_servers": bootstrap, "group_id": group_id, "exactly_once": exactly_once,
@@ -72,6 +76,8 @@ def worker_settings(
         kafka["linger_ms"] = linger_ms
     if not checkpoint_background:
         overrides["checkpoint"] = {"background": False}
+    if scope is not None:
+        overrides["sync"] = {"scope": scope}
     if redis_url is None:
         overrides["checkpoint"] = {"enabled": False}
     else:

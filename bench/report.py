@@ -40,6 +40,10 @@ EOS_INTERVAL_S = 0.1
 #: the client ``kafka.client: auto`` resolves to (confluent-kafka is a dependency)
 DEFAULT_CLIENT = "confluent"
 TARGET_SCALE = 1.6
+#: issue 12: one worker in group scope on 4 partitions against the same worker on 1 partition
+TARGET_SCALE_PARTITIONS = 0.9
+#: the scale scenario's ``sync.scope`` (issue 12: one model for the whole group)
+SCALE_SCOPE = "group"
 #: "flat": RSS at the end at most this much above RSS after the first 10% of the run
 FLAT_TOLERANCE = 0.05
 
@@ -62,6 +66,8 @@ class Config:
     #: ``--latency-only``: only the latency rows of the targets (relay floor and worker at 500 events/s and at
     #: half max, each client; exactly-once at 0.1 s), after one short throughput run per client for the maximum
     latency_only: bool = False
+    #: ``--scale-only``: only the scale scenario (issue 12's throughput targets)
+    scale_only: bool = False
 
     @classmethod
     def smoke(cls) -> Config:
@@ -173,8 +179,11 @@ class Outcome:
     latency: dict[str, LatencyResult] = field(default_factory=dict)
     #: key -> every run of the rows measured ``repeat`` times (the target rows of target 3)
     latency_runs: dict[str, list[LatencyResult]] = field(default_factory=dict)
-    #: per transport, one worker then two, ``repeat`` times
+    #: per transport, one worker then two on the 4-partition topic, ``repeat`` times
     scale: dict[str, list[ScaleResult]] = field(default_factory=dict)
+    #: per transport, one worker on a 1-partition topic (the same events), once per repeat, just before the
+    #: repeat's runs on 4 partitions
+    scale_single: dict[str, list[ScaleResult]] = field(default_factory=dict)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
     #: per transport, pyinstrument's listings and the profiled run
     profile: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -241,6 +250,11 @@ class Outcome:
         runs = self.scale.get(client, [])
         return [two.rate / one.rate for one, two in zip(runs[0::2], runs[1::2], strict=False) if one.rate > 0]
 
+    def partition_ratios(self, client: str) -> list[float]:
+        """One worker on 4 partitions over the same worker on 1 partition, repeat by repeat."""
+        singles, runs = self.scale_single.get(client, []), self.scale.get(client, [])
+        return [four.rate / one.rate for one, four in zip(singles, runs[0::2], strict=False) if one.rate > 0]
+
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
         plans = latency_plans(self.config.latency_only)
@@ -269,14 +283,20 @@ class Outcome:
     def _scale(self, bench: Bench) -> None:
         n = self.config.scale_events
         topic, _ = bench.topics(partitions=4)
-        log(f"scale: producing {n:,} events on a 4-partition topic")
+        single, _ = bench.topics(partitions=1)
+        log(f"scale: producing {n:,} events on a 4-partition topic and the same on a 1-partition topic")
         bench.produce(topic, n)
+        bench.produce(single, n)
         for _ in range(self.config.repeat):
             for client in CLIENTS:
+                result = bench.scale("logreg", single, 1, client, partitions=1, scope=SCALE_SCOPE)
+                self.scale_single.setdefault(client, []).append(result)
+                log(f"  {client}, 1 worker, 1 partition ({SCALE_SCOPE} scope): {result.rate:,.0f} events/s")
                 for workers in (1, 2):
-                    result = bench.scale("logreg", topic, workers, client)
+                    result = bench.scale("logreg", topic, workers, client, partitions=4, scope=SCALE_SCOPE)
                     self.scale.setdefault(client, []).append(result)
-                    log(f"  {client}, {workers} worker(s): {result.rate:,.0f} events/s")
+                    log(f"  {client}, {workers} worker(s), 4 partitions ({SCALE_SCOPE} scope): "
+                        f"{result.rate:,.0f} events/s")
 
     def _profile(self, bench: Bench) -> None:
         import json
@@ -412,9 +432,20 @@ def targets(outcome: Outcome) -> list[list[str]]:
             ratio = statistics.median(pairs)
             one = statistics.median(r.rate for r in runs[0::2])
             two = statistics.median(r.rate for r in runs[1::2])
-            rows.append([f"issue 6: 2 workers vs 1 worker ({client}), 4 partitions", f">= {TARGET_SCALE}x",
+            rows.append([f"issues 6 and 12: 2 workers vs 1 worker ({client}), 4 partitions, `sync.scope: "
+                         f"{runs[0].scope}`", f">= {TARGET_SCALE}x",
                          f"{ratio:.2f}x ({_spread(pairs)}medians {two:,.0f} vs {one:,.0f} events/s)",
                          _verdict(ratio >= TARGET_SCALE)])
+        singles = outcome.scale_single.get(client, [])
+        pairs = outcome.partition_ratios(client)
+        if pairs:
+            ratio = statistics.median(pairs)
+            four = statistics.median(r.rate for r in runs[0::2])
+            one = statistics.median(r.rate for r in singles)
+            rows.append([f"issue 12: 1 worker on 4 partitions vs on 1 partition ({client}), `sync.scope: "
+                         f"{runs[0].scope}`", f">= {TARGET_SCALE_PARTITIONS}x",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {four:,.0f} vs {one:,.0f} events/s)",
+                         _verdict(ratio >= TARGET_SCALE_PARTITIONS)])
     for client, memory in outcome.memory.items():
         first, last, peak, growth = memory_summary(memory)
         events = memory.result.events
@@ -491,7 +522,8 @@ def render(outcome: Outcome) -> str:
     out: list[str] = [BEGIN, ""]
     out += ["## The run", ""]
     kind = "a **--quick smoke run** (too few events for stable figures)" if c.quick else (
-        "a **--latency-only** run (the latency targets only)" if c.latency_only else "a full run")
+        "a **--latency-only** run (the latency targets only)" if c.latency_only else
+        "a **--scale-only** run (the scale targets only)" if c.scale_only else "a full run")
     out += [f"- **When**: {outcome.started_utc}, {kind}, {outcome.seconds / 60:.1f} minutes including the "
             "start and stop of Kafka and Redis.",
             f"- **Command**: `{outcome.command}` (`make bench` runs `.venv/bin/python -m bench`).",
@@ -505,7 +537,7 @@ def render(outcome: Outcome) -> str:
             "events for every contender of a model.", ""]
     rows = targets(outcome)
     if rows:
-        out += ["## Targets (issues 6 and 13), as ratios measured in this run", ""]
+        out += ["## Targets (issues 6, 12 and 13), as ratios measured in this run", ""]
         out += [*_table(["target", "goal", "measured", "verdict"], rows), ""]
     if outcome.throughput:
         out += ["## Throughput", "",
@@ -572,22 +604,32 @@ def render(outcome: Outcome) -> str:
                 "worker commits every `worker.commit_interval_s` seconds or `worker.commit_every_events` "
                 "events, whichever comes first, so p99 follows the interval.", ""]
     if outcome.scale:
-        out += ["## Horizontal scale (logreg, exactly-once, 4-partition topic)", "",
-                f"{c.scale_events:,} events already on the topic; the workers of one group keep their partitions "
-                "paused until the group has formed and split the partitions, then start together. Events/s from "
-                "the first event processed by any worker to the last one processed and committed."
-                + (f" One worker then two, {c.repeat} times; the target takes the median of the {c.repeat} "
-                   "ratios, each of two runs that ran one after the other." if c.repeat > 1 else ""), ""]
+        scope = next(iter(outcome.scale.values()))[0].scope
+        out += [f"## Horizontal scale (logreg, exactly-once, `sync.scope: {scope}`)", "",
+                f"{c.scale_events:,} events already on a 4-partition topic, and the same events on a 1-partition "
+                f"topic; the workers run in `sync.scope: {scope}` (one model for the whole group: each worker "
+                "syncs it with the others at `sync.every_events` / `sync.every_s`, each sync a checkpoint). The "
+                "workers of one group keep their partitions paused until the group has formed and split the "
+                "partitions, then start together. Events/s from the first event processed by any worker to the "
+                "last one processed and committed. Syncs, their time (deltas, merges and views, "
+                "`streamlearn_sync_seconds`) and bytes (`streamlearn_sync_bytes`, published / read) are summed over "
+                "the group's workers."
+                + (f" Per repeat: one worker on 1 partition, one on 4, two on 4, one after the other; {c.repeat} "
+                   f"repeats, and each target takes the median of the {c.repeat} ratios of runs of the same "
+                   "repeat." if c.repeat > 1 else ""), ""]
         srows = []
         for client, scale_runs in outcome.scale.items():
+            singles = outcome.scale_single.get(client, [])
             for index, s in enumerate(scale_runs):
-                base = scale_runs[index - index % 2].rate
-                srows.append([client, str(index // 2 + 1), str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}",
-                              f"{s.rate:,.0f}", _ratio(s.rate, base),
-                              "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s"
-                                        for r in s.reports)])
-        out += _table(["transport", "repeat", "workers", "events", "seconds", "events/s", "vs 1 worker (same repeat)",
-                       "per worker"], srows)
+                repeat = index // 2
+                single = singles[repeat].rate if repeat < len(singles) else None
+                one = scale_runs[index - index % 2].rate
+                if index % 2 == 0 and repeat < len(singles):
+                    srows.append(_scale_row(client, repeat, singles[repeat], single, one))
+                srows.append(_scale_row(client, repeat, s, single, one))
+        out += _table(["transport", "repeat", "partitions", "workers", "events", "seconds", "events/s",
+                       "vs 1 worker, 1 partition", "vs 1 worker, 4 partitions", "syncs", "sync ms",
+                       "sync KiB published / read", "per worker"], srows)
         out += ["", f"This machine has {m['nproc']} CPUs, shared by the workers, the broker and Redis.", ""]
     if outcome.memory:
         out += ["## Resident memory over a long run (logreg, exactly-once)", "",
@@ -618,6 +660,16 @@ def render(outcome: Outcome) -> str:
         out += [*_flat(profile.get("flat_self", ""), 25), "```", ""]
     out += [END]
     return "\n".join(out) + "\n"
+
+
+def _scale_row(client: str, repeat: int, s: ScaleResult, single: float | None, one: float) -> list[str]:
+    """One row of the scale table; ``single`` and ``one``: the rates of one worker on 1 and on 4 partitions of the
+    same repeat."""
+    return [client, str(repeat + 1), str(s.partitions), str(s.workers), f"{s.events:,}", f"{s.seconds:.2f}",
+            f"{s.rate:,.0f}", _ratio(s.rate, single), _ratio(s.rate, one), f"{s.sync_total('syncs'):.0f}",
+            f"{1000 * s.sync_total('sync_s'):.1f}",
+            f"{s.sync_total('sync_bytes_published') / 1024:,.1f} / {s.sync_total('sync_bytes_read') / 1024:,.1f}",
+            "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s" for r in s.reports)]
 
 
 def _threads(runs: list[Measured]) -> str:
@@ -676,7 +728,10 @@ contender is a separate process (`python -m bench.runner ...`). `--quick` is a s
 scenario; the event counts of each scenario are flags (`python -m bench --help`). `make bench-latency`
 (`python -m bench --latency-only`) runs only the latency targets' rows (the floor and the worker of each client at
 500 events/s and at half the worker's maximum, exactly-once at 0.1 s) after one short throughput run per worker for
-its maximum: a few minutes; it prints its report and leaves this file alone. `python -m bench.txn_costs` times
+its maximum: a few minutes; it prints its report and leaves this file alone. `make bench-scale`
+(`python -m bench --scale-only`) runs only the scale scenario (in `sync.scope: group`, each transport, 3 repeats:
+one worker on a 1-partition topic, then one and two workers on a 4-partition topic, the same events) and issue 12's
+two throughput targets; it too prints its report and leaves this file alone. `python -m bench.txn_costs` times
 each step of an exactly-once commit with each client; `python -m bench.latency_stages` splits a paced run's
 latency by stage (the worker's loop traced call by call, the relay beside it, optionally an earlier checkout of
 the code with `--before`). Benchmarks are not tests:

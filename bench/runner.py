@@ -290,7 +290,7 @@ def run_worker(args: argparse.Namespace) -> None:
         bootstrap=args.bootstrap, model=args.model, events_topic=args.topic, predictions_topic=args.predictions,
         group_id=args.group, redis_url=args.redis_url, exactly_once=not args.at_least_once,
         commit_interval_s=args.commit_interval, transactional_id=args.transactional_id, client=args.client,
-        linger_ms=args.linger_ms, checkpoint_background=not args.checkpoint_in_loop,
+        linger_ms=args.linger_ms, checkpoint_background=not args.checkpoint_in_loop, scope=args.scope,
     )
     worker = _bench_worker(settings, args)
     stop = _stop_flag(args.stop_file, on_stop=worker.stop)
@@ -377,11 +377,22 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
                 self.result.cpu_s = cpu_seconds() - self._cpu0
                 self.result.extra["thread_cpu_s"] = thread_cpu_delta(self._threads0, thread_cpu_seconds())
                 self.result.extra["partitions"] = sorted(tp[1] for tp in self.model_step.sets)
+                self.result.extra.update(self._sync_costs())
                 self.result.write(args.result)
                 self._reported = True
                 if self._profiler is not None:
                     self._profiler.stop()
                     _write_profile(self._profiler, args.profile)
+
+        def _sync_costs(self) -> dict[str, float]:
+            """Group scope: the syncs of the run so far, their time and the bytes they published and read."""
+            def value(name: str, labels: dict[str, str] | None = None) -> float:
+                return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+            return {"syncs": value("streamlearn_syncs_total", {"outcome": "ok"}),
+                    "sync_s": round(value("streamlearn_sync_seconds_sum"), 4),
+                    "sync_bytes_published": value("streamlearn_sync_bytes_total", {"direction": "published"}),
+                    "sync_bytes_read": value("streamlearn_sync_bytes_total", {"direction": "read"})}
 
         def _done(self) -> bool:
             if args.n:
@@ -452,6 +463,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the worker's periodic checkpoints in the poll loop (checkpoint.background: false)")
     parser.add_argument("--linger-ms", type=int, help="the worker's kafka.linger_ms (default: the settings' default)")
     parser.add_argument("--transactional-id")
+    parser.add_argument("--scope", choices=["group", "partition"],
+                        help="the worker's sync.scope (default: the settings' default, group)")
     parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
                         help="the Kafka client of the worker or the relay")
     parser.add_argument("--ready-file", type=Path)

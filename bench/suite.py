@@ -348,15 +348,19 @@ class Bench:
 
     # --- scale --------------------------------------------------------------------------------------------
 
-    def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python") -> ScaleResult:
-        """``workers`` worker processes in one group over the events already on the (4-partition) topic.
+    def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python", *,
+              partitions: int = 4, scope: str = "group") -> ScaleResult:
+        """``workers`` worker processes in one group over the events already on the topic (of ``partitions``),
+        in ``sync.scope`` ``scope``.
 
         Every worker keeps its partitions paused until all have joined and the partitions are split among
         them; then all start at once ("go") and each reports when it has reached its partitions' end offsets.
         """
-        return self.retrying(f"{workers} worker(s)", lambda: self._scale(model, events_topic, workers, client))
+        return self.retrying(f"{workers} worker(s)", lambda: self._scale(model, events_topic, workers, client,
+                                                                         partitions, scope))
 
-    def _scale(self, model: str, events_topic: str, workers: int, client: str) -> ScaleResult:
+    def _scale(self, model: str, events_topic: str, workers: int, client: str, partitions: int,
+               scope: str) -> ScaleResult:
         _, predictions = self.topics()
         group, go_path, stop_path = self.name("group"), self.path("go"), self.path("stop")
         children, results, readies = [], [], []
@@ -367,12 +371,13 @@ class Bench:
                 "--go-file", str(go_path), "--stop-file", str(stop_path), "--bootstrap", self.stack.bootstrap,
                 "--topic", events_topic, "--predictions", predictions, "--group", group,
                 "--redis-url", self.stack.redis_url, "--transactional-id", f"{group}-{index}", "--client", client,
+                "--scope", scope,
             ))
             results.append(result_path)
             readies.append(ready_path)
         try:
             try:
-                _wait_split(readies, children, partitions=4, timeout_s=ASSIGN_TIMEOUT_S)
+                _wait_split(readies, children, partitions=partitions, timeout_s=ASSIGN_TIMEOUT_S)
             except TimeoutError as exc:
                 for child in children:
                     child.kill()
@@ -387,7 +392,7 @@ class Bench:
         for child in children:
             child.wait()
         reports = [RunResult.read(path) for path in results]
-        return ScaleResult(workers, reports, go)
+        return ScaleResult(workers, reports, go, partitions, scope)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -474,11 +479,18 @@ class LatencyResult:
 
 @dataclass(slots=True)
 class ScaleResult:
-    """A group of workers over one 4-partition topic."""
+    """A group of workers over one topic (4 partitions, or 1 for the single-partition baseline)."""
 
     workers: int
     reports: list[RunResult]
     go: float
+    partitions: int = 4
+    scope: str = "group"
+
+    def sync_total(self, key: str) -> float:
+        """The sum over the workers of one of the sync costs they reported (``syncs``, ``sync_s``,
+        ``sync_bytes_published``, ``sync_bytes_read``)."""
+        return sum(float(r.extra.get(key, 0.0)) for r in self.reports)
 
     @property
     def events(self) -> int:

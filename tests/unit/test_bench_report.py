@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.__main__ import config_from, parse_args
 from bench.common import RunResult
 from bench.report import BEGIN, END, Config, Outcome, median_run, render, targets, write_doc
 from bench.suite import LatencyResult, Measured, MemoryResult, ScaleResult, Usage, percentile
@@ -62,7 +63,7 @@ def test_targets_are_ratios_of_the_same_run() -> None:
     assert plain and "2.00x" in plain[0][2] and plain[0][3] == "within"  # 5,000 vs 2,500 events/s
     assert "0.80x" in rows["5."][2] and rows["5."][3] == "**missed**"  # 800 vs 1,000 events/s
     assert "0.50x" in rows["6."][2] and rows["6."][3] == "reported"
-    scale = next(row for row in targets(_outcome()) if row[0].startswith("issue 6: 2 workers"))
+    scale = next(row for row in targets(_outcome()) if row[0].startswith("issues 6 and 12: 2 workers"))
     assert "1.54x" in scale[2] and scale[3] == "**missed**"  # 4,000 in 0.65 s vs 4,000 in 1 s
     memory = next(row for row in targets(_outcome()) if row[0].startswith("issue 6: resident"))
     assert memory[3] == "**met**"  # 105 -> 105 MiB after the first 10%
@@ -111,7 +112,7 @@ def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
     slow_two = ScaleResult(2, [RunResult("worker", "logreg", 4_000, 0.0, 1.2)], 0.0)
     outcome.scale["kafka-python"] = [one, two, slow_one, slow_two, one, ScaleResult(2, [
         RunResult("worker", "logreg", 4_000, 0.0, 0.8)], 0.0)]
-    scale = next(row for row in targets(outcome) if row[0].startswith("issue 6: 2 workers"))
+    scale = next(row for row in targets(outcome) if row[0].startswith("issues 6 and 12: 2 workers"))
     assert scale[2].startswith("1.67x (median of 3 runs: 1.67x, 1.67x, 1.25x;") and scale[3] == "**met**"
 
     outcome.latency_runs["c-alos@half"] = [LatencyResult("alos", 3_000.0, 1000, 1000, None, 5.0, p99, 40.0)
@@ -121,3 +122,34 @@ def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
     assert latency[2].startswith("24.0 (median of 3 runs: 30.0 ms, 22.0 ms, 24.0 ms) vs 20.0 ms = 1.20x")
     assert latency[3] == "**met**"
     assert "| 24.0 | 30.0, 22.0, 24.0 |" in render(outcome)
+
+
+def test_one_worker_on_four_partitions_against_one_partition_in_group_scope() -> None:
+    outcome = _outcome()
+    # per repeat: 1 partition 4,000 events in 1.0 s; 4 partitions 4,000 in 1.0 s, then in 1.25 s
+    single = ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 1.0, extra={
+        "partitions": [0], "syncs": 2, "sync_s": 0.004, "sync_bytes_published": 2048, "sync_bytes_read": 0})],
+        0.0, partitions=1)
+    outcome.scale_single["kafka-python"] = [single]
+    scale = next(row for row in targets(outcome) if row[0].startswith("issues 6 and 12: 2 workers"))
+    assert "`sync.scope: group`" in scale[0]
+    partitions = next(row for row in targets(outcome) if row[0].startswith("issue 12: 1 worker on 4 partitions"))
+    assert partitions[1] == ">= 0.9x" and partitions[2].startswith("1.00x") and partitions[3] == "**met**"
+    outcome.scale_single["kafka-python"] = [ScaleResult(1, [RunResult("worker", "logreg", 4_000, 0.0, 0.8)], 0.0,
+                                                        partitions=1)]
+    partitions = next(row for row in targets(outcome) if row[0].startswith("issue 12: 1 worker on 4 partitions"))
+    assert partitions[2].startswith("0.80x") and partitions[3] == "**missed**"  # 4,000 vs 5,000 events/s
+
+    outcome.scale_single["kafka-python"] = [single]
+    markdown = render(outcome)
+    assert "## Horizontal scale (logreg, exactly-once, `sync.scope: group`)" in markdown
+    # the 1-partition row comes first in its repeat, with its ratio to one worker on 4 partitions and its syncs
+    assert "| kafka-python | 1 | 1 | 1 | 4,000 | 1.00 | 4,000 | 1.00x | 1.00x | 2 | 4.0 | 2.0 / 0.0 |" in markdown
+    assert "| kafka-python | 1 | 4 | 2 | 4,000 | 0.65 | 6,154 | 1.54x | 1.54x | 0 |" in markdown
+
+
+def test_scale_only_runs_the_scale_stage_alone() -> None:
+    config = config_from(parse_args(["--scale-only", "--scale-events", "2000", "--repeat", "1"]))
+    assert config.scale_only and config.stages == ("scale",) and config.scale_events == 2_000
+    assert config.repeat == 1 and not config.latency_only
+    assert config_from(parse_args(["--scale-only"])).repeat == 3
