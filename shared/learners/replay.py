@@ -21,7 +21,9 @@ from shared.learners.base import Row, Target
 
 #: what a replay delta starts with (the version of its layout)
 FORMAT = 1
-_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: feature names are strings (the cleaned features of a decoded JSON event): a name of another type fails loudly
+#: rather than coming back as a string, a different feature
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 class ReplayLog:

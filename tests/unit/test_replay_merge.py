@@ -145,3 +145,10 @@ def test_sync_merge_picks_each_kinds_mode() -> None:
         assert replayed._replay is not None and replayed._replay.max_examples == 7
         assert apply_merge_choice(replayed, SyncSettings(merge="native")) is MergeMode.REPLAY, "a mode sticks"
     assert MergeMode.VIEW in REPLAY_BY_DEFAULT and MergeMode.EXACT not in REPLAY_BY_DEFAULT
+
+
+def test_a_feature_name_that_is_not_a_string_fails_loudly() -> None:
+    """It would come back as a string: a different feature (River's synthetic Friedman stream has int names)."""
+    log = ReplayLog(10)
+    with pytest.raises(TypeError):
+        log.record(Row({3: 1.0}), 2.0)  # type: ignore[dict-item]
