@@ -372,6 +372,13 @@ class SyncSettings(_Frozen):
     view_ttl_s: float = Field(300.0, gt=0.0)
     #: and at most this many other members' models vote (bounded memory and prediction time)
     max_views: int = Field(16, ge=0)
+    #: how models combine across workers (docs/models.md, "Merging across workers"): ``auto``, per kind the design
+    #: the benchmark chose; ``replay``, every model learns the labelled examples the other workers learned since
+    #: their last sync; ``native``, sufficient statistics add, parameters average (FedAvg), the rest vote
+    merge: Literal["auto", "replay", "native"] = "auto"
+    #: replay: at most this many examples per model wait for the next sync (bounded memory); beyond, an example is
+    #: learned locally only, and counted (``streamlearn_sync_replay_dropped_total``)
+    replay_max_examples: int = Field(20_000, ge=1)
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,10 @@ import abc
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from shared.learners.replay import ReplayLog
 
 FeatureValue = float | int | str | bool | None
 Features = dict[str, FeatureValue]
@@ -57,6 +60,9 @@ class MergeMode(enum.StrEnum):
     AVERAGE = "average"
     #: cannot merge: the other members' models as of their last sync vote with this one on every prediction
     VIEW = "view"
+    #: examples: each member learns the labelled examples the others learned since their last sync
+    #: (:mod:`shared.learners.replay`); any kind can, chosen by ``sync.merge``
+    REPLAY = "replay"
 
 
 class SnapshotError(Exception):
@@ -72,6 +78,8 @@ class Learner(abc.ABC):
     #: the registry name of this kind of learner, e.g. ``"river"`` or ``"torch.mlp"``
     kind: str = ""
     task: Task
+    #: group scope in replay mode: the examples learned since the last sync (``None``: not recording)
+    _replay: ReplayLog | None = None
 
     @abc.abstractmethod
     def predict_one(self, row: Row) -> Output:
@@ -154,6 +162,16 @@ class Learner(abc.ABC):
     def mark_synced(self) -> None:
         """Remember the current state as the base the next :meth:`sync_delta` is measured from."""
         return None
+
+    def replay(self, max_examples: int) -> bool:
+        """Switch to :attr:`MergeMode.REPLAY`: record the examples learned from now on (at most ``max_examples``
+        between two syncs) and learn the other members' examples at a merge. Whether this kind can (kinds that
+        do not record what they learn keep their own mode)."""
+        return False
+
+    def replay_dropped(self) -> int:
+        """Examples learned but not recorded for the group because the replay buffer was full."""
+        return 0 if self._replay is None else self._replay.dropped
 
     def set_views(self, views: Sequence[Learner]) -> None:
         """Other members' models (as of their last sync) that vote with this one; only view-mode learners use

@@ -24,6 +24,7 @@ from river import base, compose, multiclass, preprocessing, stats
 
 from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import LearnerConfigError
+from shared.learners.replay import ReplayLog, learn_replayed
 
 if TYPE_CHECKING:
     from shared.settings import ModelSettings, PreprocessingSettings
@@ -438,6 +439,7 @@ class RiverLearner(Learner):
         self._base: compose.Pipeline | None = None
         self._views: list[RiverLearner] = []
         self._merge_mode: MergeMode | None = None
+        self._replay: ReplayLog | None = None
 
     @classmethod
     def from_settings(cls, model: ModelSettings, preprocessing: PreprocessingSettings, seed: int) -> RiverLearner:
@@ -466,6 +468,7 @@ class RiverLearner(Learner):
         outputs: list[Output] = []
         predict, learn = self._predict, self.pipeline.learn_one
         anomaly = self.task is Task.ANOMALY
+        record = self._replay.record if self._replay is not None else None
         for row, target in zip(rows, targets, strict=True):
             x = dict(row.features)
             outputs.append(predict(x))
@@ -473,6 +476,10 @@ class RiverLearner(Learner):
                 learn(x)
             elif target is not None:
                 learn(x, target)
+            else:
+                continue
+            if record is not None:
+                record(row, target)
         return outputs
 
     def _predict(self, x: dict[str, Any]) -> Output:
@@ -520,10 +527,12 @@ class RiverLearner(Learner):
         x = dict(row.features)
         if self.task is Task.ANOMALY:
             self.pipeline.learn_one(x)
-            return
-        if target is None:
+        elif target is None:
             raise ValueError(f"a {self.task} learner needs a target to learn")
-        self.pipeline.learn_one(x, target)
+        else:
+            self.pipeline.learn_one(x, target)
+        if self._replay is not None:
+            self._replay.record(row, target)
 
     def snapshot(self) -> bytes:
         """A JSON header line (kind, format, library versions) followed by the pickled state."""
@@ -564,31 +573,50 @@ class RiverLearner(Learner):
 
     def clone(self) -> Self:
         """An untrained copy (River's ``clone``: same parameters, same seed)."""
-        return type(self)(self.pipeline.clone(), self.task, self.estimator, self.params)
+        copy = type(self)(self.pipeline.clone(), self.task, self.estimator, self.params)
+        if self._replay is not None:  # the same merge mode; nothing learned, so nothing recorded yet
+            copy.replay(self._replay.max_examples)
+        return copy
 
     def memory_bytes(self) -> int:
         """River's own estimate: the size of the pipeline's object graph, plus in group scope the copy taken at
         the last sync and the other workers' models that vote with this one."""
         total = int(self.pipeline._raw_memory_usage)
+        if self._replay is not None:
+            total += self._replay.memory_bytes()
         if self._base is not None:
             total += int(self._base._raw_memory_usage)
         return total + sum(view.memory_bytes() for view in self._views)
 
     def merge_mode(self) -> MergeMode:
         """``exact``/``average`` when every pipeline step merges (:mod:`shared.sync.river_state`), else ``view``."""
+        if self._replay is not None:
+            return MergeMode.REPLAY
         if self._merge_mode is None:
             from shared.sync.river_state import pipeline_mode
 
             self._merge_mode = pipeline_mode(self.pipeline)
         return self._merge_mode
 
+    def replay(self, max_examples: int) -> bool:
+        if self._replay is None:
+            self._replay = ReplayLog(max_examples)
+        self._replay.max_examples = max_examples
+        self._base = None
+        self._views = []
+        return True
+
     def mark_synced(self) -> None:
-        if self.merge_mode() is not MergeMode.VIEW:
+        if self._replay is not None:
+            self._replay.clear()
+        elif self.merge_mode() is not MergeMode.VIEW:
             from shared.sync.river_state import base_copy
 
             self._base = base_copy(self.pipeline)
 
     def sync_delta(self) -> bytes | None:
+        if self._replay is not None:
+            return self._replay.delta()
         if self.merge_mode() is MergeMode.VIEW:
             return None
         from shared.sync.river_state import pipeline_delta
@@ -598,6 +626,9 @@ class RiverLearner(Learner):
         return orjson.dumps(pipeline_delta(self.pipeline, self._base))
 
     def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
+        if self._replay is not None:
+            learn_replayed(self, self._replay, others)
+            return
         if self.merge_mode() is MergeMode.VIEW or not others:
             return
         from shared.sync.river_state import merge_pipeline, pipeline_delta

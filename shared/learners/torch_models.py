@@ -28,6 +28,7 @@ from torch.nn import functional
 
 from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import LearnerConfigError
+from shared.learners.replay import ReplayLog, learn_replayed
 from shared.learners.torch_nets import CNNEncoder, GRUEncoder, LinearEncoder, MLPEncoder, Network, initialize
 from shared.learners.vectorizer import RunningStats, Vectorizer, VectorizerConfig
 
@@ -162,6 +163,7 @@ class TorchLearner(Learner):
         self.histories: OrderedDict[str, deque[np.ndarray]] = OrderedDict()
         self.dropped_labels = 0
         self.trained_batches = 0
+        self._replay: ReplayLog | None = None
 
     # -- construction -------------------------------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class TorchLearner(Learner):
         now = self._clock()
         inputs = self._predict_input(row)
         self._observe(row, inputs)
+        if self._replay is not None:
+            self._replay.record(row, target)
         if self._enqueue(inputs, target, now):
             self._train_pending()
 
@@ -249,6 +253,8 @@ class TorchLearner(Learner):
                 continue
             now = self._clock()
             self._observe(row, inputs)
+            if self._replay is not None:
+                self._replay.record(row, target)
             if self._adds_class(target):
                 flush()
             if self._enqueue(inputs, target, now):
@@ -546,8 +552,11 @@ class TorchLearner(Learner):
         self._inference_stale = True
 
     def clone(self) -> Self:
-        """An untrained copy with the same options, task, seed and clock."""
-        return type(self)(self.options, self.task, self.seed, clock=self._clock)
+        """An untrained copy with the same options, task, seed and clock (and merge mode)."""
+        copy = type(self)(self.options, self.task, self.seed, clock=self._clock)
+        if self._replay is not None:
+            copy.replay(self._replay.max_examples)
+        return copy
 
     # -- merging across the workers of a group (FedAvg; docs/models.md) ------------------------------------
 
@@ -558,11 +567,25 @@ class TorchLearner(Learner):
         same class by label, so the members' models mean the same thing whatever that order. The optimizer's
         state (Adam's moments, momentum), the vectorizer's running statistics and the per-entity histories
         stay local. Not aligned yet: one-hot category columns, which follow the order in which each member met
-        the categories (docs/models.md)."""
-        return MergeMode.AVERAGE
+        the categories (docs/models.md). In replay mode (:meth:`replay`): :attr:`MergeMode.REPLAY`."""
+        return MergeMode.AVERAGE if self._replay is None else MergeMode.REPLAY
+
+    def replay(self, max_examples: int) -> bool:
+        """Replay mode: the delta is the examples learned since the last sync, with their entity keys, so a
+        sequence model learns the others' entities' events in their order and keeps their histories too."""
+        if self._replay is None:
+            self._replay = ReplayLog(max_examples)
+        self._replay.max_examples = max_examples
+        return True
+
+    def mark_synced(self) -> None:
+        if self._replay is not None:
+            self._replay.clear()
 
     def sync_delta(self) -> bytes | None:
-        """This member's parameters and class order (what a merge averages)."""
+        """This member's parameters and class order (what a merge averages); in replay mode its examples."""
+        if self._replay is not None:
+            return self._replay.delta()
         params = {}
         for name, tensor in self.net.state_dict().items():
             array = tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
@@ -622,6 +645,9 @@ class TorchLearner(Learner):
             holder.count, holder.mean, holder.m2 = count, np.asarray(mean), np.asarray(var) * count
 
     def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
+        if self._replay is not None:
+            learn_replayed(self, self._replay, others)
+            return
         if not others:
             return
         self._merge_stats(others, own_weight)
@@ -672,7 +698,8 @@ class TorchLearner(Learner):
         history_events = sum(len(history) for history in self.histories.values())
         event_bytes = self.vectorizer.raw_width * 4 + 112
         histories = sys.getsizeof(self.histories) + len(self.histories) * 700 + history_events * event_bytes
-        return 3 * weights + optimizer + self.vectorizer.memory_bytes() + pending + histories + 4096
+        replay = 0 if self._replay is None else self._replay.memory_bytes()
+        return 3 * weights + optimizer + self.vectorizer.memory_bytes() + pending + histories + replay + 4096
 
     def describe(self) -> dict[str, Any]:
         return {

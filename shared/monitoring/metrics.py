@@ -144,6 +144,9 @@ class Metrics:
         self.sync_deltas_lost = Counter(
             "streamlearn_sync_deltas_lost", "Deltas a restore could not read back because the group's delta stream "
             "was trimmed past its checkpoint (sync.max_deltas).", registry=r)
+        self.sync_replay_dropped = Counter(
+            "streamlearn_sync_replay_dropped", "Examples a model in replay mode learned but could not record for the "
+            "group because its buffer was full (sync.replay_max_examples).", registry=r)
         self.join_entries = Gauge(
             "streamlearn_label_join_entries", "Predictions waiting for their label in the join buffer.",
             registry=r)

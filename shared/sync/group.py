@@ -17,9 +17,15 @@ it replays nothing of them. A checkpointed state holds exactly every delta in th
 own lineage's deltas; a restore picks, among the checkpoints of the partitions it gets, the one with the furthest
 cursor, then reads the stream from there, skipping that state's own lineage, so every delta counts once.
 
-Models that cannot merge (trees and forests: :attr:`MergeMode.VIEW`) learn only their own partitions; at every
-sync each member publishes its model, and every member's predictions are the vote of its own model and the other
-members' latest models (:meth:`Learner.set_views`), those that synced within ``sync.view_ttl_s``.
+Which design a model uses is :func:`apply_merge_choice`'s decision (``sync.merge``). In *replay* mode (the default
+for the kinds listed in :data:`REPLAY_BY_DEFAULT`) a delta is the examples the model learned since the last sync,
+and merging learns the other members' examples (:mod:`shared.learners.replay`). Models that cannot merge and do not
+replay (``sync.merge: native``: trees and forests, :attr:`MergeMode.VIEW`) learn only their own partitions; at
+every sync each member publishes its model, and every member's predictions are the vote of its own model and the
+other members' latest models (:meth:`Learner.set_views`), those that synced within ``sync.view_ttl_s``.
+
+Each published delta names its mode; a member merges only deltas of its own model's mode (a group whose members
+disagree, during a change of ``sync.merge``, skips the others' deltas with a warning rather than misread them).
 """
 
 from __future__ import annotations
@@ -44,6 +50,20 @@ from shared.state.keys import KeySpace
 from shared.steps.models import ModelSet
 
 log = logging.getLogger("streamlearn.sync")
+
+#: ``sync.merge: auto``: the native merge modes whose models replay examples instead (the choice is measured in
+#: docs/models.md, "Group scope"; the others keep their native merge)
+REPLAY_BY_DEFAULT = frozenset({MergeMode.VIEW, MergeMode.AVERAGE})
+
+
+def apply_merge_choice(learner: Learner, settings: SyncSettings) -> MergeMode:
+    """Put ``learner`` in the merge mode ``sync.merge`` chooses for it; the mode it is in."""
+    mode = learner.merge_mode()
+    if mode is MergeMode.REPLAY or settings.merge == "native":
+        return mode
+    if (settings.merge == "replay" or mode in REPLAY_BY_DEFAULT) and learner.replay(settings.replay_max_examples):
+        return MergeMode.REPLAY
+    return mode
 
 #: the stream id before every entry
 START = "0-0"
@@ -118,6 +138,8 @@ class GroupSync:
         #: other members' view-mode models: lineage -> (published seq, {model name: learner})
         self._views: dict[str, tuple[int, dict[str, Learner]]] = {}
         self._seq = 0
+        #: per model name, the replay buffer's dropped examples already counted in the metric
+        self._dropped_counted: dict[str, int] = {}
 
     @property
     def every_events(self) -> int:
@@ -152,7 +174,9 @@ class GroupSync:
         self._views = {}
         self._unpublished = []
         for learner in model_set.learners.values():
+            apply_merge_choice(learner, self._settings)
             learner.mark_synced()
+        self._dropped_counted = {name: learner.replay_dropped() for name, learner in model_set.learners.items()}
         self._learned_at_sync = dict(model_set.learned)
         self._sources_at_sync = dict(model_set.sources)
         merged, _ = self._merge_stream(model_set, own={}, weights={})
@@ -167,7 +191,9 @@ class GroupSync:
         started = time.perf_counter()
         own: dict[str, bytes] = {}
         weights: dict[str, int] = {}
+        modes: dict[str, str] = {}
         for name, learner in model_set.learners.items():
+            modes[name] = str(apply_merge_choice(learner, self._settings))
             delta = learner.sync_delta()
             weights[name] = model_set.learned.get(name, 0) - self._learned_at_sync.get(name, 0)
             if delta is not None:
@@ -184,7 +210,8 @@ class GroupSync:
         if own or sources:
             entries.append(orjson.dumps({
                 "lineage": self.record.lineage, "seq": self._seq,
-                "models": {name: {"delta": own[name].decode(), "weight": weights[name]} for name in own},
+                "models": {name: {"delta": own[name].decode(), "weight": weights[name], "mode": modes[name]}
+                           for name in own},
                 "sources": sources,
             }))
         self._unpublished = entries
@@ -192,6 +219,7 @@ class GroupSync:
                  if learner.merge_mode() is MergeMode.VIEW}
         view_blob = self._view_blob(views) if views else None
         read_bytes += self._refresh_views(model_set)
+        self._count_dropped(model_set)
         published = sum(len(e) for e in entries) + (len(view_blob) if view_blob else 0)
         lineage, max_deltas, ttl = self.record.lineage, self._settings.max_deltas, self._settings.view_ttl_s
         now = self._clock()
@@ -205,6 +233,18 @@ class GroupSync:
 
         return SyncOutcome(SyncRecord(lineage, self.record.cursor, list(self.record.contained)), publish,
                            published, read_bytes, time.perf_counter() - started, merged)
+
+    def _count_dropped(self, model_set: ModelSet) -> None:
+        """Add the replay examples dropped since the last sync (full buffers) to the metric, and log them."""
+        for name, learner in model_set.learners.items():
+            dropped = learner.replay_dropped()
+            new = dropped - self._dropped_counted.get(name, 0)
+            self._dropped_counted[name] = dropped
+            if new > 0:
+                log.warning("model %s: %d examples not recorded for the group since the last sync (replay buffer "
+                            "full: sync.replay_max_examples=%d)", name, new, self._settings.replay_max_examples)
+                if self._metrics is not None:
+                    self._metrics.sync_replay_dropped.inc(new)
 
     def published(self, outcome: SyncOutcome) -> None:
         """The checkpoint carrying ``outcome`` was stored: its deltas are in the stream."""
@@ -228,6 +268,7 @@ class GroupSync:
         """Merge every delta after the cursor that is not this state's own; advance the cursor."""
         skip = {self.record.lineage, *self.record.contained}
         others: dict[str, list[tuple[bytes, int]]] = {name: [] for name in model_set.learners}
+        modes = {name: learner.merge_mode() for name, learner in model_set.learners.items()}
         merged = read_bytes = 0
         cursor = self.record.cursor
         first = True
@@ -251,8 +292,13 @@ class GroupSync:
                     continue
                 merged += 1
                 for name, item in data.get("models", {}).items():
-                    if name in others:
-                        others[name].append((item["delta"].encode(), int(item["weight"])))
+                    if name not in others:
+                        continue
+                    if _is_replay_delta(item) != (modes[name] is MergeMode.REPLAY):
+                        log.warning("model %s: a member's delta in another merge mode (%s) is not merged", name,
+                                    item.get("mode", "native"))
+                        continue
+                    others[name].append((item["delta"].encode(), int(item["weight"])))
                 for source, count in data.get("sources", {}).items():
                     model_set.sources[source] = model_set.sources.get(source, 0) + int(count)
             if len(entries) < READ_CHUNK:
@@ -338,6 +384,11 @@ class GroupSync:
         for name, learner in viewers.items():
             learner.set_views([held[1][name] for held in views.values() if name in held[1]])
         return read_bytes
+
+
+def _is_replay_delta(item: Mapping[str, Any]) -> bool:
+    """Whether a published delta is a replay delta (entries written before replay existed carry no mode)."""
+    return item.get("mode") == str(MergeMode.REPLAY)
 
 
 def choose_state(records: Mapping[Any, SyncRecord]) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shared.learners import replay
 from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import build_learner, known_kinds, restore_learner
 from shared.settings import ModelSettings, PreprocessingSettings
@@ -400,3 +401,53 @@ def test_two_members_merge_into_the_same_model(case: Case) -> None:
     _assert_restored_equal(restored.predict_many(probe), merged_first, "merged, then restored")
     first.mark_synced()
     assert first.sync_delta() is not None, "a synced learner measures its next delta from the merged state"
+
+
+def test_replay_member_learns_the_others_examples_after_its_own(case: Case) -> None:
+    """Every kind can replay (``sync.merge: replay``): a member that merges the other member's delta ends as one
+    learner that learned its own examples and then the other's would (unlabelled rows are neither recorded nor
+    replayed; entity keys travel with the examples), the merged examples are not recorded again, and a clone keeps
+    the mode with nothing recorded."""
+    rows, targets = _stream(case)
+    targets = _with_gaps(case.task, targets)
+    probe = [Row(row.features) for row in make_stream(case.task, N_PROBE, seed=99)[0]]
+    first, second, oracle = _build(case), _build(case), _build(case)
+    assert first.replay(10_000) and second.replay(10_000)
+    assert first.merge_mode() is MergeMode.REPLAY
+    first.mark_synced()
+    second.mark_synced()
+    half = N_LEARN // 2
+    n_first = _learn(first, rows[:half], targets[:half])
+    n_second = _learn(second, rows[half:N_LEARN], targets[half:N_LEARN])
+    d_first, d_second = first.sync_delta(), second.sync_delta()
+    assert d_first is not None and d_second is not None
+    assert len(list(replay.examples(d_second))) == n_second
+    first.merge(d_first, n_first, [(d_second, n_second)])
+    first.mark_synced()
+    assert list(replay.examples(first.sync_delta() or b"")) == [], "merged examples are never published again"
+
+    oracle.process(rows[:half], targets[:half])
+    learned = [(row, t) for row, t in zip(rows[half:N_LEARN], targets[half:N_LEARN], strict=True)
+               if t is not None or case.task is Task.ANOMALY]
+    oracle.learn_many([row for row, _ in learned], [t for _, t in learned])
+    merged, expected = first.predict_many(probe), oracle.predict_many(probe)
+    for output in merged:
+        _check_output(case.task, output, {t for t in targets if t is not None})
+    _assert_restored_equal(merged, expected, "replayed against learned in order")
+
+    copy_ = first.clone()
+    assert copy_.merge_mode() is MergeMode.REPLAY
+    assert list(replay.examples(copy_.sync_delta() or b"")) == []
+
+
+def test_replay_buffer_is_bounded_and_counts_what_it_drops(case: Case) -> None:
+    rows, targets = _stream(case)
+    learner = _build(case)
+    learner.replay(5)
+    learner.mark_synced()
+    learned = _learn(learner, rows[:12], targets[:12])
+    assert len(list(replay.examples(learner.sync_delta() or b""))) == 5
+    assert learner.replay_dropped() == learned - 5
+    before = learner.memory_bytes()
+    learner.mark_synced()
+    assert learner.memory_bytes() < before, "the published examples are let go"

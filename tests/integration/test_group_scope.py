@@ -21,6 +21,7 @@ import redis
 from kafka import KafkaAdminClient
 
 from services.replayer import replay
+from shared.learners.base import MergeMode
 from shared.learners.registry import restore_learner
 from shared.settings import Settings, load_settings
 from shared.state.checkpoints import CheckpointStore
@@ -46,15 +47,18 @@ def _member(settings: Settings, instance: str) -> Settings:
     return load_settings(None, **data)
 
 
+@pytest.mark.parametrize("merge", ["auto", "replay"])
 def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_once(
-    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path,
+    kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, merge: str,
 ) -> None:
+    """``merge``: ``auto`` (naive Bayes merges exactly, logistic regression replays) and ``replay`` (both replay:
+    naive Bayes' class counts then count every replayed example)."""
     base = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG, NB], hmac_key=HMAC_KEY,
         kafka={"exactly_once": True, "session_timeout_ms": 6000, "max_poll_records": 200},
         worker={"commit_interval_s": 0.3, "commit_every_events": 400},
         checkpoint={"every_events": 100_000, "every_seconds": 600.0},
-        sync={"scope": "group", "every_events": 600, "every_s": 600.0},
+        sync={"scope": "group", "every_events": 600, "every_s": 600.0, "merge": merge},
     )
     t = base.kafka.topics
     from shared.kafka.admin import ensure_topics
@@ -121,6 +125,9 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
             sync.adopt(model_set, SyncRecord.from_json(checkpoint.extra["sync"]))
             print(f"partition {p}: the group state learned {sorted(model_set.sources.values())}")
             assert model_set.sources == per_partition, "every labelled event learned exactly once"
+            nb_mode = MergeMode.REPLAY if merge == "replay" else MergeMode.EXACT
+            assert model_set.learners["nb"].merge_mode() is nb_mode
+            assert model_set.learners["logreg"].merge_mode() is MergeMode.REPLAY
             nb = model_set.learners["nb"].pipeline[-1]
             assert sum(nb.class_counts.values()) == N_EVENTS, "naive Bayes counted every label once"
     finally:

@@ -1,0 +1,154 @@
+"""The replay merge's pure logic (shared/learners/replay.py) and how ``sync.merge`` picks a learner's mode."""
+
+from __future__ import annotations
+
+from typing import Self
+
+import pytest
+
+from shared.learners.base import Features, Learner, MergeMode, Output, Row, Target
+from shared.learners.registry import build_learner
+from shared.learners.replay import ReplayLog, examples, learn_replayed
+from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings
+from shared.sync.group import REPLAY_BY_DEFAULT, apply_merge_choice
+
+
+def _learner(estimator: str, **params: object) -> Learner:
+    model = ModelSettings(name="m", estimator=f"river.{estimator}", params=dict(params), task="binary")
+    return build_learner(model, PreprocessingSettings(), 1)
+
+
+def test_examples_round_trip_with_their_types_keys_and_order() -> None:
+    log = ReplayLog(10)
+    rows: list[tuple[Row, Target | None]] = [
+        (Row({"x": 1.25, "n": 3, "flag": True, "color": "red", "gone": None}, "entity-1"), True),
+        (Row({"x": -0.1}), "cat"),
+        (Row({}, "e"), 2.5),
+        (Row({"x": 1e-300}), None),
+    ]
+    for row, target in rows:
+        log.record(row, target)
+    assert len(log) == 4
+    decoded = list(examples(log.delta()))
+    assert decoded == rows
+    assert type(decoded[0][0].features["n"]) is int and type(decoded[0][0].features["flag"]) is bool
+
+
+def test_the_log_keeps_no_reference_to_the_callers_features() -> None:
+    log = ReplayLog(10)
+    features: Features = {"x": 1.0}
+    log.record(Row(features), True)
+    features["x"] = 2.0
+    ((row, _),) = examples(log.delta())
+    assert row.features == {"x": 1.0}
+
+
+def test_a_full_log_drops_and_counts_and_a_cleared_one_starts_again() -> None:
+    log = ReplayLog(3)
+    for i in range(5):
+        log.record(Row({"i": i}), True)
+    assert [row.features["i"] for row, _ in examples(log.delta())] == [0, 1, 2]
+    assert log.dropped == 2
+    held = log.memory_bytes()
+    log.clear()
+    assert len(log) == 0 and log.memory_bytes() < held
+    log.record(Row({"i": 9}), False)
+    assert [row.features["i"] for row, _ in examples(log.delta())] == [9]
+    assert log.dropped == 2, "a running total"
+    with pytest.raises(ValueError):
+        ReplayLog(0)
+
+
+def test_only_replay_deltas_are_read() -> None:
+    with pytest.raises(ValueError):
+        list(examples(b'[{"weights": []}]'))
+    with pytest.raises(ValueError):
+        list(examples(b'{"replay": 99, "examples": []}'))
+
+
+class _Recorder(Learner):
+    """Just enough of a learner to see what a replay merge learns and records."""
+
+    kind = "test"
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self._replay = ReplayLog(100)
+        self.learned: list[tuple[Row, Target | None]] = []
+        self.fail_after = fail_after
+
+    def predict_one(self, row: Row) -> Output:
+        raise NotImplementedError
+
+    def learn_one(self, row: Row, target: Target | None) -> None:
+        if self.fail_after is not None and len(self.learned) >= self.fail_after:
+            raise RuntimeError("boom")
+        self.learned.append((row, target))
+        assert self._replay is not None
+        self._replay.record(row, target)
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    @classmethod
+    def restore(cls, data: bytes) -> Self:
+        return cls()
+
+    def clone(self) -> Self:
+        return type(self)()
+
+    def memory_bytes(self) -> int:
+        return 1
+
+
+def _delta(*values: int) -> bytes:
+    log = ReplayLog(100)
+    for value in values:
+        log.record(Row({"v": value}), value % 2 == 0)
+    return log.delta()
+
+
+def test_merging_learns_every_delta_in_order_and_records_none_of_it() -> None:
+    learner = _Recorder()
+    assert learner._replay is not None
+    learned = learn_replayed(learner, learner._replay, [(_delta(1, 2), 2), (_delta(), 0), (_delta(3), 1)])
+    assert learned == 3
+    assert [row.features["v"] for row, _ in learner.learned] == [1, 2, 3]
+    assert len(learner._replay) == 0, "merged examples are not this member's to publish"
+    learner.learn_one(Row({"v": 4}), True)
+    assert len(learner._replay) == 1, "recording resumes after the merge"
+
+
+def test_recording_resumes_when_a_merge_fails() -> None:
+    learner = _Recorder(fail_after=1)
+    assert learner._replay is not None
+    with pytest.raises(RuntimeError):
+        learn_replayed(learner, learner._replay, [(_delta(1, 2), 2)])
+    assert not learner._replay.paused
+
+
+def test_sync_merge_picks_each_kinds_mode() -> None:
+    kinds = {
+        "naive_bayes.GaussianNB": MergeMode.EXACT,
+        "linear_model.LogisticRegression": MergeMode.AVERAGE,
+        "forest.ARFClassifier": MergeMode.VIEW,
+    }
+    for estimator, native in kinds.items():
+        params = {"n_models": 2} if "forest" in estimator else {}
+        auto = _learner(estimator, **params)
+        assert auto.merge_mode() is native
+        expected = MergeMode.REPLAY if native in REPLAY_BY_DEFAULT else native
+        assert apply_merge_choice(auto, SyncSettings()) is expected is auto.merge_mode()
+        kept = _learner(estimator, **params)
+        assert apply_merge_choice(kept, SyncSettings(merge="native")) is native is kept.merge_mode()
+        replayed = _learner(estimator, **params)
+        assert apply_merge_choice(replayed, SyncSettings(merge="replay", replay_max_examples=7)) is MergeMode.REPLAY
+        assert replayed._replay is not None and replayed._replay.max_examples == 7
+        assert apply_merge_choice(replayed, SyncSettings(merge="native")) is MergeMode.REPLAY, "a mode sticks"
+    assert MergeMode.VIEW in REPLAY_BY_DEFAULT and MergeMode.EXACT not in REPLAY_BY_DEFAULT
+
+
+def test_a_feature_name_that_is_not_a_string_fails_loudly() -> None:
+    """It would come back as a string: a different feature (River's synthetic Friedman stream has int names)."""
+    log = ReplayLog(10)
+    with pytest.raises(TypeError):
+        log.record(Row({3: 1.0}), 2.0)  # type: ignore[dict-item]
