@@ -50,6 +50,9 @@ class KafkaSettings(_Frozen):
     poll_timeout_ms: int = Field(100, ge=1, le=60_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     session_timeout_ms: int = Field(10_000, ge=1_000)
+    #: kafka-python only: how long building a client waits for its first broker connection before it gives up
+    #: (librdkafka keeps retrying in the background; the start-up check reports an unreachable broker either way)
+    bootstrap_timeout_ms: int = Field(30_000, ge=1_000)
     #: how long the broker holds a fetch when no data is there (data arriving answers it at once); small, so that
     #: an idle consumer notices new records quickly (docs/operations.md, "Latency")
     fetch_max_wait_ms: int = Field(5, ge=0, le=10_000)

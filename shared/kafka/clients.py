@@ -75,6 +75,7 @@ def build_consumer(settings: KafkaSettings, *, group_id: str | None = None) -> K
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
         **security_options(settings),
     )
 
@@ -95,6 +96,7 @@ def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> K
         "batch_size": PRODUCER_BATCH_BYTES,
         "partitioner": KeyPartitioner(),
         "enable_idempotence": True,
+        "bootstrap_timeout_ms": settings.bootstrap_timeout_ms,
         **security_options(settings),
     }
     if settings.compression_type != "none":

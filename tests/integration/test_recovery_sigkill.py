@@ -74,8 +74,19 @@ def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events and o.offset >= 0)
 
 
-@pytest.mark.parametrize("scope", ["partition", "group"])
-@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+#: partition scope: every client and mode; group scope on one partition: each mode with one client (a case costs
+#: 30 s of the suite's budget; tests/integration/test_group_scope_kills.py kills workers of a 4-partition group)
+CASES = [
+    *[(client, mode, "partition") for client in ("kafka-python", "confluent") for mode in (True, False)],
+    ("confluent", True, "group"),
+    ("kafka-python", False, "group"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kafka_client", "exactly_once", "scope"), CASES,
+    ids=[f"{c}-{'exactly-once' if e else 'at-least-once'}-{s}" for c, e, s in CASES],
+)
 def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str,
     exactly_once: bool, scope: str,

@@ -223,12 +223,13 @@ def test_the_client_libraries_refuse_an_untrusted_broker_on_their_own(
     secure_stack: SecureStack, unique_name: Callable[[str], str], kafka_client: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without the start-up check, kafka-python and librdkafka still verify the broker's certificate: a worker
-    that trusts another CA reads, learns and publishes nothing (kafka-python gives up after its 30 s bootstrap
+    that trusts another CA reads, learns and publishes nothing (kafka-python gives up after its bootstrap
     timeout, librdkafka retries until the run ends)."""
     monkeypatch.setattr("services.worker.worker.check_kafka_security", lambda settings: None)
     settings = _settings(secure_stack, unique_name, kafka_client,
                          # at-least-once: a transactional producer that cannot connect retries past max_seconds
-                         kafka={"ssl_cafile": str(secure_stack.other_pki.ca_cert), "exactly_once": False})
+                         kafka={"ssl_cafile": str(secure_stack.other_pki.ca_cert), "exactly_once": False,
+                                "bootstrap_timeout_ms": 5_000})
     _with_events(secure_stack, settings, WAITING)
     registry = CollectorRegistry()
     run_until_it_stops(Worker(settings, registry=registry), max_seconds=6)
