@@ -51,7 +51,7 @@ def _member(settings: Settings, instance: str) -> Settings:
 def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_once(
     kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, merge: str,
 ) -> None:
-    """``merge``: ``auto`` (naive Bayes merges exactly, logistic regression replays) and ``replay`` (both replay:
+    """``merge``: ``auto`` (naive Bayes merges exactly, logistic regression averages) and ``replay`` (both replay:
     naive Bayes' class counts then count every replayed example)."""
     base = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG, NB], hmac_key=HMAC_KEY,
@@ -125,9 +125,9 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
             sync.adopt(model_set, SyncRecord.from_json(checkpoint.extra["sync"]))
             print(f"partition {p}: the group state learned {sorted(model_set.sources.values())}")
             assert model_set.sources == per_partition, "every labelled event learned exactly once"
-            nb_mode = MergeMode.REPLAY if merge == "replay" else MergeMode.EXACT
-            assert model_set.learners["nb"].merge_mode() is nb_mode
-            assert model_set.learners["logreg"].merge_mode() is MergeMode.REPLAY
+            replayed = merge == "replay"
+            assert model_set.learners["nb"].merge_mode() is (MergeMode.REPLAY if replayed else MergeMode.EXACT)
+            assert model_set.learners["logreg"].merge_mode() is (MergeMode.REPLAY if replayed else MergeMode.AVERAGE)
             nb = model_set.learners["nb"].pipeline[-1]
             assert sum(nb.class_counts.values()) == N_EVENTS, "naive Bayes counted every label once"
     finally:

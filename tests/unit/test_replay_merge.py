@@ -127,20 +127,28 @@ def test_recording_resumes_when_a_merge_fails() -> None:
 
 
 def test_sync_merge_picks_each_kinds_mode() -> None:
+    # estimator (or torch kind): its native mode, the mode ``auto`` picks
     kinds = {
-        "naive_bayes.GaussianNB": MergeMode.EXACT,
-        "linear_model.LogisticRegression": MergeMode.AVERAGE,
-        "forest.ARFClassifier": MergeMode.VIEW,
+        "naive_bayes.GaussianNB": (MergeMode.EXACT, MergeMode.EXACT),
+        "linear_model.LogisticRegression": (MergeMode.AVERAGE, MergeMode.AVERAGE),
+        "forest.ARFClassifier": (MergeMode.VIEW, MergeMode.REPLAY),
+        "torch.mlp": (MergeMode.AVERAGE, MergeMode.REPLAY),
     }
-    for estimator, native in kinds.items():
+
+    def build(estimator: str, **params: object) -> Learner:
+        if estimator.startswith("torch."):
+            model = ModelSettings(name="m", kind=estimator, task="binary", params=dict(params))
+            return build_learner(model, PreprocessingSettings(), 1)
+        return _learner(estimator, **params)
+
+    for estimator, (native, chosen) in kinds.items():
         params = {"n_models": 2} if "forest" in estimator else {}
-        auto = _learner(estimator, **params)
+        auto = build(estimator, **params)
         assert auto.merge_mode() is native
-        expected = MergeMode.REPLAY if native in REPLAY_BY_DEFAULT else native
-        assert apply_merge_choice(auto, SyncSettings()) is expected is auto.merge_mode()
-        kept = _learner(estimator, **params)
+        assert apply_merge_choice(auto, SyncSettings()) is chosen is auto.merge_mode(), estimator
+        kept = build(estimator, **params)
         assert apply_merge_choice(kept, SyncSettings(merge="native")) is native is kept.merge_mode()
-        replayed = _learner(estimator, **params)
+        replayed = build(estimator, **params)
         assert apply_merge_choice(replayed, SyncSettings(merge="replay", replay_max_examples=7)) is MergeMode.REPLAY
         assert replayed._replay is not None and replayed._replay.max_examples == 7
         assert apply_merge_choice(replayed, SyncSettings(merge="native")) is MergeMode.REPLAY, "a mode sticks"
