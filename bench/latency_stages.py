@@ -33,8 +33,6 @@ from bench.suite import (
     WARMUP_S,
     Bench,
     LatencyResult,
-    _Reader,
-    _send_paced,
     log,
     percentile,
     started_stack,
@@ -69,17 +67,10 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
     except RuntimeError:
         print(child.tail())
         raise
-    try:
-        reader = _Reader(bench.stack.bootstrap, predictions, n)
-        reader.start()
-        sent = _send_paced(bench.stack.bootstrap, events, n, rate)
-        reader.join(timeout=60)
-        reader.stop()
-    finally:
-        stop_path.touch()
+    sent, received = suite.paced_run(bench.stack.bootstrap, events, predictions, n, rate, stop_path)
     child.wait()
     trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
-    return LatencyResult.of(contender, rate, sent, reader.received, interval_s), sent, reader.received, trace
+    return LatencyResult.of(contender, rate, sent, received, interval_s), sent, received, trace
 
 
 def _spawn_from(bench: Bench, code_dir: Path | None, args: list[str]) -> Any:

@@ -335,16 +335,9 @@ class Bench:
         child = self.spawn(*args)
         n = max(50, int(rate * (WARMUP_S + seconds)))
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
-        try:
-            reader = _Reader(self.stack.bootstrap, predictions, n)
-            reader.start()
-            sent = _send_paced(self.stack.bootstrap, events, n, rate)
-            reader.join(timeout=60)
-            reader.stop()
-        finally:
-            stop_path.touch()
+        sent, received = paced_run(self.stack.bootstrap, events, predictions, n, rate, stop_path)
         child.wait()
-        return LatencyResult.of(label, rate, sent, reader.received, commit_interval_s)
+        return LatencyResult.of(label, rate, sent, received, commit_interval_s)
 
     # --- scale --------------------------------------------------------------------------------------------
 
@@ -565,6 +558,22 @@ class _Reader(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
+
+
+def paced_run(
+    bootstrap: str, events: str, predictions: str, n: int, rate: float, stop_path: Path,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Send ``n`` events at ``rate`` while reading the predictions; then ask the contender to stop (``stop_path``).
+    Returns the send time of each event id, and what the reader saw of each."""
+    try:
+        reader = _Reader(bootstrap, predictions, n)
+        reader.start()
+        sent = _send_paced(bootstrap, events, n, rate)
+        reader.join(timeout=60)
+        reader.stop()
+    finally:
+        stop_path.touch()
+    return sent, reader.received
 
 
 def _send_paced(bootstrap: str, topic: str, n: int, rate: float) -> dict[str, float]:
