@@ -13,8 +13,8 @@ from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings
 from shared.sync.group import REPLAY_BY_DEFAULT, apply_merge_choice
 
 
-def _learner(estimator: str, **params: object) -> Learner:
-    model = ModelSettings(name="m", estimator=f"river.{estimator}", params=dict(params), task="binary")
+def _learner(estimator: str, task: str = "binary", **params: object) -> Learner:
+    model = ModelSettings(name="m", estimator=f"river.{estimator}", params=dict(params), task=task)
     return build_learner(model, PreprocessingSettings(), 1)
 
 
@@ -127,28 +127,31 @@ def test_recording_resumes_when_a_merge_fails() -> None:
 
 
 def test_sync_merge_picks_each_kinds_mode() -> None:
-    # estimator (or torch kind): its native mode, the mode ``auto`` picks
+    # (estimator or torch kind, task): its native mode, the mode ``auto`` picks
     kinds = {
-        "naive_bayes.GaussianNB": (MergeMode.EXACT, MergeMode.EXACT),
-        "linear_model.LogisticRegression": (MergeMode.AVERAGE, MergeMode.AVERAGE),
-        "forest.ARFClassifier": (MergeMode.VIEW, MergeMode.REPLAY),
-        "torch.mlp": (MergeMode.AVERAGE, MergeMode.REPLAY),
+        ("naive_bayes.GaussianNB", "binary"): (MergeMode.EXACT, MergeMode.EXACT),
+        ("linear_model.LogisticRegression", "binary"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
+        ("linear_model.PAClassifier", "binary"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
+        ("linear_model.LinearRegression", "regression"): (MergeMode.AVERAGE, MergeMode.REPLAY),
+        ("linear_model.PARegressor", "regression"): (MergeMode.AVERAGE, MergeMode.REPLAY),
+        ("forest.ARFClassifier", "binary"): (MergeMode.VIEW, MergeMode.REPLAY),
+        ("torch.mlp", "binary"): (MergeMode.AVERAGE, MergeMode.REPLAY),
     }
 
-    def build(estimator: str, **params: object) -> Learner:
+    def build(estimator: str, task: str, **params: object) -> Learner:
         if estimator.startswith("torch."):
-            model = ModelSettings(name="m", kind=estimator, task="binary", params=dict(params))
+            model = ModelSettings(name="m", kind=estimator, task=task, params=dict(params))
             return build_learner(model, PreprocessingSettings(), 1)
-        return _learner(estimator, **params)
+        return _learner(estimator, task, **params)
 
-    for estimator, (native, chosen) in kinds.items():
+    for (estimator, task), (native, chosen) in kinds.items():
         params = {"n_models": 2} if "forest" in estimator else {}
-        auto = build(estimator, **params)
+        auto = build(estimator, task, **params)
         assert auto.merge_mode() is native
         assert apply_merge_choice(auto, SyncSettings()) is chosen is auto.merge_mode(), estimator
-        kept = build(estimator, **params)
+        kept = build(estimator, task, **params)
         assert apply_merge_choice(kept, SyncSettings(merge="native")) is native is kept.merge_mode()
-        replayed = build(estimator, **params)
+        replayed = build(estimator, task, **params)
         assert apply_merge_choice(replayed, SyncSettings(merge="replay", replay_max_examples=7)) is MergeMode.REPLAY
         assert replayed._replay is not None and replayed._replay.max_examples == 7
         assert apply_merge_choice(replayed, SyncSettings(merge="native")) is MergeMode.REPLAY, "a mode sticks"
