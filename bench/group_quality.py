@@ -3,7 +3,12 @@ partitions in group scope on 1 and on 2 workers.
 
 The worker's model code, without Kafka: events are spread over 4 partitions as Kafka's default partitioner
 spreads keyed records (a hash of the event id), and read in polls of ``--batch`` records per partition, round
-robin, as a consumer reads a backlog. Each worker holds its model set(s) as the worker does
+robin, as a consumer reads a backlog. Each seed is one run of every layout: it seeds the model, the synthetic
+stream (Agrawal, Friedman: seed 6 + the seed) and which events land on which partition (the event ids), since one
+order of one stream is a single sample: the order alone moves a torch MLP on Agrawal by several points. Every
+difference from 1 partition is the mean of the per-seed differences, with its standard error.
+
+Each worker holds its model set(s) as the worker does
 (:class:`shared.steps.models.ModelSet`): one per partition in partition scope, one for all its partitions in group
 scope; a group-scope worker syncs every ``--sync-every`` events it processed through the real
 :class:`shared.sync.group.GroupSync` over a real Redis (its deltas and views go through Redis, signed, as in the
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 import tempfile
 import time
 import zlib
@@ -208,7 +214,7 @@ def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, 
         members = [Member(model, [0], group=None, per_partition=True, seed=seed, clock=clock)]
         partition_of = {i: 0 for i in range(len(samples))}
     else:
-        partition_of = {i: _partition_of(f"{source}-{i}") for i in range(len(samples))}
+        partition_of = {i: _partition_of(f"{source}-{seed}-{i}") for i in range(len(samples))}
         if workers == 1:
             members = [Member(model, list(range(PARTITIONS)), group=None, per_partition=per_partition, seed=seed,
                               clock=clock)]
@@ -279,36 +285,51 @@ def _within(value: float, base: float, regression: bool) -> bool:
     return abs(value / base - 1) <= 0.03 if regression else (base - value) <= 0.01
 
 
-def _cell(value: float, base: float, regression: bool) -> str:
-    if regression:
-        return f"{value:.3f} ({(value / base - 1) * 100:+.1f} %)"
-    return f"{value:.3f} ({(value - base) * 100:+.1f})"
+def _difference(value: float, base: float, regression: bool) -> float:
+    """Accuracy points, or MAE in %."""
+    return (value / base - 1) * 100 if regression else (value - base) * 100
 
 
-def measure(spec: dict[str, Any], samples: list[Any], source: str, args: argparse.Namespace,
+def _cell(value: float, base: float, regression: bool, paired: list[tuple[float, float]] | None = None) -> str:
+    """The value and its difference from ``base``; with ``paired`` (per seed: value, base), the mean of the per-seed
+    differences and its standard error."""
+    unit = " %" if regression else ""
+    if not paired:
+        return f"{value:.3f} ({_difference(value, base, regression):+.1f}{unit})"
+    differences = [_difference(v, b, regression) for v, b in paired]
+    error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+    return f"{value:.3f} ({statistics.fmean(differences):+.1f} ± {error:.1f}{unit})"
+
+
+def measure(spec: dict[str, Any], samples_by_seed: dict[int, list[Sample]], source: str, args: argparse.Namespace,
             client: redis.Redis) -> tuple[str, str]:
     """One model on one stream, every layout, every seed: its quality row and its cost row."""
     model = ModelSettings(**spec)
     regression = model.task == "regression"
     scores: list[Score] = []
+    per_seed: list[list[float]] = []
     for layout in LAYOUTS:
         pooled = Score(regression)
-        per_seed = []
+        values = []
         for seed in args.seeds:
-            score = run_layout(layout, model, samples, source, client=client, batch=args.batch,
+            score = run_layout(layout, model, samples_by_seed[seed], source, client=client, batch=args.batch,
                                sync_every=args.sync_every, seed=seed)
-            per_seed.append(f"{score.value:.3f}")
+            values.append(score.value)
             pooled.pool(score)
-        print(f"  {source} {spec['name']} {layout[0]}: per seed {' '.join(per_seed)}", flush=True)
+        print(f"  {source} {spec['name']} {layout[0]}: per seed {' '.join(f'{v:.3f}' for v in values)}", flush=True)
         scores.append(pooled)
+        per_seed.append(values)
     base = scores[0].value
+    paired = [list(zip(values, per_seed[0], strict=True)) for values in per_seed]
+    samples = samples_by_seed[args.seeds[0]]
     chosen = default_design(model)
     met = _within(scores[2].value, base, regression) and _within(scores[chosen].value, base, regression)
     metric = "MAE" if regression else "accuracy"
     design = "replay" if chosen == REPLAY else "native"
     late = f"{scores[0].late_value:.3f} / {_cell(scores[chosen].late_value, scores[0].late_value, regression)}"
     quality = (f"| {source} ({len(samples)}) | {spec['name']} | {metric} | "
-               + " | ".join(_cell(score.value, base, regression) for score in scores)
+               + " | ".join(_cell(score.value, base, regression, paired[index] if index else None)
+                            for index, score in enumerate(scores))
                + f" | {design} | {'yes' if met else 'no'} | {late} |")
     one = scores[0].memory[0]
     native_mem, replay_mem = max(scores[NATIVE].memory), max(scores[REPLAY].memory)
@@ -329,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="events of the Friedman stream (default 6000)")
     parser.add_argument("--batch", type=int, default=100, help="records per partition per poll (default 100)")
     parser.add_argument("--sync-every", type=int, default=200, help="events per worker between syncs (default 200)")
-    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2, 3],
-                        help="model seeds; every figure is the mean over them (default 1,2,3)")
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2, 3, 4, 5],
+                        help="seeds; every figure is the mean over them (default 1,2,3,4,5)")
     parser.add_argument("--redis-url", default=None, help="a Redis to use (default: start one)")
     parser.add_argument("--only", default=None, help="comma-separated model names (default: all)")
     parser.add_argument("--streams", default=None, help="comma-separated stream names (default: all)")
@@ -348,12 +369,14 @@ def main(argv: list[str] | None = None) -> int:
             events = args.drift_events if drift else args.regression_events if source == "friedman" else args.events
             drift_at = int(events * drift) if drift else None
             # feature names as the worker sees them after decoding JSON: strings (Friedman's are ints in River)
-            samples = [Sample({str(name): value for name, value in sample.features.items()}, sample.label)
-                       for sample in iter_source(source, seed=7, limit=events, drift_at=drift_at)]
+            samples_by_seed = {
+                seed: [Sample({str(name): value for name, value in sample.features.items()}, sample.label)
+                       for sample in iter_source(source, seed=6 + seed, limit=events, drift_at=drift_at)]
+                for seed in args.seeds}
             for spec in models:
                 if only and spec["name"] not in only:
                     continue
-                quality, cost = measure(spec, samples, source, args, client)
+                quality, cost = measure(spec, samples_by_seed, source, args, client)
                 print(quality, flush=True)
                 print(cost, flush=True)
                 quality_rows.append(quality)
@@ -367,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         "from 1 partition (accuracy points; MAE in %). Target: group scope within 1.0 point (classifiers) or 3 % MAE "
         "(regressors) of 1 partition on 1 worker and on 2 workers with the design `sync.merge: auto` picks "
         "(*default*). Native merge: exact sums, FedAvg or views (docs/models.md); replay: each worker learns the "
-        "others' examples. The stream's event count is in brackets. Every figure is the mean over the model seeds. "
+        "others' examples. The stream's event count is in brackets. Every figure is the mean over the seeds "
+        "(each seeds the model, the synthetic stream and the partition of every event: one stream order is a "
+        "single sample); a difference is the mean of the per-seed differences ± its standard error. "
         "Last column: the same over the second half of the stream only (after the warm-up; Agrawal: after its "
         "concept change), 1 partition and the default 2-worker design.",
         "",
