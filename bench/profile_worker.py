@@ -23,17 +23,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bench.common import MODELS, SEED, SOURCE
 from services.replayer import replay
 from services.stack import KafkaServer, RedisServer, free_ports
 from services.worker import Worker
 from shared.kafka.admin import ensure_topics
 from shared.settings import PreprocessingSettings, Settings, WorkerSettings, load_settings
-
-SOURCE, SEED = "phishing", 7
-MODELS: dict[str, dict[str, Any]] = {
-    "logreg": {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"},
-    "arf": {"name": "arf", "estimator": "river.forest.ARFClassifier", "params": {"n_models": 10}},
-}
 
 
 @contextlib.contextmanager
@@ -113,17 +108,21 @@ def run_worker(args: argparse.Namespace, bootstrap: str, redis_url: str, events:
 
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     """The model's own loop over the same samples, no Kafka (``bench.runner``'s contender a)."""
+    from bench.runner import CHUNK, _river_or_torch
     from shared.datasets import iter_source
-    from shared.learners.registry import build_river_pipeline
+    from shared.learners.base import Row
 
-    spec = MODELS[args.model]
-    model = build_river_pipeline(spec["estimator"], spec.get("params", {}), PreprocessingSettings(),
-                                 WorkerSettings().seed)
+    family, model = _river_or_torch(args.model)
     data = [(s.features, s.label) for s in iter_source(SOURCE, seed=SEED, limit=args.n)]
     started, cpu0 = time.time(), cpu_seconds()
-    for x, y in data:
-        model.predict_one(x)
-        model.learn_one(x, y)
+    if family == "river":
+        for x, y in data:
+            model.predict_one(x)
+            model.learn_one(x, y)
+    else:
+        for i in range(0, len(data), CHUNK):
+            chunk = data[i:i + CHUNK]
+            model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
     seconds, cpu_s = time.time() - started, cpu_seconds() - cpu0
     return {"contender": "bare", "events": len(data), "seconds": seconds, "rate": len(data) / seconds, "cpu_s": cpu_s}
 
@@ -192,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--tree", type=Path, help="write the full call tree here")
     args = parser.parse_args(argv)
+    if args.plain and "estimator" not in MODELS[args.model]:
+        parser.error("--plain is the River tutorial loop: a River model only")
     with tempfile.TemporaryDirectory(prefix="profile-worker-") as tmp, stack(Path(tmp)) as (bootstrap, redis_url):
         events = f"events-{uuid.uuid4().hex[:8]}"
         ensure_topics(bootstrap, {events: 1})
