@@ -363,8 +363,9 @@ class SyncSettings(_Frozen):
     """
 
     scope: Literal["group", "partition"] = "group"
-    #: sync (and checkpoint) after this many events processed by this worker ...
-    every_events: int = Field(2_000, ge=1)
+    #: sync (and checkpoint) after this many events processed by this worker (the checkpoint duty-cycle bound,
+    #: ``checkpoint.max_time_fraction``, spaces a slow model's syncs further) ...
+    every_events: int = Field(500, ge=1)
     #: ... or this many seconds, whichever comes first
     every_s: float = Field(5.0, gt=0.0)
     #: the group's Redis stream of published deltas keeps at most about this many entries (bounded memory); a
