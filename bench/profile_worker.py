@@ -108,21 +108,13 @@ def run_worker(args: argparse.Namespace, bootstrap: str, redis_url: str, events:
 
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     """The model's own loop over the same samples, no Kafka (``bench.runner``'s contender a)."""
-    from bench.runner import CHUNK, _river_or_torch
+    from bench.runner import _river_or_torch, bare_loop
     from shared.datasets import iter_source
-    from shared.learners.base import Row
 
     family, model = _river_or_torch(args.model)
     data = [(s.features, s.label) for s in iter_source(SOURCE, seed=SEED, limit=args.n)]
     started, cpu0 = time.time(), cpu_seconds()
-    if family == "river":
-        for x, y in data:
-            model.predict_one(x)
-            model.learn_one(x, y)
-    else:
-        for i in range(0, len(data), CHUNK):
-            chunk = data[i:i + CHUNK]
-            model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
+    bare_loop(family, model, data)
     seconds, cpu_s = time.time() - started, cpu_seconds() - cpu0
     return {"contender": "bare", "events": len(data), "seconds": seconds, "rate": len(data) / seconds, "cpu_s": cpu_s}
 

@@ -60,23 +60,28 @@ def _river_or_torch(model: str) -> tuple[str, Any]:
     return "torch", build_learner(model_settings(model), PreprocessingSettings(), seed)
 
 
-def run_bare(args: argparse.Namespace) -> None:
-    """(a) The model's own loop over the event dicts."""
+def bare_loop(family: str, model: Any, data: list[tuple[dict[str, Any], Any]]) -> None:
+    """Predict then learn every ``(features, label)`` of ``data``: River one by one, torch in chunks of ``CHUNK``."""
     from shared.learners.base import Row
 
+    if family == "river":
+        for x, y in data:
+            model.predict_one(x)
+            model.learn_one(x, y)
+        return
+    for i in range(0, len(data), CHUNK):
+        chunk = data[i:i + CHUNK]
+        model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
+
+
+def run_bare(args: argparse.Namespace) -> None:
+    """(a) The model's own loop over the event dicts."""
     family, model = _river_or_torch(args.model)
     data = [(s.features, s.label) for s in samples(args.n)]
     result = RunResult("bare", args.model, events=len(data))
     cpu0 = cpu_seconds()
     result.started = time.time()
-    if family == "river":
-        for x, y in data:
-            model.predict_one(x)
-            model.learn_one(x, y)
-    else:
-        for i in range(0, len(data), CHUNK):
-            chunk = data[i:i + CHUNK]
-            model.process([Row(x) for x, _ in chunk], [y for _, y in chunk])
+    bare_loop(family, model, data)
     result.finished = time.time()
     result.cpu_s = cpu_seconds() - cpu0
     result.extra.update(_state_costs(args.model, family, model))
