@@ -368,6 +368,10 @@ class SyncSettings(_Frozen):
     every_events: int = Field(500, ge=1)
     #: ... or this many seconds, whichever comes first
     every_s: float = Field(5.0, gt=0.0)
+    #: between syncs, look this often for what the other workers published and learn their examples at once
+    #: (replay-mode models; the others merge at the next sync): one Redis read when there is nothing new. 0: only
+    #: at syncs
+    pull_every_s: float = Field(0.1, ge=0.0)
     #: the group's Redis stream of published deltas keeps at most about this many entries (bounded memory); a
     #: restore from a checkpoint older than the oldest kept entry loses the deltas trimmed since (counted)
     max_deltas: int = Field(10_000, ge=10)

@@ -95,6 +95,7 @@ class Worker:
         self.checkpointer: Checkpointer | None = None
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
+        self._last_pull = time.monotonic()
         self.consumer: EventConsumer | None = None
         self.committer: Committer | None = None
         #: partitions whose restore waits for Redis are retried from this time on, with a growing delay
@@ -291,6 +292,7 @@ class Worker:
                     if self.checkpointer is not None:
                         self.checkpointer.poll()  # a background checkpoint's outcome, also while idle
                     self.model_step.train_if_due()
+                    self._maybe_pull()
                     self._maybe_commit()
                 except TransactionFailed as exc:
                     self._rewind(str(exc))
@@ -351,6 +353,24 @@ class Worker:
     def _export_champion(self) -> None:
         for name in self.model_step.model_names:
             self.metrics.champion.labels(name).set(1 if name == self.champion else 0)
+
+    def _maybe_pull(self) -> None:
+        """Group scope: every ``sync.pull_every_s``, learn what the other workers published since the last look."""
+        checkpointer = self.checkpointer
+        every = self.settings.sync.pull_every_s
+        if checkpointer is None or checkpointer.group is None or every <= 0 or not checkpointer.healthy:
+            return
+        now = time.monotonic()
+        if now - self._last_pull < every:
+            return
+        self._last_pull = now
+        model_set = self.model_step.shared_set()
+        if model_set is None or self._to_restore:  # a state being restored merges the stream when adopted
+            return
+        try:
+            checkpointer.group.pull(model_set)
+        except redis.RedisError as exc:  # the next sync reads them (and backs off while Redis is down)
+            log.warning("reading the group's deltas failed (%s)", exc)
 
     def _maybe_commit(self, force: bool = False) -> None:
         due = (
@@ -712,6 +732,9 @@ class Worker:
                     log.info("final counters scraped")
                 self.endpoint.stop()
                 self.endpoint = None
+        if self.checkpointer is not None and self.checkpointer.group is not None:
+            log.info("group sync: %d pulls learned the other workers' examples between syncs",
+                     self.checkpointer.group.pulls)
         log.info("worker stopped")
 
 

@@ -436,7 +436,7 @@ class RiverLearner(Learner):
         )
         self._argmax_predict = self._has_proba and final_type.predict_one is base.Classifier.predict_one
         #: group scope: the state at the last sync (mergeable pipelines only), and other members' models that vote
-        self._base: compose.Pipeline | None = None
+        self._base: list[dict[str, Any]] | None = None
         self._views: list[RiverLearner] = []
         self._merge_mode: MergeMode | None = None
         self._replay: ReplayLog | None = None
@@ -585,7 +585,9 @@ class RiverLearner(Learner):
         if self._replay is not None:
             total += self._replay.memory_bytes()
         if self._base is not None:
-            total += int(self._base._raw_memory_usage)
+            from shared.sync.river_state import base_memory
+
+            total += base_memory(self._base)
         return total + sum(view.memory_bytes() for view in self._views)
 
     def merge_mode(self) -> MergeMode:
@@ -619,10 +621,10 @@ class RiverLearner(Learner):
             return self._replay.delta()
         if self.merge_mode() is MergeMode.VIEW:
             return None
-        from shared.sync.river_state import pipeline_delta
+        from shared.sync.river_state import base_copy, pipeline_delta
 
         if self._base is None:  # never synced (a model replaced by a drift reset): measured from untrained
-            self._base = self.pipeline.clone()
+            self._base = base_copy(self.pipeline.clone())
         return orjson.dumps(pipeline_delta(self.pipeline, self._base))
 
     def merge(self, own: bytes | None, own_weight: int, others: Sequence[tuple[bytes, int]]) -> None:
@@ -631,10 +633,10 @@ class RiverLearner(Learner):
             return
         if self.merge_mode() is MergeMode.VIEW or not others:
             return
-        from shared.sync.river_state import merge_pipeline, pipeline_delta
+        from shared.sync.river_state import base_copy, merge_pipeline, pipeline_delta
 
         if self._base is None:
-            self._base = self.pipeline.clone()
+            self._base = base_copy(self.pipeline.clone())
         if own is None:
             own = orjson.dumps(pipeline_delta(self.pipeline, self._base))
         merge_pipeline(self.pipeline, self._base, orjson.loads(own), own_weight,

@@ -141,6 +141,12 @@ class Metrics:
         self.sync_bytes = Counter(
             "streamlearn_sync_bytes", "Bytes of deltas and views a group-scope sync published or read.",
             ["direction"], registry=r)
+        self.sync_pulls = Counter(
+            "streamlearn_sync_pulls", "Reads of the other members' deltas between syncs (sync.pull_every_s) that "
+            "found some.", registry=r)
+        self.sync_pull_seconds = Histogram(
+            "streamlearn_sync_pull_seconds", "Time a pull that found deltas spent reading and learning them.",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.sync_deltas_lost = Counter(
             "streamlearn_sync_deltas_lost", "Deltas a restore could not read back because the group's delta stream "
             "was trimmed past its checkpoint (sync.max_deltas).", registry=r)

@@ -153,6 +153,10 @@ class GroupSync:
         self._seq = 0
         #: per model name, the replay buffer's dropped examples already counted in the metric
         self._dropped_counted: dict[str, int] = {}
+        #: per model name, the other members' native deltas a :meth:`pull` read: merged at the next sync
+        self._deferred: dict[str, list[tuple[bytes, int]]] = {}
+        #: pulls that found the other members' deltas (a running total)
+        self.pulls = 0
 
     @property
     def every_events(self) -> int:
@@ -186,6 +190,7 @@ class GroupSync:
         self.record = SyncRecord(uuid.uuid4().hex, cursor, contained)
         self._views = {}
         self._unpublished = []
+        self._deferred = {}
         for learner in model_set.learners.values():
             apply_merge_choice(learner, self._settings)
             learner.mark_synced()
@@ -247,6 +252,30 @@ class GroupSync:
         return SyncOutcome(SyncRecord(lineage, self.record.cursor, list(self.record.contained)), publish,
                            published, read_bytes, time.perf_counter() - started, merged)
 
+    def pull(self, model_set: ModelSet) -> int:
+        """Between syncs: learn the examples the other members published since the cursor (replay-mode models);
+        the other models' deltas wait for the next sync. Returns how many entries were read.
+
+        Nothing is published and nothing is stored: the next checkpoint records the advanced cursor with the
+        state that learned them, and a restore from the checkpoint before merges them again from its own cursor.
+        A pull therefore only shortens the time another member's examples take to reach this member's model.
+        """
+        if any(len(deferred) >= self._settings.max_deltas for deferred in self._deferred.values()):
+            return 0  # bounded: the sync that merges them comes first
+        started = time.perf_counter()
+        before = dict(model_set.sources)
+        merged, read_bytes = self._merge_stream(model_set, own={}, weights={}, defer=True)
+        for source, count in model_set.sources.items():  # the others' examples: not this member's to publish
+            if count != before.get(source, 0):
+                self._sources_at_sync[source] = self._sources_at_sync.get(source, 0) + count - before.get(source, 0)
+        if merged:
+            self.pulls += 1
+        if self._metrics is not None and merged:
+            self._metrics.sync_pulls.inc()
+            self._metrics.sync_bytes.labels("read").inc(read_bytes)
+            self._metrics.sync_pull_seconds.observe(time.perf_counter() - started)
+        return merged
+
     def _count_dropped(self, model_set: ModelSet) -> None:
         """Add the replay examples dropped since the last sync (full buffers) to the metric, and log them."""
         for name, learner in model_set.learners.items():
@@ -276,11 +305,17 @@ class GroupSync:
 
     # --- reading the stream -------------------------------------------------------------------------------
     def _merge_stream(
-        self, model_set: ModelSet, own: Mapping[str, bytes], weights: Mapping[str, int],
+        self, model_set: ModelSet, own: Mapping[str, bytes], weights: Mapping[str, int], *, defer: bool = False,
     ) -> tuple[int, int]:
-        """Merge every delta after the cursor that is not this state's own; advance the cursor."""
+        """Merge every delta after the cursor that is not this state's own; advance the cursor. ``defer`` (a
+        :meth:`pull`): merge only the replay deltas, keep the others for the next sync."""
         skip = {self.record.lineage, *self.record.contained}
         others: dict[str, list[tuple[bytes, int]]] = {name: [] for name in model_set.learners}
+        if not defer:
+            for name, deferred in self._deferred.items():
+                if name in others:
+                    others[name].extend(deferred)
+            self._deferred = {}
         modes = {name: learner.merge_mode() for name, learner in model_set.learners.items()}
         merged = read_bytes = 0
         cursor = self.record.cursor
@@ -318,6 +353,9 @@ class GroupSync:
                 break
         self.record.cursor = cursor
         for name, learner in model_set.learners.items():
+            if others[name] and defer and modes[name] is not MergeMode.REPLAY:
+                self._deferred.setdefault(name, []).extend(others[name])
+                continue
             if others[name]:
                 own_delta = own.get(name)
                 if own_delta is None:

@@ -1,7 +1,8 @@
 """Merging the state of River pipelines learned by several workers (docs/models.md, "Merging across workers").
 
 A pipeline merges when every step does. Each supported step exports a *delta*: what it learned since the last sync,
-as plain JSON-ready lists, computed from its state now and a copy taken at the last sync (the *base*):
+as plain JSON-ready lists, computed from its state now and its state at the last sync (the *base*, plain numbers:
+:func:`step_base`):
 
 - sufficient statistics merge exactly (``exact``): running means (the imputer), running mean/variance (the
   standard scaler, Gaussian naive Bayes) by Chan's parallel formulas, counts by addition, one-hot categories by
@@ -17,7 +18,7 @@ Every other estimator (trees, forests, anything with a model structure) does not
 
 from __future__ import annotations
 
-import copy
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from river.linear_model.base import GLM
 from shared.learners.base import MergeMode
 
 Delta = dict[str, Any]
+#: a step's state at the last sync, as plain containers and numbers (:func:`step_base`)
+Base = dict[str, Any]
 
 
 def _is_preprocessor(step: Any) -> bool:
@@ -98,20 +101,49 @@ def _set_var(var: stats.Var, moments: Moments) -> None:
     var.mean.n, var.mean._mean, var._S = moments
 
 
-# --- per step: delta and merge ------------------------------------------------------------------------------
-def step_delta(step: Any, base: Any) -> Delta:
-    """What ``step`` learned since ``base`` (a copy of it taken at the last sync), JSON-ready."""
+# --- per step: the base, a delta and a merge ----------------------------------------------------------------
+def _weights(step: Any) -> dict[str, float]:
+    if isinstance(step, GLM):
+        return step._weights.to_dict() if hasattr(step._weights, "to_dict") else dict(step._weights)
+    return dict(step.weights)
+
+
+def step_base(step: Any) -> Base:
+    """What a delta is measured from: the step's state now, as plain numbers (no River objects: a third to a
+    half of a deep copy's size)."""
     if _is_preprocessor(step):
         return {
-            "cleaner": step_delta(step.cleaner, base.cleaner),
-            "scaler": None if step.scaler is None else step_delta(step.scaler, base.scaler),
-            "encoder": None if step.encoder is None else step_delta(step.encoder, base.encoder),
+            "cleaner": step_base(step.cleaner),
+            "scaler": None if step.scaler is None else step_base(step.scaler),
+            "encoder": None if step.encoder is None else step_base(step.encoder),
+        }
+    if type(step).__name__ == "FeatureCleaner":
+        return {"means": {name: (float(mean.n), float(mean._mean)) for name, mean in step.means.items()}}
+    if type(step) is preprocessing.StandardScaler:
+        return {"counts": dict(step.counts), "means": dict(step.means), "vars": dict(step.vars)}
+    if type(step) is preprocessing.OneHotEncoder:
+        return {"values": {name: set(values) for name, values in step.values.items()}}
+    if type(step) is naive_bayes.GaussianNB:
+        return {"class_counts": dict(step.class_counts),
+                "gaussians": {label: {name: _var_moments(gaussian._var) for name, gaussian in by_feature.items()}
+                              for label, by_feature in step.gaussians.items()}}
+    if isinstance(step, GLM) or type(step) in (linear_model.PAClassifier, linear_model.PARegressor):
+        return {"weights": _weights(step), "intercept": float(step.intercept)}
+    raise TypeError(f"{type(step).__name__} does not merge")
+
+
+def step_delta(step: Any, base: Base) -> Delta:
+    """What ``step`` learned since ``base`` (its :func:`step_base` at the last sync), JSON-ready."""
+    if _is_preprocessor(step):
+        return {
+            "cleaner": step_delta(step.cleaner, base["cleaner"]),
+            "scaler": None if step.scaler is None else step_delta(step.scaler, base["scaler"]),
+            "encoder": None if step.encoder is None else step_delta(step.encoder, base["encoder"]),
         }
     if type(step).__name__ == "FeatureCleaner":
         out = []
         for name, mean in step.means.items():
-            old = base.means.get(name)
-            n0, m0 = (float(old.n), float(old._mean)) if old is not None else (0.0, 0.0)
+            n0, m0 = base["means"].get(name, (0.0, 0.0))
             n, m, _ = _minus((float(mean.n), float(mean._mean), 0.0), (n0, m0, 0.0))
             if n > 0:
                 out.append([name, n, m])
@@ -119,38 +151,34 @@ def step_delta(step: Any, base: Any) -> Delta:
     if type(step) is preprocessing.StandardScaler:
         out = []
         for name, count in step.counts.items():
-            n0 = float(base.counts.get(name, 0))
-            before = (n0, base.means.get(name, 0.0), base.vars.get(name, 0.0) * n0)
+            n0 = float(base["counts"].get(name, 0))
+            before = (n0, base["means"].get(name, 0.0), base["vars"].get(name, 0.0) * n0)
             now = (float(count), step.means[name], step.vars[name] * count)
             moments = _minus(now, before)
             if moments[0] > 0:
                 out.append([name, *moments])
         return {"moments": out}
     if type(step) is preprocessing.OneHotEncoder:
-        return {"values": [[name, sorted(values - base.values.get(name, set()), key=str)]
-                           for name, values in step.values.items() if values - base.values.get(name, set())]}
+        old_values = base["values"]
+        return {"values": [[name, sorted(values - old_values.get(name, set()), key=str)]
+                           for name, values in step.values.items() if values - old_values.get(name, set())]}
     if type(step) is naive_bayes.GaussianNB:
-        counts = [[label, count - base.class_counts.get(label, 0)] for label, count in step.class_counts.items()
-                  if count != base.class_counts.get(label, 0)]
+        old_counts = base["class_counts"]
+        counts = [[label, count - old_counts.get(label, 0)] for label, count in step.class_counts.items()
+                  if count != old_counts.get(label, 0)]
         gaussians = []
         for label, by_feature in step.gaussians.items():
-            old_by_feature = base.gaussians.get(label, {})
+            old_by_feature = base["gaussians"].get(label, {})
             for name, gaussian in by_feature.items():
-                old = old_by_feature.get(name)
-                before = _var_moments(old._var) if old is not None else (0.0, 0.0, 0.0)
-                moments = _minus(_var_moments(gaussian._var), before)
+                moments = _minus(_var_moments(gaussian._var), old_by_feature.get(name, (0.0, 0.0, 0.0)))
                 if moments[0] > 0:
                     gaussians.append([label, name, *moments])
         return {"class_counts": counts, "gaussians": gaussians}
-    if isinstance(step, GLM):
-        weights = step._weights.to_dict() if hasattr(step._weights, "to_dict") else dict(step._weights)
-        old = base._weights.to_dict() if hasattr(base._weights, "to_dict") else dict(base._weights)
-        return {"weights": [[name, w - old.get(name, 0.0)] for name, w in weights.items() if w != old.get(name, 0.0)],
-                "intercept": step.intercept - base.intercept}
-    if type(step) in (linear_model.PAClassifier, linear_model.PARegressor):
-        return {"weights": [[name, w - base.weights.get(name, 0.0)] for name, w in step.weights.items()
-                            if w != base.weights.get(name, 0.0)],
-                "intercept": step.intercept - base.intercept}
+    if isinstance(step, GLM) or type(step) in (linear_model.PAClassifier, linear_model.PARegressor):
+        old = base["weights"]
+        return {"weights": [[name, w - old.get(name, 0.0)] for name, w in _weights(step).items()
+                            if w != old.get(name, 0.0)],
+                "intercept": step.intercept - base["intercept"]}
     raise TypeError(f"{type(step).__name__} does not merge")
 
 
@@ -195,7 +223,7 @@ def _add_exact(step: Any, delta: Delta) -> None:
     raise TypeError(f"{type(step).__name__} does not merge exactly")
 
 
-def _average(step: Any, base: Any, deltas: Sequence[tuple[Delta, float]]) -> None:
+def _average(step: Any, base: Base, deltas: Sequence[tuple[Delta, float]]) -> None:
     """Set a linear step's parameters to ``base + sum(n_i * delta_i) / sum(n_i)`` (FedAvg)."""
     total = sum(weight for _, weight in deltas)
     if total <= 0:
@@ -206,24 +234,20 @@ def _average(step: Any, base: Any, deltas: Sequence[tuple[Delta, float]]) -> Non
         for name, value in delta["weights"]:
             mean[name] = mean.get(name, 0.0) + value * weight / total
         intercept += delta["intercept"] * weight / total
-    if isinstance(step, GLM):
-        old = base._weights.to_dict() if hasattr(base._weights, "to_dict") else dict(base._weights)
-        current = step._weights.to_dict() if hasattr(step._weights, "to_dict") else dict(step._weights)
-        for name in set(old) | set(current) | set(mean):
-            step._weights[name] = old.get(name, 0.0) + mean.get(name, 0.0)
-    else:
-        for name in set(base.weights) | set(step.weights) | set(mean):
-            step.weights[name] = base.weights.get(name, 0.0) + mean.get(name, 0.0)
-    step.intercept = base.intercept + intercept
+    old = base["weights"]
+    weights = step._weights if isinstance(step, GLM) else step.weights
+    for name in set(old) | set(_weights(step)) | set(mean):
+        weights[name] = old.get(name, 0.0) + mean.get(name, 0.0)
+    step.intercept = base["intercept"] + intercept
 
 
-def pipeline_delta(pipeline: compose.Pipeline, base: compose.Pipeline) -> list[Delta]:
+def pipeline_delta(pipeline: compose.Pipeline, base: Sequence[Base]) -> list[Delta]:
     """One delta per step (see :func:`step_delta`)."""
-    return [step_delta(step, old) for step, old in zip(pipeline.steps.values(), base.steps.values(), strict=True)]
+    return [step_delta(step, old) for step, old in zip(pipeline.steps.values(), base, strict=True)]
 
 
 def merge_pipeline(
-    pipeline: compose.Pipeline, base: compose.Pipeline, own: Sequence[Delta], own_weight: float,
+    pipeline: compose.Pipeline, base: Sequence[Base], own: Sequence[Delta], own_weight: float,
     others: Sequence[tuple[Sequence[Delta], float]],
 ) -> None:
     """Merge the other members' deltas into ``pipeline`` (whose own delta since ``base`` is ``own``).
@@ -231,7 +255,7 @@ def merge_pipeline(
     Exact steps add the others' deltas; averaging steps become the base plus the weighted mean of every delta,
     this member's included.
     """
-    for index, (step, old) in enumerate(zip(pipeline.steps.values(), base.steps.values(), strict=True)):
+    for index, (step, old) in enumerate(zip(pipeline.steps.values(), base, strict=True)):
         if step_mode(step) is MergeMode.AVERAGE:
             _average(step, old, [(own[index], own_weight), *((delta[index], w) for delta, w in others)])
         else:
@@ -239,7 +263,19 @@ def merge_pipeline(
                 _add_exact(step, delta[index])
 
 
-def base_copy(pipeline: compose.Pipeline) -> compose.Pipeline:
-    """The copy a delta is measured from (only mergeable pipelines: they are small)."""
-    return copy.deepcopy(pipeline)
+def base_copy(pipeline: compose.Pipeline) -> list[Base]:
+    """What the next delta is measured from: one :func:`step_base` per step (only mergeable pipelines)."""
+    return [step_base(step) for step in pipeline.steps.values()]
 
+
+def base_memory(value: Any) -> int:
+    """The bytes of a base's containers and numbers (``sys.getsizeof``, recursively); not its strings, which are
+    the model's own feature names and labels, shared."""
+    if isinstance(value, str):
+        return 0
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        return size + sum(base_memory(key) + base_memory(item) for key, item in value.items())
+    if isinstance(value, list | tuple | set):
+        return size + sum(base_memory(item) for item in value)
+    return size

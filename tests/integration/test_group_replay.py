@@ -113,3 +113,52 @@ def test_a_full_replay_buffer_is_counted(redis_client: redis.Redis, unique_name:
     _learn(model_set, _examples(4, 4), "events:0")
     _sync(redis_client, sync, model_set)
     assert metrics.sync_replay_dropped._value.get() == 15
+
+
+def test_a_pull_learns_the_others_examples_before_the_next_sync_and_only_once(
+    redis_client: redis.Redis, unique_name: Callable[[str], str],
+) -> None:
+    namespace = unique_name("ns")
+    settings = SyncSettings(merge="replay")
+    metrics = Metrics(CollectorRegistry())
+    a, set_a = _member(redis_client, namespace, settings)
+    b, set_b = _member(redis_client, namespace, settings, metrics)
+    _learn(set_a, _examples(50, 1), "events:0")
+    _sync(redis_client, a, set_a)
+    _learn(set_b, _examples(30, 2), "events:1")
+    before_pull = (set_b.learners["nb"].snapshot(), dict(set_b.learned), dict(set_b.sources), b.record.to_json())
+    assert b.pull(set_b) == 1
+    assert _counted(set_b.learners["nb"]) == 80, "a's 50 examples learned before b's next sync"
+    assert set_b.sources == {"events:0": 50, "events:1": 30}
+    assert metrics.sync_pulls._value.get() == 1
+    assert b.pull(set_b) == 0 and _counted(set_b.learners["nb"]) == 80, "nothing new: nothing learned again"
+    _sync(redis_client, b, set_b)
+    _sync(redis_client, a, set_a)
+    assert _counted(set_b.learners["nb"]) == 80 and _counted(set_a.learners["nb"]) == 80
+    assert set_a.sources == set_b.sources == {"events:0": 50, "events:1": 30}, "each source counted once"
+    # b's state checkpointed before the pull merges a's delta again on restore: it is not in that state
+    snapshot, learned, sources, record = before_pull
+    restored = ModelSet({"nb": restore_learner("river", snapshot)}, learned, sources)
+    GroupSync(redis_client, namespace, "group", KEY, settings).adopt(restored, SyncRecord.from_json(record))
+    assert _counted(restored.learners["nb"]) == 80 and restored.sources == {"events:0": 50, "events:1": 30}
+
+
+def test_a_pull_keeps_native_deltas_for_the_next_sync(
+    redis_client: redis.Redis, unique_name: Callable[[str], str],
+) -> None:
+    namespace = unique_name("ns")
+    settings = SyncSettings(merge="native")
+    a, set_a = _member(redis_client, namespace, settings)
+    b, set_b = _member(redis_client, namespace, settings)
+    assert set_b.learners["nb"].merge_mode() is MergeMode.EXACT
+    _learn(set_a, _examples(40, 3), "events:0")
+    _sync(redis_client, a, set_a)
+    _learn(set_b, _examples(25, 4), "events:1")
+    assert b.pull(set_b) == 1
+    assert _counted(set_b.learners["nb"]) == 25, "statistics are merged by the sync, against its own delta"
+    _sync(redis_client, b, set_b)
+    _sync(redis_client, a, set_a)
+    assert _counted(set_b.learners["nb"]) == 65 and _counted(set_a.learners["nb"]) == 65
+    assert set_a.sources == set_b.sources == {"events:0": 40, "events:1": 25}
+    _, fresh_set = _member(redis_client, namespace, settings)
+    assert _counted(fresh_set.learners["nb"]) == 65, "every delta in the stream exactly once"

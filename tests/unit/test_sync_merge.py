@@ -129,3 +129,17 @@ def test_a_learner_never_synced_measures_its_delta_from_an_untrained_copy() -> N
     assert delta is not None
     counts = dict((label, n) for label, n in orjson.loads(delta)[-1]["class_counts"])
     assert sum(counts.values()) == 50
+
+
+@pytest.mark.parametrize("estimator", ["river.linear_model.LogisticRegression", "river.naive_bayes.GaussianNB"])
+def test_the_state_kept_for_the_next_delta_is_plain_numbers_within_the_models_size(estimator: str) -> None:
+    """Acceptance 3 of issue 12: a worker's model memory in group scope is at most 2x the model's; the base a
+    delta is measured from is plain containers and numbers, not a second copy of the pipeline."""
+    learner = build_learner(ModelSettings(name="m", estimator=estimator, task="binary"), PreprocessingSettings(), 1)
+    stream = _stream(400, 5)
+    learner.process([Row(x) for x, _ in stream], [y for _, y in stream])
+    alone = learner.memory_bytes()
+    learner.mark_synced()
+    synced = learner.memory_bytes()
+    assert alone < synced <= 2 * alone, (alone, synced)
+    assert orjson.loads(learner.sync_delta() or b"null") is not None
