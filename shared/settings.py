@@ -368,6 +368,10 @@ class SyncSettings(_Frozen):
     every_events: int = Field(500, ge=1)
     #: ... or this many seconds, whichever comes first
     every_s: float = Field(5.0, gt=0.0)
+    #: until the group's model has learned this many labelled examples (all workers together), sync sooner: after
+    #: as many examples learned as the model held at the last sync, at least 50 (a young model learns fastest,
+    #: and a worker's first examples are worth most to the others). 0: every_events from the start
+    warmup_examples: int = Field(5_000, ge=0)
     #: between syncs, look this often for what the other workers published and learn their examples at once
     #: (replay-mode models; the others merge at the next sync): one Redis read when there is nothing new. 0: only
     #: at syncs

@@ -146,6 +146,9 @@ class Checkpointer:
         if self.group is not None:  # group scope: a sync is a checkpoint, so the sooner of both cadences
             every_events = min(every_events, self.group.every_events)
             every_seconds = min(every_seconds, self.group.every_s)
+            model_set = self._models.shared_set()
+            if model_set is not None and self.group.warmup_due(model_set):
+                return True
         return self._events_since >= every_events or now - self._last_attempt >= every_seconds
 
     @property

@@ -2,9 +2,10 @@
 
 In ``sync.scope: group`` a learner in replay mode records every example it learns from its own partitions (the
 cleaned features, the entity key and the target, JSON-encoded at once: nothing of the caller's is kept). At a
-sync the recorded examples are its delta, and the other members' deltas are learned, in stream order, with the
-recording paused, so nothing is published twice. Every member thus learns the whole stream: its own examples at
-once, the others' within one sync interval (docs/models.md, "Merging across workers").
+sync the recorded examples are its delta (one JSON document; each distinct list of feature names is stored once),
+and the other members' deltas are learned, in stream order, with the recording paused, so nothing is published
+twice. Every member thus learns the whole stream: its own examples at once, the others' within one sync interval
+(docs/models.md, "Merging across workers").
 
 The buffer is bounded: at most ``max_examples`` examples wait for the next sync; beyond that an example is still
 learned locally but not recorded, and counted in :attr:`ReplayLog.dropped` (a sync that keeps failing).
@@ -12,6 +13,7 @@ learned locally but not recorded, and counted in :attr:`ReplayLog.dropped` (a sy
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,64 +21,95 @@ import orjson
 
 from shared.learners.base import Row, Target
 
-#: what a replay delta starts with (the version of its layout)
-FORMAT = 1
+#: what a replay delta starts with (the version of its layout; :func:`examples` reads every version listed)
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 #: feature names are strings (the cleaned features of a decoded JSON event): a name of another type fails loudly
 #: rather than coming back as a string, a different feature
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: at most this many distinct feature-name lists per sync interval are kept once; examples with other names are
+#: recorded with their names (sparse features: bounded memory)
+MAX_SCHEMAS = 64
 
 
 class ReplayLog:
-    """The examples a learner learned since its last sync, encoded, at most ``max_examples`` of them."""
+    """The examples a learner learned since its last sync, encoded, at most ``max_examples`` of them.
 
-    __slots__ = ("_bytes", "_items", "dropped", "max_examples", "paused")
+    One buffer of JSON: each example is ``[key, target, schema, [values]]``, its feature names stored once per
+    distinct list of names (the *schemas*), or ``[key, target, {name: value}]`` beyond :data:`MAX_SCHEMAS`.
+    """
+
+    __slots__ = ("_buffer", "_count", "_schema_bytes", "_schemas", "dropped", "max_examples", "paused")
 
     def __init__(self, max_examples: int) -> None:
         if max_examples < 1:
             raise ValueError(f"max_examples must be at least 1, got {max_examples}")
         self.max_examples = max_examples
-        self._items: list[bytes] = []
-        self._bytes = 0
+        self._buffer = bytearray()
+        self._count = 0
+        self._schemas: dict[tuple[str, ...], int] = {}
+        self._schema_bytes = 0
         #: examples learned but not recorded because the buffer was full (never reset: a running total)
         self.dropped = 0
         #: while merging the other members' examples: they are learned, never recorded
         self.paused = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def record(self, row: Row, target: Target | None) -> None:
         """Remember one learned example (a no-op while paused; counted as dropped when full)."""
         if self.paused:
             return
-        if len(self._items) >= self.max_examples:
+        if self._count >= self.max_examples:
             self.dropped += 1
             return
-        item = orjson.dumps([row.key, target, row.features], option=_DUMPS_OPTIONS)
-        self._items.append(item)
-        self._bytes += len(item)
+        features = row.features
+        names = tuple(features)
+        schema = self._schemas.get(names)
+        if schema is None and len(self._schemas) < MAX_SCHEMAS:
+            schema = self._schemas[names] = len(self._schemas)
+            self._schema_bytes += sys.getsizeof(names) + sum(len(name) + 8 for name in names)
+        if schema is None:
+            item = orjson.dumps([row.key, target, features], option=_DUMPS_OPTIONS)
+        else:
+            item = orjson.dumps([row.key, target, schema, list(features.values())], option=_DUMPS_OPTIONS)
+        if self._count:
+            self._buffer += b","
+        self._buffer += item
+        self._count += 1
 
     def delta(self) -> bytes:
         """The recorded examples as one JSON document (what :meth:`Learner.sync_delta` returns)."""
-        return b'{"replay":%d,"examples":[%s]}' % (FORMAT, b",".join(self._items))
+        schemas = orjson.dumps(list(self._schemas))
+        return b'{"replay":%d,"schemas":%s,"examples":[%s]}' % (FORMAT, schemas, bytes(self._buffer))
 
     def clear(self) -> None:
         """Forget the recorded examples (they were published with a sync)."""
-        self._items = []
-        self._bytes = 0
+        self._buffer = bytearray()
+        self._count = 0
+        self._schemas = {}
+        self._schema_bytes = 0
 
     def memory_bytes(self) -> int:
-        """The encoded examples plus the list that holds them (about 33 bytes of object header each)."""
-        return self._bytes + 56 + len(self._items) * (8 + 33)
+        """The buffer (with what it over-allocates) and the feature names it keeps once."""
+        return sys.getsizeof(self._buffer) + sys.getsizeof(self._schemas) + self._schema_bytes
 
 
 def examples(delta: bytes) -> Iterator[tuple[Row, Target | None]]:
     """The examples of a replay delta, in the order they were learned."""
     payload: Any = orjson.loads(delta)
-    if not isinstance(payload, dict) or payload.get("replay") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("replay") not in READABLE_FORMATS:
         raise ValueError("not a replay delta")
-    for key, target, features in payload["examples"]:
-        yield Row(dict(features), None if key is None else str(key)), target
+    schemas = payload.get("schemas", [])
+    for item in payload["examples"]:
+        if len(item) == 4:
+            key, target, schema, values = item
+            features = dict(zip(schemas[schema], values, strict=True))
+        else:
+            key, target, features = item
+            features = dict(features)
+        yield Row(features, None if key is None else str(key)), target
 
 
 def learn_replayed(learner: Any, log: ReplayLog, others: Sequence[tuple[bytes, int]]) -> int:

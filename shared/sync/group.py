@@ -84,6 +84,8 @@ START = "0-0"
 MAX_CONTAINED = 32
 #: stream entries read per XRANGE round trip
 READ_CHUNK = 500
+#: during the warm-up (:meth:`GroupSync.warmup_due`), the fewest examples a member learns between two syncs
+MIN_WARMUP_SYNC = 50
 
 
 def stream_id(value: str | bytes) -> tuple[int, int]:
@@ -157,6 +159,8 @@ class GroupSync:
         self._deferred: dict[str, list[tuple[bytes, int]]] = {}
         #: pulls that found the other members' deltas (a running total)
         self.pulls = 0
+        #: the labelled examples the state held at the last sync (every member's, as counted by its sources)
+        self._state_examples = 0
 
     @property
     def every_events(self) -> int:
@@ -165,6 +169,18 @@ class GroupSync:
     @property
     def every_s(self) -> float:
         return self._settings.every_s
+
+    def warmup_due(self, model_set: ModelSet) -> bool:
+        """While the state is young (it held fewer than ``sync.warmup_examples`` labelled examples at the last sync):
+        whether this member has learned since as many examples as the state held then (at least
+        :data:`MIN_WARMUP_SYNC`), so the first syncs come at about 50, 100, 200, 400 ... examples, while one
+        member's examples are worth most to the others. Counts learned examples, not events: without labels
+        nothing is due early."""
+        if self._state_examples >= self._settings.warmup_examples:
+            return False
+        own = max((count - self._learned_at_sync.get(name, 0) for name, count in model_set.learned.items()),
+                  default=0)
+        return own >= max(MIN_WARMUP_SYNC, self._state_examples)
 
     # --- signing ------------------------------------------------------------------------------------------
     def _sign(self, payload: bytes, key: bytes | None = None) -> bytes:
@@ -201,6 +217,7 @@ class GroupSync:
         for learner in model_set.learners.values():
             learner.mark_synced()
         self._sources_at_sync = dict(model_set.sources)
+        self._state_examples = sum(model_set.sources.values())
         return merged
 
     # --- one sync -----------------------------------------------------------------------------------------
@@ -223,6 +240,7 @@ class GroupSync:
             learner.mark_synced()
         self._learned_at_sync = dict(model_set.learned)
         self._sources_at_sync = dict(model_set.sources)
+        self._state_examples = sum(model_set.sources.values())
         entries = list(self._unpublished)
         self._seq += 1
         if own or sources:

@@ -162,3 +162,35 @@ def test_a_pull_keeps_native_deltas_for_the_next_sync(
     assert set_a.sources == set_b.sources == {"events:0": 40, "events:1": 25}
     _, fresh_set = _member(redis_client, namespace, settings)
     assert _counted(fresh_set.learners["nb"]) == 65, "every delta in the stream exactly once"
+
+
+def test_a_young_state_syncs_after_as_many_examples_as_it_holds(
+    redis_client: redis.Redis, unique_name: Callable[[str], str],
+) -> None:
+    """``sync.warmup_examples``: the first syncs come at 50, then after as many examples as the state held (every
+    member's), until it holds ``warmup_examples``; events without labels never make a sync due early."""
+    namespace = unique_name("ns")
+    settings = SyncSettings(merge="replay", warmup_examples=400)
+    (a, set_a), (b, set_b) = _member(redis_client, namespace, settings), _member(redis_client, namespace, settings)
+    assert not a.warmup_due(set_a), "nothing learned"
+    _learn(set_a, _examples(49, 1), "events:0")
+    assert not a.warmup_due(set_a)
+    _learn(set_a, _examples(1, 2), "events:0")
+    assert a.warmup_due(set_a), "the first sync after 50 examples"
+    _sync(redis_client, a, set_a)
+    _learn(set_b, _examples(60, 3), "events:1")
+    _sync(redis_client, b, set_b)
+    _sync(redis_client, a, set_a)  # a's state now holds both members' 110 examples
+    _learn(set_a, _examples(109, 4), "events:0")
+    assert not a.warmup_due(set_a)
+    _learn(set_a, _examples(1, 5), "events:0")
+    assert a.warmup_due(set_a), "as many as the state held at the last sync"
+    _sync(redis_client, a, set_a)  # 220 held
+    _learn(set_a, _examples(220, 6), "events:0")
+    _sync(redis_client, a, set_a)  # 440 held: past the warm-up
+    _learn(set_a, _examples(1000, 7), "events:0")
+    assert not a.warmup_due(set_a), "after the warm-up only sync.every_events and every_s count"
+    c, set_c = _member(redis_client, namespace, SyncSettings(merge="replay", warmup_examples=400))
+    assert sum(set_c.sources.values()) == 440
+    _learn(set_c, _examples(60, 8), "events:2")
+    assert not c.warmup_due(set_c), "a member joining a grown group does not warm up again"

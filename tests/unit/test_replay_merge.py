@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
+import orjson
 import pytest
 
 from shared.learners.base import Features, Learner, MergeMode, Output, Row, Target
@@ -57,6 +58,33 @@ def test_a_full_log_drops_and_counts_and_a_cleared_one_starts_again() -> None:
     assert log.dropped == 2, "a running total"
     with pytest.raises(ValueError):
         ReplayLog(0)
+
+
+def test_feature_names_are_stored_once_per_list_and_sparse_rows_keep_theirs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shared.learners.replay.MAX_SCHEMAS", 2)
+    log = ReplayLog(100)
+    rows: list[tuple[Row, Target | None]] = [(Row({"salary": float(i), "age": i, "car": "c"}), i % 2 == 0)
+                                             for i in range(20)]
+    rows += [(Row({"age": 1, "salary": 2.0}), True), (Row({"only": 1.0}), False), (Row({"age": 3}), True)]
+    for row, target in rows:
+        log.record(row, target)
+    delta = log.delta()
+    assert delta.count(b'"salary"') == 2, "one schema per distinct list of names, in its order"
+    assert list(examples(delta)) == rows
+    assert [list(row.features) for row, _ in examples(delta)][-3:] == [["age", "salary"], ["only"], ["age"]]
+    dense = ReplayLog(1000)
+    for i in range(500):
+        dense.record(Row({"salary": 1000.5 + i, "commission": 0.0, "age": 40, "zipcode": "z3"}), True)
+    with_names = sum(len(orjson.dumps([None, True, row.features])) for row, _ in examples(dense.delta()))
+    assert dense.memory_bytes() < 0.6 * with_names, "the names once, not in every example"
+
+
+def test_a_delta_of_the_first_layout_is_still_read() -> None:
+    """A member of the previous version publishes format 1 (every example with its feature names)."""
+    old = b'{"replay":1,"examples":[["k",true,{"x":1.5,"c":"red"}],[null,2.0,{}]]}'
+    assert list(examples(old)) == [(Row({"x": 1.5, "c": "red"}, "k"), True), (Row({}), 2.0)]
 
 
 def test_only_replay_deltas_are_read() -> None:
