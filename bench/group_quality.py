@@ -12,8 +12,9 @@ Each worker holds its model set(s) as the worker does
 (:class:`shared.steps.models.ModelSet`): one per partition in partition scope, one for all its partitions in group
 scope; a group-scope worker syncs every ``--sync-every`` events it processed through the real
 :class:`shared.sync.group.GroupSync` over a real Redis (its deltas and views go through Redis, signed, as in the
-worker). The accuracy (MAE for regression) is that of every prediction, prequential (predict, then learn), the
-figure a reader of the predictions topic computes. Sync time and bytes are the sync's own (merges, deltas,
+worker), and pulls the other's deltas every ``--pull-every-s`` of the bench's clock. The accuracy (MAE for
+regression) is that of every prediction, prequential (predict, then learn), the figure a reader of the predictions
+topic computes. Sync time and bytes are the sync's own (merges, deltas,
 views), per sync.
 
     .venv/bin/python -m bench.group_quality --events 3000 --write-docs
@@ -153,6 +154,7 @@ class Member:
         self.since_sync = 0
         self.busy_s = 0.0
         self.peak_memory = 0
+        self.last_pull = 0.0
 
     def _build(self, model: ModelSettings, seed: int) -> Learner:
         learner = build_learner(model, PreprocessingSettings(), seed)
@@ -161,9 +163,12 @@ class Member:
         return learner
 
     def process(self, partition: int, rows: list[Row], labels: list[Target], late: list[bool], score: Score,
-                sync_every: int) -> None:
+                sync_every: int, pull_every_s: float = 0.0) -> None:
         started = time.perf_counter()
         model_set = self.sets[partition]
+        if self.group is not None and pull_every_s > 0 and self.clock() - self.last_pull >= pull_every_s:
+            self.group.pull(model_set)
+            self.last_pull = self.clock()
         (name, learner), = model_set.learners.items()
         for output, label, is_late in zip(learner.process(rows, list(labels)), labels, late, strict=True):
             score.add(output.prediction, label, is_late)
@@ -173,7 +178,7 @@ class Member:
         model_set.sources[source] = model_set.sources.get(source, 0) + len(rows)
         self.since_sync += len(rows)
         self.busy_s += time.perf_counter() - started
-        if self.group is not None and self.since_sync >= sync_every:
+        if self.group is not None and (self.since_sync >= sync_every or self.group.warmup_due(model_set)):
             self.sync(score)
 
     def sync(self, score: Score) -> None:
@@ -204,7 +209,7 @@ def _partition_of(event_id: str) -> int:
 
 
 def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, samples: list[Any], source: str, *,
-               client: redis.Redis, batch: int, sync_every: int, seed: int) -> Score:
+               client: redis.Redis, batch: int, sync_every: int, seed: int, pull_every_s: float = 0.0) -> Score:
     """The prequential score of one model under one layout."""
     _, per_partition, workers, merge = layout
     score = Score(model.task == "regression")
@@ -237,7 +242,7 @@ def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, 
             if chunk:
                 owner[partition].process(partition, [Row(samples[i].features) for i in chunk],
                                          [samples[i].label for i in chunk], [2 * i >= len(samples) for i in chunk],
-                                         score, sync_every)
+                                         score, sync_every, pull_every_s)
     score.memory = [max(member.peak_memory, member.memory_bytes()) for member in members]
     score.busy_s = [member.busy_s for member in members]
     return score
@@ -313,7 +318,7 @@ def measure(spec: dict[str, Any], samples_by_seed: dict[int, list[Sample]], sour
         values = []
         for seed in args.seeds:
             score = run_layout(layout, model, samples_by_seed[seed], source, client=client, batch=args.batch,
-                               sync_every=args.sync_every, seed=seed)
+                               sync_every=args.sync_every, seed=seed, pull_every_s=args.pull_every_s)
             values.append(score.value)
             pooled.pool(score)
         print(f"  {source} {spec['name']} {layout[0]}: per seed {' '.join(f'{v:.3f}' for v in values)}", flush=True)
@@ -349,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regression-events", type=int, default=6000,
                         help="events of the Friedman stream (default 6000)")
     parser.add_argument("--batch", type=int, default=100, help="records per partition per poll (default 100)")
-    parser.add_argument("--sync-every", type=int, default=200, help="events per worker between syncs (default 200)")
+    parser.add_argument("--sync-every", type=int, default=SyncSettings().every_events,
+                        help="events per worker between syncs (default: the worker's sync.every_events)")
+    parser.add_argument("--pull-every-s", type=float, default=SyncSettings().pull_every_s,
+                        help="between syncs, read the others' deltas every this many seconds of the stream's clock "
+                             "(1,000 events a second; 0: never; default: the worker's sync.pull_every_s)")
     parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2, 3, 4, 5],
                         help="seeds; every figure is the mean over them (default 1,2,3,4,5)")
     parser.add_argument("--redis-url", default=None, help="a Redis to use (default: start one)")
@@ -384,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     command = (f"`.venv/bin/python -m bench.group_quality --events {args.events} --drift-events {args.drift_events} "
                f"--regression-events {args.regression_events} "
-               f"--sync-every {args.sync_every} --batch {args.batch} --seeds {','.join(map(str, args.seeds))}`")
+               f"--sync-every {args.sync_every} --pull-every-s {args.pull_every_s:g} --batch {args.batch} "
+               f"--seeds {','.join(map(str, args.seeds))}`")
     lines = [
         f"Measured {datetime.date.today().isoformat()} with {command} ({elapsed:.0f} s). In brackets: the difference "
         "from 1 partition (accuracy points; MAE in %). Target: group scope within 1.0 point (classifiers) or 3 % MAE "
         "(regressors) of 1 partition on 1 worker and on 2 workers with the design `sync.merge: auto` picks "
         "(*default*). Native merge: exact sums, FedAvg or views (docs/models.md); replay: each worker learns the "
-        "others' examples. The stream's event count is in brackets. Every figure is the mean over the seeds "
+        "others' examples; between syncs, a worker reads what the other published every `--pull-every-s` "
+        "seconds of the bench's clock (1,000 events a second; `sync.pull_every_s`), learning replayed examples at "
+        "once. The stream's event count is in brackets. Every figure is the mean over the seeds "
         "(each seeds the model, the synthetic stream and the partition of every event: one stream order is a "
         "single sample); a difference is the mean of the per-seed differences ± its standard error. "
         "Last column: the same over the second half of the stream only (after the warm-up; Agrawal: after its "
