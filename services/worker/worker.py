@@ -50,6 +50,9 @@ from shared.steps.score import ScoreStep
 from shared.steps.semantics import SemanticCheckStep, SemanticRules
 from shared.sync.group import open_group_sync
 
+#: after a pull failed, the next one waits this long (the checkpoint's own backoff handles Redis being down)
+PULL_RETRY_S = 1.0
+
 log = logging.getLogger("streamlearn.worker")
 
 TP = tuple[str, int]
@@ -370,7 +373,8 @@ class Worker:
         try:
             checkpointer.group.pull(model_set)
         except redis.RedisError as exc:  # the next sync reads them (and backs off while Redis is down)
-            log.warning("reading the group's deltas failed (%s)", exc)
+            self._last_pull = now + PULL_RETRY_S  # not ten warnings a second while Redis is down
+            log.warning("reading the group's deltas failed (%s); next try in %.0f s", exc, PULL_RETRY_S)
 
     def _maybe_commit(self, force: bool = False) -> None:
         due = (

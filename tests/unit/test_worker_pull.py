@@ -63,9 +63,19 @@ def test_no_pull_without_a_state_to_merge_into_or_a_redis_to_read(case: str) -> 
     assert group.calls == []
 
 
-def test_a_redis_error_in_a_pull_is_logged_and_left_to_the_next_sync(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_redis_error_in_a_pull_is_logged_and_retried_a_second_later(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("services.worker.worker.time.monotonic", lambda: clock[0])
     group = _Group(redis.ConnectionError("refused"))
     worker = _worker(group)
     worker._maybe_pull()
     assert group.calls == ["state"]
     assert "reading the group's deltas failed" in caplog.text
+    clock[0] += 0.5
+    worker._maybe_pull()
+    assert len(group.calls) == 1, "no retry every 0.1 s while Redis is down"
+    clock[0] += 1.0
+    worker._maybe_pull()
+    assert len(group.calls) == 2
