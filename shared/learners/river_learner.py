@@ -25,6 +25,7 @@ from river import base, compose, multiclass, preprocessing, stats
 from shared.learners.base import Learner, MergeMode, Output, Row, SnapshotError, Target, Task
 from shared.learners.registry import LearnerConfigError
 from shared.learners.replay import ReplayLog, learn_replayed
+from shared.learners.tree_reuse import TreePredictionReuse
 
 if TYPE_CHECKING:
     from shared.settings import ModelSettings, PreprocessingSettings
@@ -463,21 +464,32 @@ class RiverLearner(Learner):
         """Prequential, one row at a time, as :meth:`Learner.process`, with less overhead per row.
 
         Each row's features are copied once and that copy is predicted, then learned, as River's own
-        ``evaluate.progressive_val_score`` passes one dict to both.
+        ``evaluate.progressive_val_score`` passes one dict to both. An adaptive random forest's ``learn_one``
+        reuses the tree predictions its prediction just made (:mod:`shared.learners.tree_reuse`).
         """
         outputs: list[Output] = []
         predict, learn = self._predict, self.pipeline.learn_one
         anomaly = self.task is Task.ANOMALY
         record = self._replay.record if self._replay is not None else None
+        reuse = TreePredictionReuse.for_estimator(self.pipeline[-1])  # River's adaptive random forests
         for row, target in zip(rows, targets, strict=True):
             x = dict(row.features)
-            outputs.append(predict(x))
             if anomaly:
+                outputs.append(predict(x))
                 learn(x)
-            elif target is not None:
-                learn(x, target)
-            else:
+            elif target is None:
+                outputs.append(predict(x))
                 continue
+            elif reuse is None:
+                outputs.append(predict(x))
+                learn(x, target)
+            else:  # the forest's learn_one reuses the tree predictions its prediction just made
+                reuse.begin()
+                try:
+                    outputs.append(predict(x))
+                    learn(x, target)
+                finally:
+                    reuse.end()
             if record is not None:
                 record(row, target)
         return outputs

@@ -15,6 +15,7 @@ from shared.settings import ModelSettings, PreprocessingSettings
 @pytest.mark.parametrize(("source", "estimator", "params"), [
     ("phishing", "river.linear_model.LogisticRegression", {}),
     ("phishing", "river.forest.ARFClassifier", {"n_models": 3}),
+    ("friedman", "river.forest.ARFRegressor", {"n_models": 3}),
     ("segment", "river.tree.HoeffdingTreeClassifier", {}),
     ("friedman", "river.linear_model.LinearRegression", {}),
     ("phishing", "river.anomaly.HalfSpaceTrees", {}),
@@ -36,6 +37,76 @@ def test_river_batch_process_equals_one_at_a_time(source: str, estimator: str, p
             single.learn_one(row, target)
     assert outputs == expected
     assert [r.features for r in rows] == before, "the caller's features are not mutated"
+
+
+@pytest.mark.parametrize(("source", "forest_class", "tree_class", "method"), [
+    ("phishing", "ARFClassifier", "BaseTreeClassifier", "predict_proba_one"),
+    ("friedman", "ARFRegressor", "BaseTreeRegressor", "predict_one"),
+])
+def test_forest_learn_reuses_the_tree_predictions_of_its_prediction(
+    monkeypatch: pytest.MonkeyPatch, source: str, forest_class: str, tree_class: str, method: str,
+) -> None:
+    """Each tree predicts an event once in ``process`` (River's loop: twice), with River's own outputs."""
+    from river import forest
+    from river.forest import adaptive_random_forest as arf
+
+    from shared.learners.base import Task
+    from shared.learners.river_learner import RiverLearner
+
+    calls = [0]
+    original = getattr(getattr(arf, tree_class), method)
+
+    def counted(self: Any, x: dict[str, Any], **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(self, x, **kwargs)
+
+    monkeypatch.setattr(getattr(arf, tree_class), method, counted)
+    task = Task.REGRESSION if forest_class == "ARFRegressor" else Task.BINARY
+    samples = list(iter_source(source, seed=3, limit=300))
+    rows = [Row(dict(s.features)) for s in samples]
+    targets = [s.label for s in samples]
+
+    def learner() -> RiverLearner:
+        from river import compose
+
+        return RiverLearner(compose.Pipeline(getattr(forest, forest_class)(n_models=3, seed=1)), task, forest_class)
+
+    reused, plain = learner(), learner()
+    outputs = reused.process(rows, targets)
+    reused_calls, calls[0] = calls[0], 0
+    expected = []
+    for row, target in zip(rows, targets, strict=True):
+        expected.append(plain.predict_one(row))
+        plain.learn_one(row, target)
+    assert outputs == expected
+    assert calls[0] >= 2 * 3 * (len(rows) - 1), "River's own loop predicts every tree twice per event"
+    assert reused_calls <= 3 * len(rows), "process predicts every tree once per event"
+    trees = list(reused.pipeline[-1].data)
+    assert all(method not in vars(tree) for tree in trees), "no remembered prediction outlives the step"
+    assert type(reused).restore(reused.snapshot()).predict_one(rows[0]) == reused.predict_one(rows[0])
+
+
+def test_forest_predicts_again_when_preprocessing_changes_the_input_before_learning() -> None:
+    """A scaler learns before it transforms in ``learn_one``: the trees see other values and predict again."""
+    from river import compose, forest, preprocessing
+
+    from shared.learners.base import Task
+    from shared.learners.river_learner import RiverLearner
+
+    samples = list(iter_source("friedman", seed=4, limit=300))
+    rows = [Row(dict(s.features)) for s in samples]
+    targets = [s.label for s in samples]
+
+    def learner() -> RiverLearner:
+        pipeline = compose.Pipeline(preprocessing.StandardScaler(), forest.ARFRegressor(n_models=3, seed=2))
+        return RiverLearner(pipeline, Task.REGRESSION, "ARFRegressor")
+
+    reused, plain = learner(), learner()
+    expected = []
+    for row, target in zip(rows, targets, strict=True):
+        expected.append(plain.predict_one(row))
+        plain.learn_one(row, target)
+    assert reused.process(rows, targets) == expected
 
 
 def test_model_memory_is_walked_at_most_every_interval_or_when_the_models_change() -> None:
