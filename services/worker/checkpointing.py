@@ -45,7 +45,7 @@ from shared.monitoring.metrics import Metrics
 from shared.settings import CheckpointSettings
 from shared.state.checkpoints import CheckpointStore, PartitionCheckpoint, SnapshotRejected
 from shared.steps.models import ModelSet, ModelStep
-from shared.sync.group import GroupSync, SyncRecord, choose_state
+from shared.sync.group import GroupSync, SyncOutcome, SyncRecord, choose_state
 
 log = logging.getLogger("streamlearn.checkpoint")
 
@@ -53,8 +53,10 @@ TP = tuple[str, int]
 
 #: learner kinds whose snapshot may be taken in a forked child: plain Python objects (River)
 FORK_SAFE_KINDS = frozenset({"river"})
-#: the child's exit codes
-_SAVED, _NOT_SAVED, _CRASHED = 0, 1, 2
+#: the child's exit codes (``_DROPPED``: a held sync the parent dropped before its outputs were durable)
+_SAVED, _NOT_SAVED, _CRASHED, _DROPPED = 0, 1, 2, 3
+#: what the parent tells a child holding a group sync: write it (its outputs are durable), or drop it
+_WRITE, _DROP = b"w", b"d"
 _PR_SET_PDEATHSIG = 1
 #: what the child reports: seconds spent on the snapshots, and in all (snapshots and the Redis write)
 _TIMINGS = struct.Struct("=dd")
@@ -71,6 +73,11 @@ class _Child:
     events: int
     #: the read end of the pipe on which the child reports how long its work took
     timings: int
+    #: a held group sync (:meth:`Checkpointer.hold`): the write end of the pipe on which the child waits for
+    #: :data:`_WRITE` or :data:`_DROP`; ``None`` once told (or for a plain background checkpoint)
+    go: int | None = None
+    #: that sync's outcome: published (or queued again) with the child's result
+    sync: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,12 @@ class Checkpointer:
             if self.group is None:
                 self._held = self._states(offsets, extra)
             else:  # the sync merges now; its deltas are published with the checkpoint
+                model_set = self._models.shared_set()
+                if model_set is not None and offsets and self._worth_a_child() and self._fork_safe(offsets):
+                    outcome = self._sync(model_set)
+                    if outcome is not None:
+                        self._fork_held_sync(offsets, extra, model_set, outcome)
+                    return
                 synced = self._group_states(offsets, extra)
                 if synced is None:
                     return
@@ -214,8 +227,11 @@ class Checkpointer:
             self._held_snapshot_s = self.last_snapshot_s = self._monotonic() - self._held_started
 
     def write_held(self) -> bool:
-        """Write the held checkpoint (its outputs are durable now); ``False`` when Redis failed (backed off)."""
+        """Write the held checkpoint (its outputs are durable now); ``False`` when Redis failed (backed off).
+        A sync held by a child is told to write, and its outcome is collected by :meth:`poll`."""
         with self._save_lock:
+            if self._tell_held_child(_WRITE):
+                return True
             states, self._held = self._held, None
             sync, self._held_sync = self._held_sync, None
             if not states:
@@ -248,6 +264,9 @@ class Checkpointer:
         """Forget the held checkpoint of ``tps`` (all when ``None``): its outputs will never be durable (a failed
         transaction) or the partitions are no longer this worker's."""
         with self._save_lock:
+            if self._tell_held_child(_DROP):  # one state for every held partition: dropped whole
+                self.join()
+                return
             if self._held is None:
                 return
             dropped = [tp for tp in (list(self._held) if tps is None else tps) if self._held.pop(tp, None) is not None]
@@ -328,6 +347,75 @@ class Checkpointer:
         os.write(timings, _TIMINGS.pack(snapshots_s, time.perf_counter() - began))
         return code
 
+    def _fork_held_sync(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None, model_set: ModelSet,
+        outcome: SyncOutcome,
+    ) -> None:
+        """Group scope: a child snapshots the state as it is now (the sync just merged) and writes it with the
+        sync's deltas once told (:meth:`write_held`), while the loop goes on; dropped when told so."""
+        started = self._held_started
+        parent = os.getpid()
+        with self._child_lock:
+            timings_in, timings_out = os.pipe()
+            go_in, go_out = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # no memory or processes left for a child: hold it in the loop
+                for fd in (timings_in, timings_out, go_in, go_out):
+                    os.close(fd)
+                log.warning("cannot start a background checkpoint (%s): taking it in the loop", exc)
+                self._held = self._group_checkpoints(offsets, extra, model_set, outcome)
+                self._held_sync = outcome
+                self._held_snapshot_s = self.last_snapshot_s = self._monotonic() - started
+                return
+            if pid == 0:  # the child: never returns
+                code = _CRASHED
+                try:
+                    _die_with(parent)
+                    gc.disable()
+                    os.close(timings_in)
+                    os.close(go_out)
+                    code = self._write_held_in_child(offsets, extra, model_set, outcome, go_in, timings_out)
+                finally:
+                    os._exit(code)
+            os.close(timings_out)
+            os.close(go_in)
+            self._child = _Child(pid, started, self._events_since, timings_in, go=go_out, sync=outcome)
+
+    def _write_held_in_child(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None, model_set: ModelSet,
+        outcome: SyncOutcome, go: int, timings: int,
+    ) -> int:
+        """The child's work for a held sync: snapshot now, wait to be told, then write the checkpoint and publish
+        the deltas in one transaction (or exit without writing); the time spent waiting is not reported."""
+        began = time.perf_counter()
+        states = self._group_checkpoints(offsets, extra, model_set, outcome)
+        snapshots_s = time.perf_counter() - began
+        if os.read(go, 1) != _WRITE:  # told to drop, or the parent closed the pipe
+            os.write(timings, _TIMINGS.pack(snapshots_s, snapshots_s))
+            return _DROPPED
+        write_began = time.perf_counter()
+        code = _SAVED
+        try:
+            self._store.save(states, also=outcome.publish)
+        except Exception as exc:
+            log.warning("background checkpoint failed (%s)", exc)
+            code = _NOT_SAVED
+        os.write(timings, _TIMINGS.pack(snapshots_s, snapshots_s + time.perf_counter() - write_began))
+        return code
+
+    def _tell_held_child(self, what: bytes) -> bool:
+        """Tell the child holding a sync to write it or drop it; ``False`` when no child is waiting to be told."""
+        with self._child_lock:
+            child = self._child
+            if child is None or child.go is None:
+                return False
+            with contextlib.suppress(OSError):  # the child is gone: its outcome is collected as a crash
+                os.write(child.go, what)
+            os.close(child.go)
+            child.go = None
+            return True
+
     def poll(self) -> None:
         """Collect the outcome of a finished background checkpoint, if any (never waits; the loop calls it every
         turn, so the metrics and readiness follow the child even when no commit comes after it)."""
@@ -335,7 +423,10 @@ class Checkpointer:
             self._reap(wait=False)
 
     def join(self) -> None:
-        """Wait for the background checkpoint in flight, if any, and collect its outcome."""
+        """Wait for the background checkpoint in flight, if any, and collect its outcome. A held sync nobody
+        told to write is dropped first (its deltas go with the next sync): waiting for it could never end."""
+        if self._tell_held_child(_DROP):
+            log.debug("a held sync was dropped before its outputs were known to be durable")
         self._reap(wait=True)
 
     def _reap(self, *, wait: bool) -> None:
@@ -355,6 +446,13 @@ class Checkpointer:
             finally:
                 os.close(child.timings)
         code = os.waitstatus_to_exitcode(status) if status != -1 else _CRASHED
+        if child.go is not None:  # exited before it was told (it crashed): nothing to tell any more
+            os.close(child.go)
+        if child.sync is not None and self.group is not None:
+            if code == _SAVED:
+                self.group.published(child.sync)
+            else:  # its deltas stay queued for the next sync
+                self.group.failed()
         if len(report) == _TIMINGS.size:
             snapshots_s, total_s = _TIMINGS.unpack(report)
             self.last_snapshot_s = snapshots_s
@@ -366,6 +464,8 @@ class Checkpointer:
         self._not_before = child.started + duration / self._settings.max_time_fraction
         if code == _SAVED:
             self._stored(child.events)
+            return
+        if code == _DROPPED:
             return
         self._failed(redis_down=code == _NOT_SAVED)  # _NOT_SAVED: the child could not write to Redis (it logged why)
         if code != _NOT_SAVED:
@@ -435,21 +535,34 @@ class Checkpointer:
         model_set = self._models.shared_set()
         if model_set is None or not offsets:
             return {}, None
+        outcome = self._sync(model_set)
+        if outcome is None:
+            return None
+        return self._group_checkpoints(offsets, extra, model_set, outcome), outcome
+
+    def _sync(self, model_set: ModelSet) -> SyncOutcome | None:
+        """Group scope: the sync (merges the others' deltas, prepares this member's); ``None`` when Redis failed."""
+        assert self.group is not None
         try:
-            outcome = self.group.sync(model_set)
+            return self.group.sync(model_set)
         except Exception as exc:  # Redis down while reading the others' deltas: nothing merged or published
             self._failed(redis_down=True)
             log.warning("sync failed (%s); retrying in %.0f s", exc, self._backoff_s)
             return None
+
+    def _group_checkpoints(
+        self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None, model_set: ModelSet,
+        outcome: SyncOutcome,
+    ) -> dict[TP, PartitionCheckpoint]:
+        """The one state under every partition of ``offsets``, each with its offset, recording ``outcome``."""
         models = {name: (learner.kind, learner.snapshot()) for name, learner in model_set.learners.items()}
         reflected = {f"{topic}:{partition}": offset for (topic, partition), offset in offsets.items()}
         shared = {"learned": dict(model_set.learned), "sources": dict(model_set.sources),
                   "sync": outcome.record.to_json(), "offsets": reflected}
-        states = {
+        return {
             tp: PartitionCheckpoint(models=models, next_offset=offset, extra={**(extra or {}).get(tp, {}), **shared})
             for tp, offset in offsets.items()
         }
-        return states, outcome
 
     def _stored(self, events: int) -> None:
         """A checkpoint holding ``events`` of the events accounted so far reached Redis."""
