@@ -327,8 +327,12 @@ class Worker:
         for tp, offset in next_offsets.items():
             # a replay below the committed offset commits nothing: the commit must never move back (a restart
             # would then publish again what is committed already)
-            if offset > self._replay_until.get(tp, -1):
+            replay_until = self._replay_until.get(tp, -1)
+            if offset > replay_until:
                 self._pending_offsets[tp] = offset
+            if replay_until >= 0 and offset >= replay_until:
+                del self._replay_until[tp]
+                log.info("%s caught up with its committed offset %d (learn-only replay done)", tp, replay_until)
         self._events_since_commit += len(batch.records)
         if self.checkpointer is not None:
             self.checkpointer.account(len(batch.records))
