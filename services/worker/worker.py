@@ -385,6 +385,7 @@ class Worker:
             force
             or self._events_since_commit >= self.settings.worker.commit_every_events
             or time.monotonic() - self._last_commit >= self.settings.worker.commit_interval_s
+            or self._sync_due()
         )
         if due and (self._pending_offsets or force):
             self.commit(wait=False)
@@ -394,6 +395,12 @@ class Worker:
             except TransportError as exc:
                 self._delivery_failure = exc
                 raise
+
+    def _sync_due(self) -> bool:
+        """Group scope: a sync is due. A sync is a checkpoint, and a checkpoint is taken at a commit: waiting for the
+        commit cadence (``worker.commit_interval_s``) would space the syncs by that instead of ``sync.every_events``."""
+        checkpointer = self.checkpointer
+        return checkpointer is not None and checkpointer.group is not None and checkpointer.due()
 
     def commit(self, *, checkpoint: bool = False, wait: bool = True) -> None:
         """Commit the processed offsets once their outputs are delivered, then checkpoint when due.
