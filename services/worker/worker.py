@@ -397,10 +397,13 @@ class Worker:
                 raise
 
     def _sync_due(self) -> bool:
-        """Group scope: a sync is due. A sync is a checkpoint, and a checkpoint is taken at a commit: waiting for the
-        commit cadence (``worker.commit_interval_s``) would space the syncs by that instead of ``sync.every_events``."""
+        """Group scope, at-least-once: a sync is due. A sync is a checkpoint, and a checkpoint is taken at a commit:
+        waiting for the commit cadence (``worker.commit_interval_s``) would space the syncs by that instead of
+        ``sync.every_events``. With exactly-once a commit ends a transaction, so the syncs ride on the transactions
+        (docs/architecture.md, "One model per group")."""
         checkpointer = self.checkpointer
-        return checkpointer is not None and checkpointer.group is not None and checkpointer.due()
+        return (checkpointer is not None and checkpointer.group is not None and not self.settings.kafka.exactly_once
+                and checkpointer.due())
 
     def commit(self, *, checkpoint: bool = False, wait: bool = True) -> None:
         """Commit the processed offsets once their outputs are delivered, then checkpoint when due.
