@@ -95,6 +95,8 @@ class Worker:
         self._processed: dict[TP, int] = {}
         #: per partition, records below this offset were published before a restart: learn only
         self._replay_until: dict[TP, int] = {}
+        #: partitions whose learn-only replay has not caught up yet (logged once when it does)
+        self._replaying: set[TP] = set()
         self.checkpointer: Checkpointer | None = None
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
@@ -330,8 +332,8 @@ class Worker:
             replay_until = self._replay_until.get(tp, -1)
             if offset > replay_until:
                 self._pending_offsets[tp] = offset
-            if replay_until >= 0 and offset >= replay_until:
-                del self._replay_until[tp]
+            if offset >= replay_until and tp in self._replaying:
+                self._replaying.discard(tp)
                 log.info("%s caught up with its committed offset %d (learn-only replay done)", tp, replay_until)
         self._events_since_commit += len(batch.records)
         if self.checkpointer is not None:
@@ -506,6 +508,7 @@ class Worker:
                 self._processed[tp] = start
             if committed is not None and committed > (start or 0):
                 self._replay_until[tp] = committed
+                self._replaying.add(tp)
 
     def _update_gauges(self) -> None:
         for name, size in self.model_step.memory_bytes().items():
@@ -587,6 +590,7 @@ class Worker:
                 self._processed[tp] = start
             if restored.replay_until > (start or 0):
                 self._replay_until[tp] = restored.replay_until
+                self._replaying.add(tp)
         if deferred:
             # a label partition follows its events partition (co-partitioned): both wait
             deferred += [tp for tp in label_tps if tp[1] in {d[1] for d in deferred}]
@@ -721,6 +725,7 @@ class Worker:
         for tp in tps:
             self._processed.pop(tp, None)
             self._replay_until.pop(tp, None)
+            self._replaying.discard(tp)
 
     def close(self) -> None:
         """Drain: commit what was processed, close the clients and the endpoint."""
