@@ -19,6 +19,13 @@ from services.stack.tools import require_java, require_maven
 
 KAFKA_DEPLOY_DIR = DEPLOY_DIR / "kafka"
 DEFAULT_LIB_ROOT = REPO_ROOT / ".streamlearn" / "kafka-lib"
+#: the JVM options Kafka's own ``kafka-run-class.sh`` starts a broker with (``KAFKA_JVM_PERFORMANCE_OPTS``): G1
+#: with a 20 ms pause goal. G1's default goal, 200 ms, let young collections stop the broker for 30 to 100 ms
+#: on a busy 2-CPU machine, and every fetch with them (docs/benchmarks.md)
+KAFKA_JVM_PERFORMANCE_OPTS = (
+    "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true",
+)
 
 
 def kafka_version(pom: Path = KAFKA_DEPLOY_DIR / "pom.xml") -> str:
@@ -153,6 +160,13 @@ class KafkaServer(ManagedServer):
             ports["kafka ssl"] = self.tls.ssl_port
         return ports
 
+    def jvm_options(self) -> list[str]:
+        """The heap and the JVM's options; ``KAFKA_HEAP_OPTS`` and ``KAFKA_JVM_PERFORMANCE_OPTS`` in the environment
+        replace them, as they do for Kafka's own scripts."""
+        heap = os.environ.get("KAFKA_HEAP_OPTS", f"-Xmx{self.heap} -Xms{self.heap}").split()
+        performance = os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS")
+        return [*heap, *(performance.split() if performance is not None else KAFKA_JVM_PERFORMANCE_OPTS)]
+
     def _command(self) -> list[str]:
         java = require_java()
         lib = resolve_kafka_jars(self.lib_root)
@@ -167,7 +181,7 @@ class KafkaServer(ManagedServer):
         properties.write_text(text)
         self._format_once(java, lib, properties)
         return [
-            java, f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java, *self.jvm_options(),
             f"-Dlog4j2.configurationFile={KAFKA_DEPLOY_DIR / 'log4j2.xml'}", f"-Dkafka.logs.dir={self.home / 'logs'}",
             "-cp", f"{lib}/*", "kafka.Kafka", str(properties),
         ]
