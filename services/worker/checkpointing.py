@@ -80,6 +80,13 @@ class _Child:
     sync: Any = None
 
 
+def _close(*fds: int | None) -> None:
+    """Close each file descriptor that is not ``None``."""
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """The outcome of assigning one partition: its model set, where to resume, and the replay boundary."""
@@ -306,27 +313,38 @@ class Checkpointer:
     def _fork(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None) -> bool:
         """Start a child that snapshots the model sets as they are now and writes them; do not wait for it."""
         started = self._last_attempt = self._monotonic()
+        if self._start_child(started, lambda _go, timings: self._write_in_child(offsets, extra, timings)):
+            return True
+        return self._save_here(offsets, extra)
+
+    def _start_child(
+        self, started: float, work: Callable[[int | None, int], int], *, sync: SyncOutcome | None = None,
+    ) -> bool:
+        """Fork a child that runs ``work(go, timings)`` and exits with its result (the child never returns); the
+        parent keeps it as :attr:`_child`. ``timings`` is the write end of the pipe on which the child reports how
+        long it took; with ``sync`` (a held group sync) ``go`` is the read end of the pipe on which it waits to be
+        told to write (:meth:`_tell_held_child`), else ``None``. ``False`` when no child could be started."""
         parent = os.getpid()
         with self._child_lock:
             timings_in, timings_out = os.pipe()
+            go_in, go_out = os.pipe() if sync is not None else (None, None)
             try:
                 pid = os.fork()
-            except OSError as exc:  # no memory or processes left for a child: save in the loop
-                os.close(timings_in)
-                os.close(timings_out)
-                log.warning("cannot start a background checkpoint (%s): saving in the loop", exc)
-                return self._save_here(offsets, extra)
+            except OSError as exc:  # no memory or processes left for a child: the caller does it in the loop
+                _close(timings_in, timings_out, go_in, go_out)
+                log.warning("cannot start a background checkpoint (%s): taking it in the loop", exc)
+                return False
             if pid == 0:  # the child: never returns
                 code = _CRASHED
                 try:
                     _die_with(parent)
                     gc.disable()  # a collection would only copy the parent's pages
-                    os.close(timings_in)
-                    code = self._write_in_child(offsets, extra, timings_out)
+                    _close(timings_in, go_out)
+                    code = work(go_in, timings_out)
                 finally:
                     os._exit(code)
-            os.close(timings_out)
-            self._child = _Child(pid, started, self._events_since, timings_in)
+            _close(timings_out, go_in)
+            self._child = _Child(pid, started, self._events_since, timings_in, go=go_out, sync=sync)
         return True
 
     def _write_in_child(
@@ -354,44 +372,25 @@ class Checkpointer:
         """Group scope: a child snapshots the state as it is now (the sync just merged) and writes it with the
         sync's deltas once told (:meth:`write_held`), while the loop goes on; dropped when told so."""
         started = self._held_started
-        parent = os.getpid()
-        with self._child_lock:
-            timings_in, timings_out = os.pipe()
-            go_in, go_out = os.pipe()
-            try:
-                pid = os.fork()
-            except OSError as exc:  # no memory or processes left for a child: hold it in the loop
-                for fd in (timings_in, timings_out, go_in, go_out):
-                    os.close(fd)
-                log.warning("cannot start a background checkpoint (%s): taking it in the loop", exc)
-                self._held = self._group_checkpoints(offsets, extra, model_set, outcome)
-                self._held_sync = outcome
-                self._held_snapshot_s = self.last_snapshot_s = self._monotonic() - started
-                return
-            if pid == 0:  # the child: never returns
-                code = _CRASHED
-                try:
-                    _die_with(parent)
-                    gc.disable()
-                    os.close(timings_in)
-                    os.close(go_out)
-                    code = self._write_held_in_child(offsets, extra, model_set, outcome, go_in, timings_out)
-                finally:
-                    os._exit(code)
-            os.close(timings_out)
-            os.close(go_in)
-            self._child = _Child(pid, started, self._events_since, timings_in, go=go_out, sync=outcome)
+
+        def work(go: int | None, timings: int) -> int:
+            return self._write_held_in_child(offsets, extra, model_set, outcome, go, timings)
+
+        if not self._start_child(started, work, sync=outcome):  # hold it in the loop
+            self._held = self._group_checkpoints(offsets, extra, model_set, outcome)
+            self._held_sync = outcome
+            self._held_snapshot_s = self.last_snapshot_s = self._monotonic() - started
 
     def _write_held_in_child(
         self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None, model_set: ModelSet,
-        outcome: SyncOutcome, go: int, timings: int,
+        outcome: SyncOutcome, go: int | None, timings: int,
     ) -> int:
         """The child's work for a held sync: snapshot now, wait to be told, then write the checkpoint and publish
         the deltas in one transaction (or exit without writing); the time spent waiting is not reported."""
         began = time.perf_counter()
         states = self._group_checkpoints(offsets, extra, model_set, outcome)
         snapshots_s = time.perf_counter() - began
-        if os.read(go, 1) != _WRITE:  # told to drop, or the parent closed the pipe
+        if go is None or os.read(go, 1) != _WRITE:  # told to drop, or the parent closed the pipe
             os.write(timings, _TIMINGS.pack(snapshots_s, snapshots_s))
             return _DROPPED
         write_began = time.perf_counter()

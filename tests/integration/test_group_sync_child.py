@@ -119,3 +119,28 @@ def test_a_forced_checkpoint_never_waits_for_a_held_sync_nobody_told_to_write(
     assert checkpointer.save({TP: 500})  # drops the held one, then writes its own with both deltas
     assert _ok(metrics) == 2 and _published_deltas(redis_client, namespace) == 3 and group._unpublished == []
     assert checkpointer.restore_group({TP: 500})[TP].seek_to == 500
+
+
+def test_without_a_child_the_sync_is_held_in_the_loop(
+    redis_client: redis.Redis, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import services.worker.checkpointing as checkpointing
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    namespace = unique_name("ns")
+    checkpointer, models, _, metrics = _worker(redis_client, namespace)
+    model_set = models.shared_set()
+    assert model_set is not None
+    _learn(model_set, 0, 200)
+    assert checkpointer.save({TP: 200})
+    _learn(model_set, 200, 400)
+    monkeypatch.setattr(checkpointing.os, "fork", no_fork)
+    checkpointer.hold({TP: 400})
+    assert checkpointer._child is None and checkpointer._held is not None, "held by the loop"
+    at_sync = _probe(model_set)
+    _learn(model_set, 400, 600)
+    assert checkpointer.write_held()
+    assert _ok(metrics) == 2 and _published_deltas(redis_client, namespace) == 2
+    assert _probe(checkpointer.restore_group({TP: 400})[TP].model_set) == at_sync

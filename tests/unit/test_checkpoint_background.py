@@ -205,3 +205,21 @@ def test_a_child_takes_over_only_once_a_checkpoint_took_background_min_ms(tmp_pa
     assert [line["offsets"]["events:0"] for line in store.lines()] == [1, 2, 3, 4]
     assert pids[0] == pids[1] == pids[3] == os.getpid() != pids[2]
     assert outcomes(metrics, "ok") == 4
+
+
+def test_without_a_child_the_checkpoint_is_saved_in_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No memory or processes left for a fork: the same checkpoint is written by the loop, and nothing leaks."""
+    import services.worker.checkpointing as checkpointing
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    store = FileStore(tmp_path / "saves")
+    checkpointer, _, metrics = make(store)
+    monkeypatch.setattr(checkpointing.os, "fork", no_fork)
+    open_before = len(os.listdir("/proc/self/fd"))
+    assert checkpointer.save({TP: 9}, background=True)
+    (line,) = store.lines()  # written before save() returned, by this process
+    assert line["pid"] == os.getpid() and line["offsets"] == {"events:0": 9}
+    assert checkpointer._child is None and outcomes(metrics, "ok") == 1
+    assert len(os.listdir("/proc/self/fd")) == open_before, "the pipes made for the child are closed"
