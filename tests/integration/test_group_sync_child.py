@@ -43,18 +43,27 @@ def _worker(client: redis.Redis, namespace: str) -> tuple[Checkpointer, ModelSte
     return checkpointer, models, group, metrics
 
 
-def _held(client: redis.Redis, namespace: str) -> tuple[Checkpointer, ModelSet, GroupSync, Metrics]:
+def _held(
+    client: redis.Redis, namespace: str, *, before_hold: Callable[[], None] | None = None,
+) -> tuple[Checkpointer, ModelSet, GroupSync, Metrics]:
     """A worker after its first sync (in the loop: it measures what a snapshot costs) and 200 more examples,
-    holding its second sync in a child."""
+    holding its second sync (in a child, unless ``before_hold`` took the fork away)."""
     checkpointer, models, group, metrics = _worker(client, namespace)
     model_set = models.shared_set()
     assert model_set is not None
     _learn(model_set, 0, 200)
     assert checkpointer.save({TP: 200})
     _learn(model_set, 200, 400)
+    if before_hold is not None:
+        before_hold()
     checkpointer.hold({TP: 400})
-    assert checkpointer._child is not None and checkpointer._held is None, "the snapshot went to a child"
     return checkpointer, model_set, group, metrics
+
+
+def _held_in_child(client: redis.Redis, namespace: str) -> tuple[Checkpointer, ModelSet, GroupSync, Metrics]:
+    held = _held(client, namespace)
+    assert held[0]._child is not None and held[0]._held is None, "the snapshot went to a child"
+    return held
 
 
 def _learn(model_set: ModelSet, start: int, stop: int) -> None:
@@ -80,7 +89,7 @@ def test_a_child_writes_the_state_of_the_sync_and_its_deltas_once_told(
     redis_client: redis.Redis, unique_name: Callable[[str], str],
 ) -> None:
     namespace = unique_name("ns")
-    checkpointer, model_set, group, metrics = _held(redis_client, namespace)
+    checkpointer, model_set, group, metrics = _held_in_child(redis_client, namespace)
     at_sync = _probe(model_set)
     _learn(model_set, 400, 800)  # the loop goes on learning while the child waits
     assert _probe(model_set) != at_sync
@@ -100,7 +109,7 @@ def test_a_dropped_sync_writes_nothing_and_its_deltas_go_with_the_next(
     redis_client: redis.Redis, unique_name: Callable[[str], str],
 ) -> None:
     namespace = unique_name("ns")
-    checkpointer, model_set, group, metrics = _held(redis_client, namespace)
+    checkpointer, model_set, group, metrics = _held_in_child(redis_client, namespace)
     checkpointer.drop_held()  # its outputs will never be durable
     assert checkpointer._child is None, "a drop waits for the child to exit"
     assert _ok(metrics) == 1 and checkpointer.healthy and _published_deltas(redis_client, namespace) == 1
@@ -114,7 +123,7 @@ def test_a_forced_checkpoint_never_waits_for_a_held_sync_nobody_told_to_write(
     redis_client: redis.Redis, unique_name: Callable[[str], str],
 ) -> None:
     namespace = unique_name("ns")
-    checkpointer, model_set, group, metrics = _held(redis_client, namespace)
+    checkpointer, model_set, group, metrics = _held_in_child(redis_client, namespace)
     _learn(model_set, 400, 500)
     assert checkpointer.save({TP: 500})  # drops the held one, then writes its own with both deltas
     assert _ok(metrics) == 2 and _published_deltas(redis_client, namespace) == 3 and group._unpublished == []
@@ -130,14 +139,8 @@ def test_without_a_child_the_sync_is_held_in_the_loop(
         raise OSError(12, "Cannot allocate memory")
 
     namespace = unique_name("ns")
-    checkpointer, models, _, metrics = _worker(redis_client, namespace)
-    model_set = models.shared_set()
-    assert model_set is not None
-    _learn(model_set, 0, 200)
-    assert checkpointer.save({TP: 200})
-    _learn(model_set, 200, 400)
-    monkeypatch.setattr(checkpointing.os, "fork", no_fork)
-    checkpointer.hold({TP: 400})
+    checkpointer, model_set, _, metrics = _held(
+        redis_client, namespace, before_hold=lambda: monkeypatch.setattr(checkpointing.os, "fork", no_fork))
     assert checkpointer._child is None and checkpointer._held is not None, "held by the loop"
     at_sync = _probe(model_set)
     _learn(model_set, 400, 600)
