@@ -1,19 +1,23 @@
 """The dedup window: was this event id already seen in the last ``window_s`` seconds?
 
 One Lua script per batch (one round trip, atomic; the ids go as one JSON argument and the answer comes back as
-one string, so the client encodes two values, not two per record). Ids live in a sorted set scored by first-seen
-time, trimmed by age and capped at ``max_entries`` (oldest dropped first). When the caller passes each record's
-position, the origin of every id is kept too, so a record read again after a crash is not mistaken for a
-duplicate of itself. Layout and rules: docs/state.md.
+one string, so the client encodes two values, not two per record). The window calls the script by its SHA on a
+connection of its own: redis-py's pool and retry wrapper cost a third of the client's time per call
+(docs/benchmarks.md); a script missing after a Redis restart is loaded again. Ids live in a sorted set scored by
+first-seen time, trimmed by age and capped at ``max_entries`` (oldest dropped first). When the caller passes each
+record's position, the origin of every id is kept too, so a record read again after a crash is not mistaken for
+a duplicate of itself. Layout and rules: docs/state.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 
 import orjson
 import redis
+from redis.connection import ConnectionInterface
 
 from shared.state.keys import KeySpace, Position, split_positions
 
@@ -118,7 +122,8 @@ class DedupWindow:
         self.window_s = window_s
         self.max_entries = max_entries
         self._clock = clock
-        self._script = client.register_script(_CHECK_AND_ADD)
+        self._sha = hashlib.sha1(_CHECK_AND_ADD.encode()).hexdigest()
+        self._connection: ConnectionInterface | None = None
 
     def check_and_add(self, ids: Sequence[str], positions: Sequence[Position] | None = None) -> list[bool]:
         """For each id in order: ``True`` the first time it is seen within the window, else ``False``.
@@ -138,10 +143,47 @@ class DedupWindow:
                 items += (event_id, f"{source}:{offset}")
         args: list[str | int | bytes] = [repr(now), repr(now - self.window_s), self.max_entries, _TRIM_LIMIT,
                                          1 if sources is None else 2, orjson.dumps(items)]
-        flags = self._script(keys=self._key_list, args=args)
+        flags = self._evalsha(args)
         if isinstance(flags, str):
             flags = flags.encode("ascii")
         return [flag == _FIRST for flag in flags]
+
+    def _evalsha(self, args: list[str | int | bytes]) -> bytes | str:
+        """The script's answer, on this window's connection.
+
+        A dropped connection (a restarted server, an idle timeout) is opened again and the call sent once more, as
+        redis-py's retry would: with positions the repeat gives the same answers (the ids' origins match); an error
+        on the new connection is raised. The script's own errors are raised.
+        """
+        try:
+            return self._send(args)
+        except redis.ConnectionError:
+            return self._send(args)
+
+    def _send(self, args: list[str | int | bytes]) -> bytes | str:
+        connection = self._connection
+        if connection is None:
+            connection = self._client.connection_pool.make_connection()
+            self._connection = connection
+        command = ("EVALSHA", self._sha, len(self._key_list), *self._key_list, *args)
+        try:
+            try:
+                connection.send_command(*command)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted or flushed server: load it, once
+                connection.send_command("SCRIPT", "LOAD", _CHECK_AND_ADD)
+                connection.read_response()
+                connection.send_command(*command)
+                return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            raise
+
+    def close(self) -> None:
+        """Close the window's connection (the next call opens a new one)."""
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._connection = None
 
     def size(self) -> int:
         """Ids in the window (one ZCARD; may include a few expired ones not dropped yet)."""

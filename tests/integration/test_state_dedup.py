@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from services.stack import free_ports
 from shared.state.dedup import DedupWindow
 
 pytestmark = pytest.mark.integration
@@ -75,3 +76,28 @@ def test_a_replayed_record_is_not_its_own_duplicate(redis_client: redis.Redis) -
     assert dedup.check_and_add(["a"], [("events", 1, 10)]) == [False], "same id, another record: duplicate"
     with pytest.raises(ValueError):
         dedup.check_and_add(["a", "b"], first)
+
+
+def test_the_script_is_loaded_again_after_a_flush(redis_client: redis.Redis) -> None:
+    dedup = DedupWindow(redis_client, "sltest", "g", window_s=60, max_entries=100)
+    assert dedup.check_and_add(["a"]) == [True]
+    redis_client.script_flush()
+    assert dedup.check_and_add(["a", "b"]) == [False, True], "NOSCRIPT answered by loading the script again"
+    assert redis_client.script_exists(dedup._sha) == [True]
+
+
+def test_a_dropped_connection_is_opened_again(redis_client: redis.Redis) -> None:
+    dedup = DedupWindow(redis_client, "sltest", "g", window_s=60, max_entries=100)
+    assert dedup.check_and_add(["a"], [("events", 0, 1)]) == [True]
+    assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert dedup.check_and_add(["b", "a"], [("events", 0, 2), ("events", 0, 1)]) == [True, True]
+    assert dedup.check_and_add(["a"], [("events", 0, 3)]) == [False], "the window kept its ids"
+    dedup.close()
+    assert dedup.check_and_add(["c"]) == [True]
+
+
+def test_an_unreachable_server_raises() -> None:
+    unreachable = redis.Redis(port=free_ports(1)[0], socket_connect_timeout=0.5)
+    dedup = DedupWindow(unreachable, "sltest", "g", window_s=60, max_entries=100)
+    with pytest.raises(redis.ConnectionError):
+        dedup.check_and_add(["a"])
