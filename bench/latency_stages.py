@@ -24,6 +24,7 @@ import bisect
 import json
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bench.suite import (
     LatencyResult,
     log,
     percentile,
+    process_cpu_s,
     started_stack,
     temp_dir,
 )
@@ -67,7 +69,10 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
     except RuntimeError:
         print(child.tail())
         raise
+    cpu_before, started = process_cpu_s(child.pid), time.monotonic()
     sent, received = suite.paced_run(bench.stack.bootstrap, events, predictions, n, rate, stop_path)
+    log(f"{contender} used {(process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started):.2f} CPU "
+        f"over the paced run")
     child.wait()
     trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
     return LatencyResult.of(contender, rate, sent, received, interval_s), sent, received, trace
@@ -178,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--eos-interval", type=float, help="also the exactly-once worker with this interval")
     parser.add_argument("--no-relay", action="store_true")
+    parser.add_argument("--loaded-relay-us", type=float, action="append", default=[],
+                        help="also the relay spending this much CPU per record (repeatable): is a tail the load's?")
     parser.add_argument("--no-alos", action="store_true", help="no at-least-once worker")
     parser.add_argument("--before", type=Path, help="also run each worker from this other checkout of the code "
                                                     "(e.g. `git archive` of an earlier commit): before and after "
@@ -188,20 +195,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             for _ in range(args.repeat):
                 for rate in args.rate or [500.0]:
-                    runs: list[tuple[str, str, bool, float | None, Path | None]] = []
+                    runs: list[tuple[str, str, bool, float | None, Path | None, tuple[str, ...]]] = []
                     if not args.no_relay:
-                        runs.append(("relay", "relay", True, None, None))
+                        runs.append(("relay", "relay", True, None, None, ()))
+                    for burn_us in args.loaded_relay_us:
+                        runs.append((f"relay +{burn_us:g} us CPU/record", "relay", True, None, None,
+                                     ("--burn-us", str(burn_us))))
                     for code_dir, tag in ([(args.before, " BEFORE")] if args.before else []) + [(None, "")]:
                         if not args.no_alos:
-                            runs.append((f"worker at-least-once{tag}", "worker", True, None, code_dir))
+                            runs.append((f"worker at-least-once{tag}", "worker", True, None, code_dir, ()))
                         if args.eos_interval is not None:
                             runs.append((f"worker exactly-once {args.eos_interval:g} s{tag}", "worker", False,
-                                         args.eos_interval, code_dir))
-                    for label, contender, alos, interval, code_dir in runs:
+                                         args.eos_interval, code_dir, ()))
+                    for label, contender, alos, interval, code_dir, extra in runs:
                         log(f"{label}, {args.client}, {rate:,.0f}/s")
                         result, sent, received, trace = paced_traced(
                             bench, contender, args.client, rate, args.seconds, at_least_once=alos,
-                            interval_s=interval, code_dir=code_dir)
+                            interval_s=interval, code_dir=code_dir, extra=extra)
                         report(f"{label} ({args.client})", result, sent, received, trace)
         finally:
             bench.kill_all()

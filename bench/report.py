@@ -7,6 +7,7 @@ by people, from the figures of a run) is kept when the report is written again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import re
@@ -101,8 +102,8 @@ CLIENTS = ("kafka-python", "confluent")
 CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent", "c-rd-alos": "confluent"}
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 #: the latency rows measured ``repeat`` times (the targets and their floors); the median p99 is reported
-LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r-rd@half",
-                    "c-rd-alos@half")
+LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r@half-loaded",
+                    "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,9 @@ class LatencyPlan:
     rate: float | None = None
     of: str | None = None
     fraction: float = 0.5
+    #: a relay loaded to this row's CPU: it spends, per record, the CPU the row's run used beyond the relay's
+    #: (both measured just before it, at the same rate)
+    loaded_as: str | None = None
 
 
 def latency_plans(latency_only: bool) -> list[LatencyPlan]:
@@ -131,6 +135,8 @@ def latency_plans(latency_only: bool) -> list[LatencyPlan]:
                                      of=of))
             plans.append(LatencyPlan(f"{worker}@{where}", "worker", f"{CONTENDERS[worker]}, {at}", client,
                                      rate=rate, of=of))
+        plans.append(LatencyPlan(f"{relay}@half-loaded", "relay", f"{CONTENDERS[relay]}; loaded to the worker's CPU, "
+                                 "at half the worker's max", client, of=worker, loaded_as=f"{worker}@half"))
     eos = [("c-rd", "confluent"), ("c", "kafka-python")]
     for key, client in eos:
         plans.append(LatencyPlan(f"{key}@{EOS_INTERVAL_S:g}s", "worker",
@@ -270,15 +276,30 @@ class Outcome:
                     if max_rate is None:
                         continue
                     rate = plan.fraction * max_rate
-                log(f"latency: {plan.label} ({rate:,.0f} events/s for {seconds:.0f} s)")
+                burn_us = self.burn_us(plan, rate)
+                if plan.loaded_as is not None and burn_us is None:
+                    continue
+                log(f"latency: {plan.label} ({rate:,.0f} events/s for {seconds:.0f} s"
+                    + (f", {burn_us:.0f} us CPU per record" if burn_us is not None else "") + ")")
                 result = bench.paced(plan.contender, "logreg", rate, seconds, label=plan.label,
                                      at_least_once=plan.at_least_once, commit_interval_s=plan.interval_s,
-                                     client=plan.client)
+                                     client=plan.client, burn_us=burn_us)
                 runs = self.latency_runs.setdefault(plan.key, [])
                 runs.append(result)
                 self.latency[plan.key] = median_run(runs)
                 log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} "
-                    "read)")
+                    f"read), {result.cpu:.2f} CPU")
+
+    def burn_us(self, plan: LatencyPlan, rate: float) -> float | None:
+        """For a loaded relay: the CPU per record its row's last run used beyond the last plain relay's at that
+        rate, in microseconds (None: not a loaded relay, or nothing to load it to)."""
+        if plan.loaded_as is None:
+            return None
+        loaded = self.latency_runs.get(plan.loaded_as)
+        floor = self.latency_runs.get(plan.key.removesuffix("-loaded"))
+        if not loaded or not floor or math.isnan(loaded[-1].cpu) or math.isnan(floor[-1].cpu):
+            return None
+        return max(0.0, (loaded[-1].cpu - floor[-1].cpu) / rate * 1e6)
 
     def _scale(self, bench: Bench) -> None:
         n = self.config.scale_events
@@ -485,11 +506,16 @@ def latency_targets(outcome: Outcome) -> list[list[str]]:
         floor, got = outcome.latency.get(f"{relay}@half"), outcome.latency.get(f"{worker}@half")
         if floor is not None and got is not None:
             ratio = got.p99_ms / floor.p99_ms
+            loaded = outcome.latency.get(f"{relay}@half-loaded")
+            context = "" if loaded is None else (
+                f"; the relay loaded to the worker's CPU ({loaded.cpu:.2f} CPU; the worker {got.cpu:.2f}, the "
+                f"relay {floor.cpu:.2f}): p99 {loaded.p99_ms:.1f}{_runs(outcome, f'{relay}@half-loaded')} ms = "
+                f"{loaded.p99_ms / floor.p99_ms:.2f}x the floor, and the worker {got.p99_ms / loaded.p99_ms:.2f}x it")
             rows.append([f"2. at-least-once, logreg, half the worker's max ({got.rate:,.0f} events/s), {client}: "
                          "worker p99 vs relay floor p99", f"<= {TARGET_HALF_P99_VS_FLOOR:g}x",
                          f"{got.p99_ms:.1f}{_runs(outcome, f'{worker}@half')} vs {floor.p99_ms:.1f}"
                          f"{_runs(outcome, f'{relay}@half')} ms = {ratio:.2f}x (p50 {got.p50_ms:.1f} vs "
-                         f"{floor.p50_ms:.1f} ms)", _verdict(ratio <= TARGET_HALF_P99_VS_FLOOR)])
+                         f"{floor.p50_ms:.1f} ms){context}", _verdict(ratio <= TARGET_HALF_P99_VS_FLOOR)])
     for key, client in (("c-rd", "confluent"), ("c", "kafka-python")):
         for interval, suffix in ((EOS_INTERVAL_S, ""), (EOS_INTERVAL_S, "@500"), (1.0, "")):
             eos = outcome.latency.get(f"{key}@{interval:g}s{suffix}")
@@ -591,13 +617,19 @@ def render(outcome: Outcome) -> str:
                 f"fetch sessions settle), then for {c.latency_seconds:g} s that are measured. "
                 + (f"The rows of target 3 at half max and the floor (t) run {c.repeat} times, interleaved with "
                    "each other; their row shows the run of median p99. " if c.repeat > 1 else "")
-                + "The two right-hand columns split each latency at the prediction record's timestamp (when the "
+                + "CPU is the contender's (seconds per second, all its threads) over the paced run. The relay "
+                "loaded to the worker's CPU spends, before producing each polled chunk, the CPU per record that the "
+                "worker used beyond the relay in the runs just before it: the floor of any process that loads "
+                "these 2 CPUs as the worker does (the broker, the paced producer and the reader share them). "
+                "The two right-hand columns split each latency at the prediction record's timestamp (when the "
                 "contender called `send()` for it).", ""]
-        lrows = [[r.label, f"{r.rate:,.0f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+        lrows = [[r.label, f"{r.rate:,.0f}", f"{r.cpu:.2f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}",
+                  f"{r.p99_ms:.1f}",
                   ", ".join(f"{run.p99_ms:.1f}" for run in outcome.latency_runs.get(key, [r])),
                   f"{r.max_ms:.1f}", f"{r.to_send_p50_ms:.1f} / {r.to_send_p99_ms:.1f}",
                   f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}"] for key, r in outcome.latency.items()]
-        out += _table(["contender", "rate (events/s)", "predictions read", "p50 ms", "p99 ms", "p99 ms of each run",
+        out += _table(["contender", "rate (events/s)", "CPU", "predictions read", "p50 ms", "p99 ms",
+                       "p99 ms of each run",
                        "max ms", "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms"],
                       lrows)
         out += ["", "With exactly-once on, a prediction is readable only once its transaction commits; the "

@@ -221,7 +221,9 @@ def run_relay(args: argparse.Namespace) -> None:
 
     confluent: ``poll`` for the first record, then ``consume(n, 0)`` for what came with it; linger 0.
     kafka-python: ``poll(timeout_ms=50)``, ``fetch_max_wait_ms`` 5; linger 0. Both read ``read_committed`` and
-    produce idempotently with ``acks=all``, as the worker does.
+    produce idempotently with ``acks=all``, as the worker does. ``--burn-us`` (a diagnostic of
+    ``bench.latency_stages``): before producing a chunk, spin the CPU that many microseconds per record, so the
+    relay loads the machine as the worker does, without the worker's code.
     """
     stop = _stop_flag(args.stop_file)
     if args.client == "confluent":
@@ -249,7 +251,9 @@ def _relay_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
     while not stop.is_set():
         first = consumer.poll(0.05)
         if first is not None:
-            for message in [first, *consumer.consume(num_messages=499, timeout=0)]:
+            messages = [first, *consumer.consume(num_messages=499, timeout=0)]
+            burn(args.burn_us * len(messages))
+            for message in messages:
                 if message.error() is None:
                     producer.produce(args.predictions, message.value(), message.key())
                     uncommitted = True
@@ -277,6 +281,7 @@ def _relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None
         if args.ready_file and not args.ready_file.exists() and consumer.assignment():
             args.ready_file.touch()
         for records in polled.values():
+            burn(args.burn_us * len(records))
             for message in records:
                 producer.send(args.predictions, key=message.key, value=message.value)
                 uncommitted = True
@@ -287,6 +292,15 @@ def _relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None
     producer.flush(10)
     consumer.close()
     producer.close()
+
+
+def burn(microseconds: float) -> None:
+    """Spin this thread's CPU for ``microseconds`` (thread CPU time, not wall time: a preempted spin runs on)."""
+    if microseconds <= 0:
+        return
+    until = time.thread_time() + microseconds / 1e6
+    while time.thread_time() < until:
+        pass
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -472,6 +486,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the worker's sync.scope (default: the settings' default, group)")
     parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
                         help="the Kafka client of the worker or the relay")
+    parser.add_argument("--burn-us", type=float, default=0.0,
+                        help="relay: CPU microseconds spent per record before producing (a diagnostic)")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--go-file", type=Path)
     parser.add_argument("--stop-file", type=Path)

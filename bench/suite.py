@@ -106,6 +106,15 @@ class Usage:
     peak_rss_mib: float
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, all threads (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Child:
     """A ``bench.runner`` process; reaped with ``os.wait4`` so that its resource usage is kept."""
 
@@ -306,18 +315,19 @@ class Bench:
     def paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
         at_least_once: bool = False, commit_interval_s: float | None = None, client: str = "kafka-python",
-        linger_ms: int | None = None,
+        linger_ms: int | None = None, burn_us: float | None = None,
     ) -> LatencyResult:
         """Produce at ``rate`` for ``seconds``; latency from each send to its prediction being readable by a
-        ``read_committed`` consumer."""
+        ``read_committed`` consumer. ``burn_us``: the relay spends that much CPU per record (a loaded floor)."""
         return self.retrying(label, lambda: self._paced(contender, model, rate, seconds, label=label,
                                                         at_least_once=at_least_once,
                                                         commit_interval_s=commit_interval_s, client=client,
-                                                        linger_ms=linger_ms))
+                                                        linger_ms=linger_ms, burn_us=burn_us))
 
     def _paced(
         self, contender: str, model: str, rate: float, seconds: float, *, label: str,
         at_least_once: bool, commit_interval_s: float | None, client: str, linger_ms: int | None,
+        burn_us: float | None,
     ) -> LatencyResult:
         events, predictions = self.topics()
         ready_path, stop_path = self.path("ready"), self.path("stop")
@@ -332,12 +342,18 @@ class Bench:
             args += ["--linger-ms", str(linger_ms)]
         if contender in ("worker", "relay"):
             args += ["--client", client]
+        if burn_us:
+            args += ["--burn-us", f"{burn_us:.1f}"]
         child = self.spawn(*args)
         n = max(50, int(rate * (WARMUP_S + seconds)))
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
+        cpu_before, started = process_cpu_s(child.pid), time.monotonic()
         sent, received = paced_run(self.stack.bootstrap, events, predictions, n, rate, stop_path)
+        cpu = (process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started)
         child.wait()
-        return LatencyResult.of(label, rate, sent, received, commit_interval_s)
+        result = LatencyResult.of(label, rate, sent, received, commit_interval_s)
+        result.cpu = cpu
+        return result
 
     # --- scale --------------------------------------------------------------------------------------------
 
@@ -456,6 +472,8 @@ class LatencyResult:
     to_send_p99_ms: float = float("nan")
     to_read_p50_ms: float = float("nan")
     to_read_p99_ms: float = float("nan")
+    #: the contender's CPU (seconds per second, all threads) over the paced run
+    cpu: float = float("nan")
 
     @classmethod
     def of(cls, label: str, rate: float, sent: dict[str, float], received: dict[str, tuple[float, float]],

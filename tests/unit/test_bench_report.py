@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import config_from, parse_args
 from bench.common import RunResult
 from bench.report import BEGIN, END, Config, Outcome, median_run, render, targets, write_doc
@@ -153,3 +155,32 @@ def test_scale_only_runs_the_scale_stage_alone() -> None:
     assert config.scale_only and config.stages == ("scale",) and config.scale_events == 2_000
     assert config.repeat == 1 and not config.latency_only
     assert config_from(parse_args(["--scale-only"])).repeat == 3
+
+
+def test_the_loaded_relay_spends_the_cpu_the_worker_used_beyond_the_relay() -> None:
+    from bench.report import latency_plans
+
+    outcome = _outcome()
+    plans = {plan.key: plan for plan in latency_plans(latency_only=True)}
+    loaded = plans["r-rd@half-loaded"]
+    assert loaded.contender == "relay" and loaded.loaded_as == "c-rd-alos@half" and loaded.client == "confluent"
+    keys = [plan.key for plan in latency_plans(latency_only=True)]
+    assert keys.index("r-rd@half-loaded") > keys.index("c-rd-alos@half") > keys.index("r-rd@half")
+    assert outcome.burn_us(loaded, 9_000.0) is None, "nothing measured yet: no loaded run"
+    relay = LatencyResult("relay", 9_000.0, 1000, 1000, None, 1.0, 4.0, 9.0, cpu=0.15)
+    worker = LatencyResult("alos", 9_000.0, 1000, 1000, None, 4.0, 30.0, 60.0, cpu=0.78)
+    outcome.latency_runs["r-rd@half"], outcome.latency_runs["c-rd-alos@half"] = [relay], [worker]
+    assert outcome.burn_us(loaded, 9_000.0) == pytest.approx((0.78 - 0.15) / 9_000 * 1e6)  # 70 us per record
+    assert outcome.burn_us(plans["r-rd@half"], 9_000.0) is None, "the plain relay spends nothing"
+    worker.cpu = 0.1
+    assert outcome.burn_us(loaded, 9_000.0) == 0.0, "never negative"
+
+
+def test_the_half_max_row_reports_the_loaded_relay_beside_the_floor() -> None:
+    outcome = _outcome()
+    outcome.latency["r@half"].cpu, outcome.latency["c-alos@half"].cpu = 0.30, 0.80
+    outcome.latency["r@half-loaded"] = LatencyResult("loaded", 3_000.0, 1000, 1000, None, 6.0, 40.0, 50.0, cpu=0.81)
+    row = next(row for row in targets(outcome) if row[0].startswith("2.") and "kafka-python" in row[0])
+    assert "= 4.00x" in row[2] and row[3] == "**missed**", "the target stays the ratio to the plain floor"
+    assert "0.81 CPU; the worker 0.80, the relay 0.30" in row[2]
+    assert "p99 40.0 ms = 2.00x the floor, and the worker 2.00x it" in row[2]
