@@ -103,7 +103,7 @@ CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent",
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 #: the latency rows measured ``repeat`` times (the targets and their floors); the median p99 is reported
 LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r@half-loaded",
-                    "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded")
+                    "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded", f"c-rd@{EOS_INTERVAL_S:g}s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,7 +518,8 @@ def latency_targets(outcome: Outcome) -> list[list[str]]:
                          f"{floor.p50_ms:.1f} ms){context}", _verdict(ratio <= TARGET_HALF_P99_VS_FLOOR)])
     for key, client in (("c-rd", "confluent"), ("c", "kafka-python")):
         for interval, suffix in ((EOS_INTERVAL_S, ""), (EOS_INTERVAL_S, "@500"), (1.0, "")):
-            eos = outcome.latency.get(f"{key}@{interval:g}s{suffix}")
+            eos_key = f"{key}@{interval:g}s{suffix}"
+            eos = outcome.latency.get(eos_key)
             if eos is None:
                 continue
             intervals = eos.p99_ms / (1000 * interval)
@@ -526,7 +527,8 @@ def latency_targets(outcome: Outcome) -> list[list[str]]:
             rows.append([f"3. exactly-once ({client}{', the default client' if client == DEFAULT_CLIENT else ''}), "
                          f"transaction interval {interval:g} s, at {eos.rate:,.0f} events/s",
                          f"p99 <= {TARGET_EOS_INTERVALS:g}x the interval" if target else "report vs the interval",
-                         f"p99 {eos.p99_ms:.0f} ms = {intervals:.2f}x the interval (p50 {eos.p50_ms:.0f} ms)",
+                         f"p99 {eos.p99_ms:.0f}{_runs(outcome, eos_key)} ms = {intervals:.2f}x the interval (p50 "
+                         f"{eos.p50_ms:.0f} ms)",
                          _verdict(intervals <= TARGET_EOS_INTERVALS) if target else "reported"])
     return rows
 
@@ -615,8 +617,9 @@ def render(outcome: Outcome) -> str:
                 "on the same CPUs as the contender and the "
                 f"broker. Each run sends for {WARMUP_S:g} s of warm-up (not measured: connections, producer ids and "
                 f"fetch sessions settle), then for {c.latency_seconds:g} s that are measured. "
-                + (f"The rows of target 3 at half max and the floor (t) run {c.repeat} times, interleaved with "
-                   "each other; their row shows the run of median p99. " if c.repeat > 1 else "")
+                + (f"The rows of targets 1 to 3 (the floors, the workers, the loaded relays and the exactly-once "
+                   f"worker of the default client at 0.1 s) run {c.repeat} times, interleaved with each other; "
+                   "their row shows the run of median p99. " if c.repeat > 1 else "")
                 + "CPU is the contender's (seconds per second, all its threads) over the paced run. The relay "
                 "loaded to the worker's CPU spends, before producing each polled chunk, the CPU per record that the "
                 "worker used beyond the relay in the runs just before it: the floor of any process that loads "

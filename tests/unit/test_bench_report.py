@@ -184,3 +184,14 @@ def test_the_half_max_row_reports_the_loaded_relay_beside_the_floor() -> None:
     assert "= 4.00x" in row[2] and row[3] == "**missed**", "the target stays the ratio to the plain floor"
     assert "0.81 CPU; the worker 0.80, the relay 0.30" in row[2]
     assert "p99 40.0 ms = 2.00x the floor, and the worker 2.00x it" in row[2]
+
+
+def test_the_exactly_once_target_takes_the_median_of_its_runs() -> None:
+    from bench.report import LATENCY_REPEATED
+
+    assert "c-rd@0.1s" in LATENCY_REPEATED
+    outcome = _outcome()
+    runs = [LatencyResult("eos", 5_000.0, 1000, 1000, 0.1, 60.0, p99, 400.0) for p99 in (386.0, 124.0, 140.0)]
+    outcome.latency_runs["c-rd@0.1s"], outcome.latency["c-rd@0.1s"] = runs, median_run(runs)
+    row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
+    assert "p99 140 (median of 3 runs: 386.0 ms, 124.0 ms, 140.0 ms) ms = 1.40x" in row[2] and row[3] == "**met**"
