@@ -395,24 +395,32 @@ class Scoreboard:
         return dict(self._cache)
 
 
+#: the baselines score what they predicted once this many labels wait (or when their values are read)
+BASELINE_SCORE_EVERY: Final = 512
+
+
 class Baselines:
     """Reference predictors scored on the same labels as the models.
 
     ``no_change`` predicts the previous label; ``majority`` (classification) the most frequent label so
     far; ``mean`` (regression) the running mean of the labels so far. Each predicts before it sees the
-    label, like the models.
+    label, like the models. Their predictions are made at once; they are scored in batches of
+    ``BASELINE_SCORE_EVERY`` labels, or when their values are read: the same scores, without a scoreboard's
+    per-batch cost on every small poll (only the gauges read them, at most every export interval).
     """
 
     def __init__(
         self, task: Task, window: int, *, positive: Target = True, max_classes: int = DEFAULT_MAX_CLASSES
     ) -> None:
         self.task = task
-        self.scoreboards: dict[str, Scoreboard] = {}
+        self._scoreboards: dict[str, Scoreboard] = {}
+        #: labels and what each baseline predicted for them, not scored yet (at most ``BASELINE_SCORE_EVERY``)
+        self._waiting: tuple[list[Target], list[Target | None], list[Target | None]] = ([], [], [])
         if task is Task.ANOMALY:
             return
         second = MAJORITY if task.is_classification else MEAN
         for name in (NO_CHANGE, second):
-            self.scoreboards[name] = Scoreboard(task, window, positive=positive, max_classes=max_classes)
+            self._scoreboards[name] = Scoreboard(task, window, positive=positive, max_classes=max_classes)
         self.max_classes = max_classes
         self._previous: Target | None = None
         self._counts: dict[Target, int] = {}
@@ -455,7 +463,6 @@ class Baselines:
                 if majority is None or count > counts[majority]:
                     majority = label
             self._majority = majority
-            second = MAJORITY
         else:
             n, mean = self._n, self._mean
             for label in labels:
@@ -465,10 +472,28 @@ class Baselines:
                 n += 1
                 mean += (float(label) - mean) / n
             self._n, self._mean = n, mean
-            second = MEAN
         self._previous = previous
-        self.scoreboards[NO_CHANGE].update_many(labels, no_change)
-        self.scoreboards[second].update_many(labels, other)
+        waiting_labels, waiting_no_change, waiting_other = self._waiting
+        waiting_labels += labels
+        waiting_no_change += no_change
+        waiting_other += other
+        if len(waiting_labels) >= BASELINE_SCORE_EVERY:
+            self._score_waiting()
+
+    def _score_waiting(self) -> None:
+        labels, no_change, other = self._waiting
+        if not labels:
+            return
+        self._waiting = ([], [], [])
+        second = MAJORITY if self.task.is_classification else MEAN
+        self._scoreboards[NO_CHANGE].update_many(labels, no_change)
+        self._scoreboards[second].update_many(labels, other)
+
+    @property
+    def scoreboards(self) -> dict[str, Scoreboard]:
+        """Each baseline's scoreboard, with every label seen so far scored."""
+        self._score_waiting()
+        return self._scoreboards
 
     def values(self) -> dict[tuple[str, str, str], float]:
         """``{(baseline, metric, window): value}``; log loss and AUC are left out (no probabilities)."""

@@ -307,3 +307,20 @@ def test_scoreboard_survives_a_pickle_round_trip() -> None:
         board.update(y, pred, proba)
         restored.update(y, pred, proba)
     assert restored.values() == board.values()
+
+
+def test_baselines_score_in_batches_with_the_scores_of_one_at_a_time() -> None:
+    from shared.monitoring.quality import BASELINE_SCORE_EVERY
+
+    rng = random.Random(3)
+    labels = [rng.choice(["a", "b", "c"]) for _ in range(2 * BASELINE_SCORE_EVERY + 37)]
+    batched, single = Baselines(Task.MULTICLASS, window=100), Baselines(Task.MULTICLASS, window=100)
+    for start in range(0, len(labels), 18):
+        batched.update_many(labels[start:start + 18])
+        assert len(batched._waiting[0]) < BASELINE_SCORE_EVERY, "the labels waiting to be scored are bounded"
+    for label in labels:
+        single.update(label)
+    assert len(batched._waiting[0]) > 0, "the last labels wait (fewer than a batch)"
+    assert batched.values() == single.values(), "reading the values scores what waits"
+    assert len(batched._waiting[0]) == 0
+    assert batched.scoreboards["no_change"].n_scored == len(labels) - 1  # the first label has no previous one
