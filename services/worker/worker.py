@@ -112,6 +112,8 @@ class Worker:
         self._delivery_failure: TransportError | None = None
         self._kafka_ok = True
         self.steps: list[Step] = []
+        #: the dedup step's window, whose connection the worker closes when it stops
+        self._dedup_window: DedupWindow | None = None
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
                                     export_interval_s=settings.metrics.export_interval_s,
                                     champion=lambda: self._batch_champion)
@@ -230,6 +232,7 @@ class Worker:
         steps: list[Step] = [DecodeStep(s.limits), SemanticCheckStep(rules), DeadLetterLimitStep(s.limits)]
         if client is not None and s.dedup.enabled:
             window = DedupWindow(client, namespace, group, s.dedup.window_s, s.dedup.max_entries)
+            self._dedup_window = window
             steps.append(DedupStep(window, self.metrics))
         steps.append(clean)
         if client is not None and s.entities.enabled:
@@ -750,6 +753,8 @@ class Worker:
             if self.committer is not None:
                 self.committer.close()
                 self.committer = None
+            if self._dedup_window is not None:
+                self._dedup_window.close()
             if self.endpoint is not None:
                 if self.endpoint.wait_for_scrape(self.settings.metrics.final_scrape_wait_s):
                     log.info("final counters scraped")
