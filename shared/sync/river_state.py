@@ -9,8 +9,11 @@ as plain JSON-ready lists, computed from its state now and its state at the last
   union. Summing every member's delta gives exactly the state one learner would have after all their examples
   (up to floating-point rounding and the order of the examples).
 - linear parameters (GLMs: logistic and linear regression, perceptron; passive-aggressive) are averaged
-  (``average``, FedAvg): ``base + sum(n_i * delta_i) / sum(n_i)`` over the members' deltas, ``n_i`` the examples
-  each learned since the last sync. The optimizer's state (SGD's step counter, schedules) stays local.
+  (``average``): each delta also carries the member's parameters as they are (its ``state``), and a merge sets
+  them to ``sum(n_i * w_i) / sum(n_i)`` over this member's parameters and the others' published ones, ``n_i`` the
+  examples each learned since its last sync (FedAvg over the models, not over the deltas: the members' bases
+  differ, docs/architecture.md, "Designs measured"). A delta without a state (an older member) stands for
+  ``base + delta``. The optimizer's state (SGD's step counter, schedules) stays local.
 
 Every other estimator (trees, forests, anything with a model structure) does not merge: see
 :mod:`shared.sync.group` for the prediction votes that stand in for a merge.
@@ -176,9 +179,10 @@ def step_delta(step: Any, base: Base) -> Delta:
         return {"class_counts": counts, "gaussians": gaussians}
     if isinstance(step, GLM) or type(step) in (linear_model.PAClassifier, linear_model.PARegressor):
         old = base["weights"]
-        return {"weights": [[name, w - old.get(name, 0.0)] for name, w in _weights(step).items()
-                            if w != old.get(name, 0.0)],
-                "intercept": step.intercept - base["intercept"]}
+        weights = _weights(step)
+        return {"weights": [[name, w - old.get(name, 0.0)] for name, w in weights.items() if w != old.get(name, 0.0)],
+                "intercept": step.intercept - base["intercept"],
+                "state": {"weights": list(weights.items()), "intercept": float(step.intercept)}}
     raise TypeError(f"{type(step).__name__} does not merge")
 
 
@@ -223,22 +227,34 @@ def _add_exact(step: Any, delta: Delta) -> None:
     raise TypeError(f"{type(step).__name__} does not merge exactly")
 
 
-def _average(step: Any, base: Base, deltas: Sequence[tuple[Delta, float]]) -> None:
-    """Set a linear step's parameters to ``base + sum(n_i * delta_i) / sum(n_i)`` (FedAvg)."""
-    total = sum(weight for _, weight in deltas)
+def _average(step: Any, base: Base, own_weight: float, others: Sequence[tuple[Delta, float]]) -> None:
+    """Set a linear step's parameters to the weighted mean of its own (weight ``own_weight``) and the others'
+    published ones (``sum(n_i * w_i) / sum(n_i)``); a delta without a state stands for ``base + delta``."""
+    members: list[tuple[dict[str, float], float, float]] = [(_weights(step), float(step.intercept), own_weight)]
+    old = base["weights"]
+    for delta, weight in others:
+        state = delta.get("state")
+        if state is not None:
+            members.append((dict(state["weights"]), float(state["intercept"]), weight))
+        else:
+            change = dict(delta["weights"])
+            members.append(({name: old.get(name, 0.0) + change.get(name, 0.0) for name in set(old) | set(change)},
+                            base["intercept"] + delta["intercept"], weight))
+    total = sum(weight for *_, weight in members if weight > 0)
     if total <= 0:
         return
     mean: dict[str, float] = {}
     intercept = 0.0
-    for delta, weight in deltas:
-        for name, value in delta["weights"]:
+    for weights, member_intercept, weight in members:
+        if weight <= 0:
+            continue
+        for name, value in weights.items():
             mean[name] = mean.get(name, 0.0) + value * weight / total
-        intercept += delta["intercept"] * weight / total
-    old = base["weights"]
-    weights = step._weights if isinstance(step, GLM) else step.weights
-    for name in set(old) | set(_weights(step)) | set(mean):
-        weights[name] = old.get(name, 0.0) + mean.get(name, 0.0)
-    step.intercept = base["intercept"] + intercept
+        intercept += member_intercept * weight / total
+    target = step._weights if isinstance(step, GLM) else step.weights
+    for name in set(target) | set(mean):
+        target[name] = mean.get(name, 0.0)
+    step.intercept = intercept
 
 
 def pipeline_delta(pipeline: compose.Pipeline, base: Sequence[Base]) -> list[Delta]:
@@ -252,12 +268,13 @@ def merge_pipeline(
 ) -> None:
     """Merge the other members' deltas into ``pipeline`` (whose own delta since ``base`` is ``own``).
 
-    Exact steps add the others' deltas; averaging steps become the base plus the weighted mean of every delta,
-    this member's included.
+    Exact steps add the others' deltas; averaging steps become the weighted mean of this member's parameters and
+    the others' (:func:`_average`; ``own`` is kept for the signature's callers, the parameters are read from the
+    step itself).
     """
     for index, (step, old) in enumerate(zip(pipeline.steps.values(), base, strict=True)):
         if step_mode(step) is MergeMode.AVERAGE:
-            _average(step, old, [(own[index], own_weight), *((delta[index], w) for delta, w in others)])
+            _average(step, old, own_weight, [(delta[index], w) for delta, w in others])
         else:
             for delta, _ in others:
                 _add_exact(step, delta[index])

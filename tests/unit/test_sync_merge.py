@@ -1,4 +1,5 @@
-"""The merges of group scope (shared/sync/river_state.py): exact for sufficient statistics, FedAvg for parameters."""
+"""The merges of group scope (shared/sync/river_state.py): exact for sufficient statistics, FedAvg for parameters
+(the weighted mean of the members' parameters)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,67 @@ def test_linear_models_average_their_deltas_by_examples() -> None:
         assert math.isclose(lr2._weights[name], want, rel_tol=1e-9)
 
 
+def test_members_with_different_bases_average_their_parameters_not_their_deltas() -> None:
+    """Members sync at different times, so their bases differ: a merge averages the models themselves (weighted
+    by examples since each one's last sync), never ``my base + the other's delta``, which would add the difference
+    of the two bases to every merge (docs/architecture.md, "Designs measured")."""
+    model = ModelSettings(name="lr", estimator="river.linear_model.LinearRegression", task="regression")
+    prep = PreprocessingSettings(scale_numbers=False)
+    first, second = build_learner(model, prep, 1), build_learner(model, prep, 1)
+    rng = random.Random(7)
+    data = [({"a": rng.random(), "b": rng.random()}, 0.0) for _ in range(600)]
+    data = [(x, 3 * x["a"] - 2 * x["b"] + 1) for x, _ in data]
+    for x, y in data[:200]:  # the first member learns alone, then both mark a sync at different states
+        first.learn_one(Row(x), y)
+    first.mark_synced()
+    second.mark_synced()
+    first_base = dict(first.pipeline[-1]._weights)  # type: ignore[attr-defined]
+    for x, y in data[200:500]:
+        first.learn_one(Row(x), y)
+    for x, y in data[500:]:
+        second.learn_one(Row(x), y)
+    d_first, d_second = first.sync_delta(), second.sync_delta()
+    assert d_first is not None and d_second is not None
+    state = orjson.loads(d_second)[-1]["state"]
+    theirs, their_intercept = dict(state["weights"]), state["intercept"]
+    lr1 = first.pipeline[-1]  # type: ignore[attr-defined]
+    mine, my_intercept = dict(lr1._weights), lr1.intercept
+    first.merge(d_first, 300, [(d_second, 100)])
+    for name in ("a", "b"):
+        assert math.isclose(lr1._weights[name], (300 * mine[name] + 100 * theirs[name]) / 400, rel_tol=1e-9)
+    assert math.isclose(lr1.intercept, (300 * my_intercept + 100 * their_intercept) / 400, rel_tol=1e-9)
+    own_change = {name: mine[name] - first_base.get(name, 0.0) for name in mine}
+    their_change = dict(orjson.loads(d_second)[-1]["weights"])
+    by_deltas = {name: first_base.get(name, 0.0) + (300 * own_change[name] + 100 * their_change.get(name, 0.0)) / 400
+                 for name in ("a", "b")}
+    assert all(abs(lr1._weights[name] - by_deltas[name]) > 0.01 for name in ("a", "b")), \
+        "the bases differ, so averaging the deltas would give another model"
+
+
+def test_a_delta_without_parameters_stands_for_base_plus_delta() -> None:
+    """A member of an older version publishes only its change: it is merged as ``base + delta``."""
+    model = ModelSettings(name="lr", estimator="river.linear_model.LogisticRegression")
+    prep = PreprocessingSettings(scale_numbers=False)
+    first, second = build_learner(model, prep, 1), build_learner(model, prep, 1)
+    first.mark_synced()
+    second.mark_synced()
+    data = _stream(200, 3)
+    for x, y in data[:100]:
+        first.learn_one(Row(x), y)
+    for x, y in data[100:]:
+        second.learn_one(Row(x), y)
+    d_first, d_second = first.sync_delta(), second.sync_delta()
+    assert d_first is not None and d_second is not None
+    legacy = orjson.loads(d_second)
+    del legacy[-1]["state"]
+    lr1 = first.pipeline[-1]  # type: ignore[attr-defined]
+    mine = dict(lr1._weights)
+    first.merge(d_first, 100, [(orjson.dumps(legacy), 100)])
+    change = dict(legacy[-1]["weights"])
+    for name in ("a", "b"):
+        assert math.isclose(lr1._weights[name], (mine[name] + change.get(name, 0.0)) / 2, rel_tol=1e-9)
+
+
 def test_a_learner_never_synced_measures_its_delta_from_an_untrained_copy() -> None:
     """A model replaced by a drift reset (a clone, never synced) still syncs: its delta is all it learned."""
     model = ModelSettings(name="nb", estimator="river.naive_bayes.GaussianNB")
@@ -143,3 +205,13 @@ def test_the_state_kept_for_the_next_delta_is_plain_numbers_within_the_models_si
     synced = learner.memory_bytes()
     assert alone < synced <= 2 * alone, (alone, synced)
     assert orjson.loads(learner.sync_delta() or b"null") is not None
+
+
+def test_a_later_parameter_delta_of_the_same_member_supersedes_its_earlier_one() -> None:
+    """Averaged models publish their whole parameters: two syncs of one member read at once count as its latest
+    parameters with the examples of both; replay deltas (lists of examples) are all kept, in order."""
+    from shared.sync.group import _latest_per_member
+
+    deltas = [("a", b"a1", 100, True), ("b", b"b1", 50, True), ("a", b"a2", 200, True),
+              ("c", b"c1", 10, False), ("c", b"c2", 20, False)]
+    assert _latest_per_member(deltas) == [(b"a2", 300), (b"b1", 50), (b"c1", 10), (b"c2", 20)]
