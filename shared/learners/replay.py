@@ -8,12 +8,15 @@ twice. Every member thus learns the whole stream: its own examples at once, the 
 (docs/models.md, "Merging across workers").
 
 The buffer is bounded: at most ``max_examples`` examples wait for the next sync; beyond that an example is still
-learned locally but not recorded, and counted in :attr:`ReplayLog.dropped` (a sync that keeps failing).
+learned locally but not recorded, and counted in :attr:`ReplayLog.dropped` (a sync that keeps failing). It is
+held compressed: every :data:`BLOCK_BYTES` of JSON are deflated (zlib level 1: about half the bytes of numeric
+features, a sixth of Phishing's, for 0.3 to 3 µs an example), so that the buffer beside a small model stays small.
 """
 
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,21 +33,25 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 #: at most this many distinct feature-name lists per sync interval are kept once; examples with other names are
 #: recorded with their names (sparse features: bounded memory)
 MAX_SCHEMAS = 64
+#: the recorded JSON is deflated in blocks of about this many bytes (the open block stays plain)
+BLOCK_BYTES = 4096
 
 
 class ReplayLog:
     """The examples a learner learned since its last sync, encoded, at most ``max_examples`` of them.
 
-    One buffer of JSON: each example is ``[key, target, schema, [values]]``, its feature names stored once per
-    distinct list of names (the *schemas*), or ``[key, target, {name: value}]`` beyond :data:`MAX_SCHEMAS`.
+    One JSON array, deflated block by block: each example is ``[key, target, schema, [values]]``, its feature
+    names stored once per distinct list of names (the *schemas*), or ``[key, target, {name: value}]`` beyond
+    :data:`MAX_SCHEMAS`.
     """
 
-    __slots__ = ("_buffer", "_count", "_schema_bytes", "_schemas", "dropped", "max_examples", "paused")
+    __slots__ = ("_blocks", "_buffer", "_count", "_schema_bytes", "_schemas", "dropped", "max_examples", "paused")
 
     def __init__(self, max_examples: int) -> None:
         if max_examples < 1:
             raise ValueError(f"max_examples must be at least 1, got {max_examples}")
         self.max_examples = max_examples
+        self._blocks: list[bytes] = []
         self._buffer = bytearray()
         self._count = 0
         self._schemas: dict[tuple[str, ...], int] = {}
@@ -78,22 +85,28 @@ class ReplayLog:
             self._buffer += b","
         self._buffer += item
         self._count += 1
+        if len(self._buffer) >= BLOCK_BYTES:
+            self._blocks.append(zlib.compress(self._buffer, 1))
+            self._buffer = bytearray()
 
     def delta(self) -> bytes:
         """The recorded examples as one JSON document (what :meth:`Learner.sync_delta` returns)."""
         schemas = orjson.dumps(list(self._schemas))
-        return b'{"replay":%d,"schemas":%s,"examples":[%s]}' % (FORMAT, schemas, bytes(self._buffer))
+        body = b"".join([*(zlib.decompress(block) for block in self._blocks), self._buffer])
+        return b'{"replay":%d,"schemas":%s,"examples":[%s]}' % (FORMAT, schemas, body)
 
     def clear(self) -> None:
         """Forget the recorded examples (they were published with a sync)."""
+        self._blocks = []
         self._buffer = bytearray()
         self._count = 0
         self._schemas = {}
         self._schema_bytes = 0
 
     def memory_bytes(self) -> int:
-        """The buffer (with what it over-allocates) and the feature names it keeps once."""
-        return sys.getsizeof(self._buffer) + sys.getsizeof(self._schemas) + self._schema_bytes
+        """The deflated blocks, the open block (with what it over-allocates) and the feature names kept once."""
+        return (sys.getsizeof(self._blocks) + sum(sys.getsizeof(block) for block in self._blocks)
+                + sys.getsizeof(self._buffer) + sys.getsizeof(self._schemas) + self._schema_bytes)
 
 
 def examples(delta: bytes) -> Iterator[tuple[Row, Target | None]]:
