@@ -364,8 +364,9 @@ class SyncSettings(_Frozen):
 
     scope: Literal["group", "partition"] = "group"
     #: sync (and checkpoint) after this many events processed by this worker (the checkpoint duty-cycle bound,
-    #: ``checkpoint.max_time_fraction``, spaces a slow model's syncs further) ...
-    every_events: int = Field(500, ge=1)
+    #: ``checkpoint.max_time_fraction``, spaces a slow model's syncs further, and a fast stream's: a sync's cost is
+    #: at most that fraction of the loop) ...
+    every_events: int = Field(100, ge=1)
     #: ... or this many seconds, whichever comes first
     every_s: float = Field(5.0, gt=0.0)
     #: until the group's model has learned this many labelled examples (all workers together), sync sooner: after
