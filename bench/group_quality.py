@@ -2,11 +2,13 @@
 partitions in group scope on 1 and on 2 workers.
 
 The worker's model code, without Kafka: events are spread over 4 partitions as Kafka's default partitioner
-spreads keyed records (a hash of the event id), and read in polls of ``--batch`` records per partition, round
-robin, as a consumer reads a backlog. Each seed is one run of every layout: it seeds the model, the synthetic
-stream (Agrawal, Friedman: seed 6 + the seed) and which events land on which partition (the event ids), since one
-order of one stream is a single sample: the order alone moves a torch MLP on Agrawal by several points. Every
-difference from 1 partition is the mean of the per-seed differences, with its standard error.
+spreads keyed records (a hash of the event id), and read in polls of ``--batch`` records per partition; a
+group-scope worker takes its partitions' records merged in the order produced, as ``worker.partition_order: time``
+does (``--order arrival``: the polls in turn, as a consumer returns a backlog). Each seed is one run of every
+layout: it seeds the model, the synthetic stream (Agrawal, Friedman: seed 6 + the seed) and which events land on
+which partition (the event ids), since one order of one stream is a single sample: the order alone moves a torch
+MLP on Agrawal by several points. Every difference from 1 partition is the mean of the per-seed differences, with
+its standard error.
 
 Each worker holds its model set(s) as the worker does
 (:class:`shared.steps.models.ModelSet`): one per partition in partition scope, one for all its partitions in group
@@ -28,6 +30,7 @@ import statistics
 import tempfile
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +42,7 @@ import redis
 from shared.datasets import Sample, iter_source
 from shared.learners.base import Learner, MergeMode, Row, Target
 from shared.learners.registry import build_learner
-from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings
+from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings, WorkerSettings
 from shared.steps.models import ModelSet
 from shared.sync.group import GroupSync, apply_merge_choice
 
@@ -162,10 +165,12 @@ class Member:
             learner._clock = self.clock
         return learner
 
-    def process(self, partition: int, rows: list[Row], labels: list[Target], late: list[bool], score: Score,
+    def process(self, partitions: list[int], rows: list[Row], labels: list[Target], late: list[bool], score: Score,
                 sync_every: int, pull_every_s: float = 0.0) -> None:
+        """Predict and learn ``rows`` (``partitions``: each row's; one model set's, so one partition's in partition
+        scope)."""
         started = time.perf_counter()
-        model_set = self.sets[partition]
+        model_set = self.sets[partitions[0]]
         if self.group is not None and pull_every_s > 0 and self.clock() - self.last_pull >= pull_every_s:
             self.group.pull(model_set)
             self.last_pull = self.clock()
@@ -174,8 +179,9 @@ class Member:
             score.add(output.prediction, label, is_late)
         self.clock.events += len(rows)
         model_set.learned[name] = model_set.learned.get(name, 0) + len(rows)
-        source = f"events:{partition}"
-        model_set.sources[source] = model_set.sources.get(source, 0) + len(rows)
+        for partition, count in Counter(partitions).items():
+            source = f"events:{partition}"
+            model_set.sources[source] = model_set.sources.get(source, 0) + count
         self.since_sync += len(rows)
         self.busy_s += time.perf_counter() - started
         if self.group is not None and (self.since_sync >= sync_every or self.group.warmup_due(model_set)):
@@ -209,8 +215,9 @@ def _partition_of(event_id: str) -> int:
 
 
 def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, samples: list[Any], source: str, *,
-               client: redis.Redis, batch: int, sync_every: int, seed: int, pull_every_s: float = 0.0) -> Score:
-    """The prequential score of one model under one layout."""
+               client: redis.Redis, batch: int, sync_every: int, seed: int, pull_every_s: float = 0.0,
+               order: str = "time") -> Score:
+    """The prequential score of one model under one layout (``order``: the worker's ``partition_order``)."""
     _, per_partition, workers, merge = layout
     score = Score(model.task == "regression")
     namespace = f"bench{time.monotonic_ns()}"
@@ -234,15 +241,28 @@ def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, 
     queues: dict[int, list[int]] = {}
     for index in range(len(samples)):
         queues.setdefault(partition_of[index], []).append(index)
-    cursors = dict.fromkeys(queues, 0)
-    while any(cursors[p] < len(q) for p, q in queues.items()):
-        for partition in sorted(queues):  # one poll: up to ``batch`` records of each partition, round robin
-            chunk = queues[partition][cursors[partition]:cursors[partition] + batch]
-            cursors[partition] += len(chunk)
-            if chunk:
-                owner[partition].process(partition, [Row(samples[i].features) for i in chunk],
-                                         [samples[i].label for i in chunk], [2 * i >= len(samples) for i in chunk],
-                                         score, sync_every, pull_every_s)
+    def feed(member: Member, chunk: list[int]) -> None:
+        member.process([partition_of[i] for i in chunk], [Row(samples[i].features) for i in chunk],
+                       [samples[i].label for i in chunk], [2 * i >= len(samples) for i in chunk],
+                       score, sync_every, pull_every_s)
+
+    if order == "time" and not per_partition:
+        # worker.partition_order: time: each worker takes its partitions' records merged in produced order, in
+        # polls of up to ``batch`` records per partition
+        for start in range(0, len(samples), batch * len(queues)):
+            window = range(start, min(len(samples), start + batch * len(queues)))
+            for member in members:
+                mine = [i for i in window if owner[partition_of[i]] is member]
+                if mine:
+                    feed(member, mine)
+    else:
+        cursors = dict.fromkeys(queues, 0)
+        while any(cursors[p] < len(q) for p, q in queues.items()):
+            for partition in sorted(queues):  # one poll: up to ``batch`` records of each partition, round robin
+                chunk = queues[partition][cursors[partition]:cursors[partition] + batch]
+                cursors[partition] += len(chunk)
+                if chunk:
+                    feed(owner[partition], chunk)
     score.memory = [max(member.peak_memory, member.memory_bytes()) for member in members]
     score.busy_s = [member.busy_s for member in members]
     return score
@@ -318,7 +338,8 @@ def measure(spec: dict[str, Any], samples_by_seed: dict[int, list[Sample]], sour
         values = []
         for seed in args.seeds:
             score = run_layout(layout, model, samples_by_seed[seed], source, client=client, batch=args.batch,
-                               sync_every=args.sync_every, seed=seed, pull_every_s=args.pull_every_s)
+                               sync_every=args.sync_every, seed=seed, pull_every_s=args.pull_every_s,
+                               order=args.order)
             values.append(score.value)
             pooled.pool(score)
         print(f"  {source} {spec['name']} {layout[0]}: per seed {' '.join(f'{v:.3f}' for v in values)}", flush=True)
@@ -354,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regression-events", type=int, default=6000,
                         help="events of the Friedman stream (default 6000)")
     parser.add_argument("--batch", type=int, default=100, help="records per partition per poll (default 100)")
+    parser.add_argument("--order", choices=["time", "arrival"], default=WorkerSettings().partition_order,
+                        help="how a group-scope worker interleaves its partitions: merged in produced order, as "
+                             "worker.partition_order: time does, or polls of --batch per partition in turn "
+                             "(default: the worker's)")
     parser.add_argument("--sync-every", type=int, default=SyncSettings().every_events,
                         help="events per worker between syncs (default: the worker's sync.every_events)")
     parser.add_argument("--pull-every-s", type=float, default=SyncSettings().pull_every_s,
@@ -394,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"`.venv/bin/python -m bench.group_quality --events {args.events} --drift-events {args.drift_events} "
                f"--regression-events {args.regression_events} "
                f"--sync-every {args.sync_every} --pull-every-s {args.pull_every_s:g} --batch {args.batch} "
+               f"--order {args.order} "
                f"--seeds {','.join(map(str, args.seeds))}`")
     lines = [
         f"Measured {datetime.date.today().isoformat()} with {command} ({elapsed:.0f} s). In brackets: the difference "

@@ -352,6 +352,14 @@ class WorkerSettings(_Frozen):
     #: with one line naming the address when they do not (false: start anyway and wait for them, as in an outage)
     startup_checks: bool = True
     connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
+    #: how the records of this worker's partitions are interleaved before the steps: ``time``, merged by record
+    #: timestamp (each partition's in offset order), so that one model reading several partitions learns the
+    #: stream in the order it was produced, also while catching up on a backlog; ``arrival``, as polled (a
+    #: consumer returns thousands of one partition's records before the next's)
+    partition_order: Literal["time", "arrival"] = "time"
+    #: ``time``: how long a partition the broker holds more records of may hold up the others' records before
+    #: they go on without it (it is never waited for when it has nothing more to read)
+    order_wait_ms: int = Field(200, ge=0, le=60_000)
 
 
 class SyncSettings(_Frozen):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import signal
 import threading
 import time
@@ -45,6 +46,7 @@ from shared.steps.entities import EntityFeaturesStep, entity_spec
 from shared.steps.group_champion import build_champion
 from shared.steps.labels import DelayedLabels
 from shared.steps.models import ModelStep
+from shared.steps.ordering import TimeOrder
 from shared.steps.publish import PublishStep
 from shared.steps.score import ScoreStep
 from shared.steps.semantics import SemanticCheckStep, SemanticRules
@@ -52,6 +54,8 @@ from shared.sync.group import open_group_sync
 
 #: after a pull failed, the next one waits this long (the checkpoint's own backoff handles Redis being down)
 PULL_RETRY_S = 1.0
+#: the longest poll while held records wait for a lagging partition's next fetch
+ORDER_POLL_MS = 10
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -117,8 +121,14 @@ class Worker:
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
                                     export_interval_s=settings.metrics.export_interval_s,
                                     champion=lambda: self._batch_champion)
+        order = None
+        if settings.worker.partition_order == "time":
+            order = TimeOrder([settings.kafka.topics.events], settings.worker.order_wait_ms / 1000)
+        #: the time order's counters as last exported (delivered, given up, seconds waited)
+        self._order_exported: tuple[int, int, float] = (0, 0, 0.0)
         self.backpressure = Backpressure(settings.kafka.max_poll_interval_ms,
-                                         paused_gauge=self.metrics.paused_partitions)
+                                         paused_gauge=self.metrics.paused_partitions, order=order,
+                                         hold_per_partition=settings.kafka.max_poll_records)
         self.drift_step = DriftStep(settings.drift, self.metrics, self.model_step, self.tasks, self.champion_selector,
                                     self.score_step.rolling, settings.champion.metric)
         self.endpoint: EndpointServer | None = None
@@ -186,6 +196,7 @@ class Worker:
                                              group=group)
             self.checkpointer.probe()
         self.consumer = open_consumer(kafka)
+        self.backpressure.attach(self.consumer)
         self.committer = (
             TransactionalCommitter(self.consumer, lambda: open_producer(kafka, transactional=True),
                                    op_timeout_ms=kafka.transaction_op_timeout_ms)
@@ -272,10 +283,8 @@ class Worker:
                 if idle_exit_s is not None and self._last_loop - last_data > idle_exit_s:
                     break
                 try:
-                    polled = self.consumer.poll(
-                        timeout_ms=0 if self.backpressure.backlog else self.settings.kafka.poll_timeout_ms,
-                        max_records=self.settings.kafka.max_poll_records,
-                    )
+                    polled = self.consumer.poll(timeout_ms=self._poll_timeout_ms(),
+                                                max_records=self.settings.kafka.max_poll_records)
                 except TransportError as exc:  # kafka-python 3 raises here while the broker is unreachable
                     self._kafka_unreachable(exc)
                     continue
@@ -295,6 +304,7 @@ class Worker:
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
                     self.backpressure.process_next(self.process)
                     self.backpressure.apply(self.consumer)
+                    self._export_order()
                     self._update_champion()  # also while idle: a switch made by another worker arrives
                     self.score_step.export()
                     if self.checkpointer is not None:
@@ -306,6 +316,32 @@ class Worker:
                     self._rewind(str(exc))
         finally:
             self.close()
+
+    def _export_order(self) -> None:
+        """The held records and the time order's waits, as metrics."""
+        self.metrics.held_records.set(self.backpressure.backlog)
+        order = self.backpressure.order
+        if order is None:
+            return
+        exported = self._order_exported
+        now = (order.delivered, order.given_up, order.waited_s)
+        if now != exported:
+            self.metrics.order_waits.labels("delivered").inc(now[0] - exported[0])
+            self.metrics.order_waits.labels("gave_up").inc(now[1] - exported[1])
+            self.metrics.order_wait_seconds.inc(max(0.0, now[2] - exported[2]))
+            self._order_exported = now
+
+    def _poll_timeout_ms(self) -> int:
+        """No wait while held records can be processed; while they wait for a partition's next fetch, polls of
+        at most ``ORDER_POLL_MS`` until it arrives or the wait is given up; otherwise ``kafka.poll_timeout_ms``."""
+        if self.backpressure.ready():
+            return 0
+        timeout = self.settings.kafka.poll_timeout_ms
+        wait_left = self.backpressure.wait_left_s()
+        if wait_left is None:
+            return timeout
+        # short polls while waiting: kafka-python sleeps up to the poll's timeout when nothing is in flight
+        return max(1, min(timeout, ORDER_POLL_MS, math.ceil(wait_left * 1000)))
 
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""

@@ -328,6 +328,13 @@ class ConfluentConsumer:
             return None
         return int(high) if high >= 0 else None
 
+    def lag(self, tp: TP) -> int | None:
+        delivered = self._next.get(tp)
+        high = self.highwater(tp)
+        if delivered is None or delivered < 0 or high is None:
+            return None
+        return max(0, high - delivered)
+
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         if not offsets:
             return

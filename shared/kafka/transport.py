@@ -167,6 +167,10 @@ class EventConsumer(Protocol):
     def highwater(self, tp: TP) -> int | None:
         """The last known end offset of ``tp`` (from fetch responses; ``None`` when unknown)."""
 
+    def lag(self, tp: TP) -> int | None:
+        """Records of ``tp`` on the broker beyond those delivered by :meth:`poll`, by the last fetch response (no
+        request is made; ``None`` when unknown)."""
+
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         """Commit the next offsets to read; raises :class:`TransportError`.
 
@@ -295,6 +299,7 @@ class KafkaPythonConsumer:
         self.raw.subscribe(list(topics), listener=_KafkaPythonListener(handler))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        self._unpark_resumed()
         try:
             polled = self.raw.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:  # kafka-python 3 raises here while the broker is unreachable
@@ -324,6 +329,17 @@ class KafkaPythonConsumer:
         if any(not cluster.partitions_for_topic(topic) for topic in self.raw.subscription() or ()):
             self._metadata_requested_at = now
             cluster.request_update()
+
+    def _unpark_resumed(self) -> None:
+        # kafka-python 3.0.12 parks the parsed records of a partition paused mid-read and takes one back after its
+        # resume only while its in-line slot is ``None``; a drained slot is kept as an empty object, so a second
+        # parked partition was never taken back and never fetched again (a stall under per-partition pauses)
+        fetcher = getattr(self.raw, "_fetcher", None)
+        if fetcher is None or not getattr(fetcher, "_paused_partition_records", None):
+            return
+        in_line = getattr(fetcher, "_next_partition_records", None)
+        if in_line is not None and not in_line:
+            fetcher._next_partition_records = None
 
     def pause(self, tps: Sequence[TP]) -> None:
         if tps:
@@ -362,6 +378,13 @@ class KafkaPythonConsumer:
     def highwater(self, tp: TP) -> int | None:
         high = self.raw.highwater(TopicPartition(*tp))
         return None if high is None else int(high)
+
+    def lag(self, tp: TP) -> int | None:
+        # the subscription state holds both without a request (``position()`` may ask the coordinator)
+        state = self.raw._subscription.assignment.get(TopicPartition(*tp))
+        if state is None or state.highwater is None or state.position is None:
+            return None
+        return max(0, int(state.highwater) - int(state.position.offset))
 
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         if not offsets:

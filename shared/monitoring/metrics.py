@@ -117,6 +117,14 @@ class Metrics:
             ["topic", "partition"], registry=r)
         self.paused_partitions = Gauge(
             "streamlearn_paused_partitions", "Partitions paused for backpressure.", registry=r)
+        self.held_records = Gauge(
+            "streamlearn_held_records", "Records polled and not processed yet (backpressure, time order).",
+            registry=r)
+        self.order_waits = Counter(
+            "streamlearn_order_waits", "Times the time order held records back for a partition the broker holds "
+            "more of, by outcome: delivered, gave_up (worker.order_wait_ms passed).", ["outcome"], registry=r)
+        self.order_wait_seconds = Counter(
+            "streamlearn_order_wait_seconds", "Seconds records were held back for a lagging partition.", registry=r)
         self.checkpoints = Counter(
             "streamlearn_checkpoints", "Checkpoint attempts by outcome: ok, failed.", ["outcome"],
             registry=r)

@@ -9,6 +9,11 @@ held, :meth:`Backpressure.apply` pauses the consumer's assigned partitions (only
 pause by someone else) and the loop keeps polling with no wait: the group sees a live member, no new records
 arrive, and the held ones are processed next. When the backlog is empty the paused partitions are resumed.
 Chunks are prefixes of the batch, so every committed offset still follows processed records only.
+
+With a :class:`~shared.steps.ordering.TimeOrder` (``worker.partition_order: time``, the default) the held records
+are released merged by timestamp across partitions instead, each partition's in offset order (chunks are then
+prefixes of each partition's records), and a partition is paused only while it holds ``hold_per_partition``
+records or more: the partitions it waits for keep fetching.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from shared.steps.batch import Batch, Record
+from shared.steps.ordering import TimeOrder
 
 TP = tuple[str, int]
 Clock = Callable[[], float]
@@ -37,6 +43,7 @@ class PausableConsumer(Protocol):
     def paused(self) -> set[TP]: ...
     def pause(self, tps: Sequence[TP]) -> None: ...
     def resume(self, tps: Sequence[TP]) -> None: ...
+    def lag(self, tp: TP) -> int | None: ...
 
 
 class GaugeLike(Protocol):
@@ -60,6 +67,8 @@ class Backpressure:
         budget_s: float | None = None,
         clock: Clock = time.perf_counter,
         paused_gauge: GaugeLike | None = None,
+        order: TimeOrder | None = None,
+        hold_per_partition: int = 500,
     ) -> None:
         default = min(MAX_BUDGET_S, BUDGET_FRACTION * max_poll_interval_ms / 1000.0)
         self.budget_s = default if budget_s is None else budget_s
@@ -73,11 +82,39 @@ class Backpressure:
         self.seconds_per_record: float | None = None
         #: partitions this object paused (and will resume)
         self._paused: set[TP] = set()
+        #: time order: the held records, per partition; ``None``: one queue in the order polled
+        self.order = order
+        self._hold_per_partition = max(1, hold_per_partition)
+        self._consumer: PausableConsumer | None = None
+
+    def attach(self, consumer: PausableConsumer) -> None:
+        """The consumer whose assignment, pauses and lag the time order consults."""
+        self._consumer = consumer
 
     @property
     def backlog(self) -> int:
         """Records polled and not processed yet."""
-        return len(self._held)
+        return len(self.order) if self.order is not None else len(self._held)
+
+    def ready(self) -> bool:
+        """Whether :meth:`process_next` has records to release now (not only records waiting for a partition)."""
+        if self.order is None:
+            return bool(self._held)
+        return bool(self.order) and not self.order.awaited(self._candidates(), self._lag)
+
+    def wait_left_s(self) -> float | None:
+        """Time order: seconds until a partition waited for is given up (``None``: none is)."""
+        return None if self.order is None else self.order.wait_left_s()
+
+    def _candidates(self) -> set[TP]:
+        """The partitions the time order may wait for: assigned, and not paused by someone else."""
+        consumer = self._consumer
+        if consumer is None:
+            return set()
+        return consumer.assignment() - (consumer.paused() - self._paused)
+
+    def _lag(self, tp: TP) -> int | None:
+        return None if self._consumer is None else self._consumer.lag(tp)
 
     @property
     def paused(self) -> int:
@@ -86,24 +123,34 @@ class Backpressure:
 
     def submit(self, batch: Batch) -> None:
         """Hold a polled batch's records (after any still held) until they are processed."""
-        self._held.extend(batch.records)
+        if self.order is not None:
+            self.order.add(batch.records)
+        else:
+            self._held.extend(batch.records)
         self._polled_at = batch.polled_at
 
     def chunk_size(self) -> int:
-        """How many held records the next :meth:`process_next` takes."""
-        if not self._held:
+        """How many held records the next :meth:`process_next` takes (at most)."""
+        held = self.backlog
+        if not held:
             return 0
         if self.seconds_per_record is None or self.seconds_per_record <= 0:
             # first chunk: measure on a small one rather than risk a whole slow batch
-            return min(len(self._held), 16)
-        return max(1, min(len(self._held), int(self.budget_s / self.seconds_per_record)))
+            return min(held, 16)
+        return max(1, min(held, int(self.budget_s / self.seconds_per_record)))
 
     def process_next(self, process: Callable[[Batch], None]) -> int:
         """Run the next chunk of held records through ``process``; return how many it took (0: none held)."""
         size = self.chunk_size()
         if size == 0:
             return 0
-        records = [self._held.popleft() for _ in range(size)]
+        if self.order is not None:
+            records = self.order.take(size, self._candidates(), self._lag)
+            if not records:
+                return 0
+            size = len(records)
+        else:
+            records = [self._held.popleft() for _ in range(size)]
         started = self._clock()
         process(Batch(records=records, polled_at=self._polled_at))
         per_record = max(0.0, self._clock() - started) / size
@@ -114,8 +161,12 @@ class Backpressure:
         return size
 
     def apply(self, consumer: PausableConsumer) -> None:
-        """Pause the assigned partitions while a backlog is held; resume the ones paused here once it is gone."""
-        if self._held:
+        """Pause the assigned partitions while a backlog is held; resume the ones paused here once it is gone.
+
+        Time order: pause a partition while it holds ``hold_per_partition`` records or more, resume it below half."""
+        if self.order is not None:
+            self._apply_per_partition(consumer, self.order)
+        elif self._held:
             assigned = set(consumer.assignment())
             already = set(consumer.paused())
             self._paused &= assigned
@@ -131,16 +182,33 @@ class Backpressure:
         if self._gauge is not None:
             self._gauge.set(len(self._paused))
 
+    def _apply_per_partition(self, consumer: PausableConsumer, order: TimeOrder) -> None:
+        assigned = set(consumer.assignment())
+        already = set(consumer.paused())
+        self._paused &= assigned
+        to_pause = [tp for tp in assigned - already - self._paused if order.held_in(tp) >= self._hold_per_partition]
+        to_resume = [tp for tp in self._paused if order.held_in(tp) < max(1, self._hold_per_partition // 2)]
+        if to_pause:
+            consumer.pause(sorted(to_pause))
+            self._paused.update(to_pause)
+        if to_resume:
+            consumer.resume(sorted(to_resume))
+            self._paused.difference_update(to_resume)
+        if self._gauge is not None:
+            self._gauge.set(len(self._paused))
+
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop the held records of revoked or lost partitions (the next owner reads them again)."""
         gone = set(tps)
         if not gone:
             return
+        if self.order is not None:
+            self.order.forget(gone)
         self._held = deque(r for r in self._held if (r.topic, r.partition) not in gone)
         self._paused = {tp for tp in self._paused if tp not in gone}
 
     def held(self) -> Sequence[Record]:
         """The records held, oldest first (for tests and diagnostics)."""
-        return list(self._held)
+        return list(self.order) if self.order is not None else list(self._held)
 
 

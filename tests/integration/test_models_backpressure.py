@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 from services.replayer import replay
 from services.worker import Worker
 from shared.kafka.admin import ensure_topics
-from shared.learners.base import Learner, Row, Target
+from shared.learners.base import Learner, Output, Row, Target
 from shared.learners.registry import build_learner
 from shared.settings import ModelSettings
+from shared.steps.batch import Batch
 from tests.integration.helpers import make_settings, read_topic, sample_value, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,25 +31,36 @@ MAX_POLL_INTERVAL_MS = 10_000
 
 
 def _slow(learner: Learner) -> Learner:
-    """The real learner, with each ``learn_one`` made as slow as a heavy training step (sleeping inside the
-    model stands for compute; the poll loop itself never sleeps)."""
-    learn_one = learner.learn_one
+    """The real learner, with each example learned made as slow as a heavy training step (sleeping inside the
+    model stands for compute; the poll loop itself never sleeps). The worker learns through ``process`` (predict
+    and learn a batch) and ``learn_many`` (delayed labels); both are slowed."""
+    process, learn_many = learner.process, learner.learn_many
 
-    def slow_learn_one(row: Row, target: Target | None) -> None:
-        time.sleep(SECONDS_PER_LEARN)
-        learn_one(row, target)
+    def slow_process(rows: Sequence[Row], targets: Sequence[Target | None]) -> list[Output]:
+        time.sleep(SECONDS_PER_LEARN * sum(target is not None for target in targets))
+        return process(rows, targets)
 
-    learner.learn_one = slow_learn_one  # type: ignore[method-assign]
+    def slow_learn_many(rows: Sequence[Row], targets: Sequence[Target | None]) -> None:
+        time.sleep(SECONDS_PER_LEARN * sum(target is not None for target in targets))
+        learn_many(rows, targets)
+
+    learner.process = slow_process  # type: ignore[method-assign]
+    learner.learn_many = slow_learn_many  # type: ignore[method-assign]
     return learner
 
 
+@pytest.mark.parametrize("order", ["time", "arrival"])
 def test_slow_training_is_chunked_with_partitions_paused_and_the_loop_keeps_polling(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+    kafka_bootstrap: str, unique_name: Callable[[str], str], order: str
 ) -> None:
+    """``arrival`` pauses the partitions while anything is held; ``time`` pauses a partition while it holds
+    ``kafka.max_poll_records`` or more (here 100, so that 400 events reach it)."""
+    max_poll_records = 500 if order == "arrival" else 100
     settings = make_settings(
         kafka_bootstrap, unique_name,
         models=[{"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}],
-        kafka={"max_poll_records": 500, "max_poll_interval_ms": MAX_POLL_INTERVAL_MS},
+        kafka={"max_poll_records": max_poll_records, "max_poll_interval_ms": MAX_POLL_INTERVAL_MS},
+        worker={"partition_order": order},
     )
     t = settings.kafka.topics
     ensure_topics(kafka_bootstrap, {t.events: 1, t.labels: 1, t.predictions: 1, t.shadow_predictions: 1,
@@ -81,6 +93,14 @@ def test_slow_training_is_chunked_with_partitions_paused_and_the_loop_keeps_poll
         real_resume(tps)
 
     consumer.poll, consumer.pause, consumer.resume = timed_poll, recorded_pause, recorded_resume  # type: ignore[method-assign]
+    held: list[int] = []
+    real_submit = worker.backpressure.submit
+
+    def recorded_submit(batch: Batch) -> None:
+        real_submit(batch)
+        held.append(worker.backpressure.backlog)
+
+    worker.backpressure.submit = recorded_submit  # type: ignore[method-assign]
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _run(worker, errors), name="worker", daemon=True)
     thread.start()
@@ -96,12 +116,13 @@ def test_slow_training_is_chunked_with_partitions_paused_and_the_loop_keeps_poll
     busy = [b - a for a, b in itertools.pairwise(poll_times)]
     print(f"backpressure: {len(poll_times)} polls, longest gap {max(busy):.2f} s, "
           f"{len(pauses)} pauses (the restore pause included), {len(resumes)} resumes; "
-          f"unchunked a batch would take {500 * SECONDS_PER_LEARN:.0f} s")
+          f"unchunked a batch would take {max_poll_records * SECONDS_PER_LEARN:.0f} s")
     assert max(busy) < 2.5, "a chunk is bounded by the 1 s budget (plus one record and the poll itself)"
     data_pauses = [p for p in pauses if any(tp[0] == t.events for tp in p)]
     assert len(data_pauses) >= 2, "the restore pause and at least one backpressure pause"
     assert len(resumes) >= 2 and worker.backpressure.paused == 0, "resumed once the backlog was processed"
     assert sample_value(registry, "streamlearn_paused_partitions") == 0
+    assert 0 < max(held) <= 2 * max_poll_records, "paused before a second poll's worth more is held"
 
     records = read_topic(kafka_bootstrap, t.predictions, N)
     ids = [orjson.loads(r.value)["id"] for r in records]
