@@ -253,8 +253,8 @@ def run_layout(layout: tuple[str, bool, int, str | None], model: ModelSettings, 
             window = range(start, min(len(samples), start + batch * len(queues)))
             for member in members:
                 mine = [i for i in window if owner[partition_of[i]] is member]
-                if mine:
-                    feed(member, mine)
+                for first in range(0, len(mine), batch):  # chunks of one poll's size: the syncs' cadence as before
+                    feed(member, mine[first:first + batch])
     else:
         cursors = dict.fromkeys(queues, 0)
         while any(cursors[p] < len(q) for p, q in queues.items()):
