@@ -103,17 +103,21 @@ class ModelStep:
             self.sets.pop(tp, None)
 
     def process(self, batch: Batch) -> None:
-        by_partition: dict[TopicPartition, list[Record]] = {}
+        """Predict (and learn inline labels) per model set, each set's records in the batch's order: in group scope
+        all partitions share one set, so a time-ordered batch is learned in produced order."""
+        by_set: dict[int, tuple[ModelSet, list[Record]]] = {}
         for record in batch.records:
-            if record.is_valid:
-                by_partition.setdefault((record.topic, record.partition), []).append(record)
-        for tp, records in by_partition.items():
+            if not record.is_valid:
+                continue
+            tp = (record.topic, record.partition)
             model_set = self.sets.get(tp)
             if model_set is None:
                 model_set = self.sets[tp] = self.shared_set() or self.fresh_set()
-            self._run(model_set, records, f"{tp[0]}:{tp[1]}")
+            by_set.setdefault(id(model_set), (model_set, []))[1].append(record)
+        for model_set, records in by_set.values():
+            self._run(model_set, records)
 
-    def _run(self, model_set: ModelSet, records: list[Record], source: str) -> None:
+    def _run(self, model_set: ModelSet, records: list[Record]) -> None:
         rows = [Row(r.features or {}, r.event.key if r.event else None) for r in records]
         targets: list[Target | None] = [r.event.label if r.event else None for r in records]
         n_labelled = sum(t is not None for t in targets)
@@ -132,7 +136,10 @@ class ModelStep:
                 record.learned_before[name] = learned + k
             model_set.learned[name] = learned + n_labelled
         if n_labelled:
-            model_set.sources[source] = model_set.sources.get(source, 0) + n_labelled
+            for record, target in zip(records, targets, strict=True):
+                if target is not None:
+                    source = f"{record.topic}:{record.partition}"
+                    model_set.sources[source] = model_set.sources.get(source, 0) + 1
 
     def learn_delayed(self, tp: TopicPartition, rows: Sequence[Row], targets: Sequence[Target]) -> None:
         """Learn examples whose labels arrived late (from the delayed-label join)."""

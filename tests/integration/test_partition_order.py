@@ -27,8 +27,8 @@ LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"
 
 def _run(kafka_bootstrap: str, unique_name: Callable[[str], str], *, client: str, partitions: int,
          order: str) -> tuple[float, float, float]:
-    """Accuracy of the published predictions, the mean distance between an event's place in the stream and its
-    place in the predictions topic (the order it was learned in), and how often the order waited for a partition."""
+    """Accuracy of the published predictions, the mean distance between an event's place in the stream and the
+    examples learned before its prediction (the order it was learned in), and how often the order waited."""
     settings = make_settings(
         kafka_bootstrap, unique_name, models=[LOGREG], kafka={"client": client, "max_poll_records": 500},
         worker={"partition_order": order}, sync={"scope": "group"},
@@ -51,7 +51,10 @@ def _run(kafka_bootstrap: str, unique_name: Callable[[str], str], *, client: str
     labels = [s.label for s in iter_source(SOURCE, seed=SEED, limit=N_EVENTS, drift_at=DRIFT_AT)]
     positions = [int(p["id"].rsplit("-", 1)[1]) for p in published]
     assert sorted(positions) == list(range(N_EVENTS))
-    displacement = sum(abs(place - position) for place, position in enumerate(positions)) / N_EVENTS
+    # model_version ends with the examples the model had learned when it predicted: in produced order, an
+    # event's position in the stream (every event carries its label)
+    learned = [int(p["model_version"].rsplit(".", 1)[1]) for p in published]
+    displacement = sum(abs(before - position) for before, position in zip(learned, positions, strict=True)) / N_EVENTS
     scored = [(labels[i], p["prediction"]) for i, p in zip(positions, published, strict=True)
               if p["prediction"] is not None]
     return sum(y == y_hat for y, y_hat in scored) / len(scored), displacement, waits
