@@ -16,16 +16,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import random
 import tempfile
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
+from river import forest
 
 from services.replayer import replay
 from services.stack import KafkaServer, free_ports
@@ -109,12 +113,47 @@ def run(bootstrap: str, *, client: str, partitions: int, order: str, seed: int, 
     )
 
 
+def tie_sensitivity(seed: int, events: int, shuffles: int, block: int = 8) -> tuple[float, list[float]]:
+    """River's own prequential loop of the same forest over the same events: in the exact order, and with each block
+    of ``block`` consecutive events shuffled (the events of one millisecond, whose order a timestamp cannot tell)."""
+    samples: list[tuple[dict[Hashable, Any], Any]] = [
+        ({str(name): value for name, value in sample.features.items()}, sample.label)
+        for sample in iter_source(SOURCE, seed=seed, limit=events, drift_at=events // 2)]
+
+    def accuracy(order: list[int]) -> float:
+        model = forest.ARFClassifier(n_models=5, seed=seed)
+        correct = scored = 0
+        for index in order:
+            features, label = samples[index]
+            prediction = model.predict_one(features)
+            if prediction is not None:
+                scored += 1
+                correct += prediction == label
+            model.learn_one(features, label)
+        return correct / scored
+
+    exact = list(range(events))
+    shuffled = []
+    for shuffle in range(shuffles):
+        rng = random.Random(shuffle)
+        order: list[int] = []
+        for first in range(0, events, block):
+            chunk = exact[first:first + block]
+            rng.shuffle(chunk)
+            order += chunk
+        shuffled.append(accuracy(order))
+    return accuracy(exact), shuffled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=12_000, help="events, the concept change in the middle")
     parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[42, 7, 3],
                         help="seeds of the stream and the forest (default 42,7,3)")
     parser.add_argument("--clients", default="kafka-python,confluent", help="Kafka clients (default both)")
+    parser.add_argument("--tie-shuffles", type=int, default=4,
+                        help="also run River's own loop with each block of 8 events shuffled this many times, on "
+                             "the first seed (0: not)")
     parser.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(REPO)}")
     args = parser.parse_args(argv)
     os.environ.setdefault("STREAMLEARN_HMAC_KEY", "bench-backlog-order-key-0123456789abcdef")
@@ -141,14 +180,23 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
         finally:
             kafka.stop()
+    ties = ""
+    if args.tie_shuffles:
+        exact, shuffled = tie_sensitivity(args.seeds[0], args.events, args.tie_shuffles)
+        ties = (f" The same forest in River's own loop over the same events (seed {args.seeds[0]}): {exact:.4f} in the "
+                f"exact order, {min(shuffled):.4f} to {max(shuffled):.4f} with each block of 8 events shuffled "
+                f"({args.tie_shuffles} shuffles): what the order of the events of one millisecond alone moves.")
+        print(ties, flush=True)
     lines = [
         f"Measured {datetime.date.today().isoformat()} with `.venv/bin/python -m bench.backlog_order --events "
-        f"{args.events} --seeds {','.join(map(str, args.seeds))} --clients {args.clients}` "
+        f"{args.events} --seeds {','.join(map(str, args.seeds))} --clients {args.clients} "
+        f"--tie-shuffles {args.tie_shuffles}` "
         f"({time.monotonic() - began:.0f} s): {args.events:,} Agrawal events, the concept change in the middle, "
         "produced before one worker starts (a backlog); ARF with 5 trees, preprocessing off, group scope. Each cell: "
         "accuracy of the published predictions (points from 1 partition), the mean distance between an event's "
         "place in the stream and the examples learned before its prediction, the seconds to process the backlog (1 "
-        "partition's over this one's: throughput as a ratio), and the times the time order waited for a partition.",
+        "partition's over this one's: throughput as a ratio), and the times the time order waited for a partition."
+        + ties,
         "",
         "| client | seed | " + " | ".join(title for title, *_ in LAYOUTS) + " |",
         "|---|---|" + "---|" * len(LAYOUTS),
