@@ -159,7 +159,9 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
             process = b.process
 
             def slowly(batch: Any) -> None:
-                time.sleep(0.1)  # the group hears of a new member at B's next heartbeat (3 s): the replay outlasts it
+                # the group hears of a new member at B's next heartbeat (3 s): the replay outlasts it. Per record
+                # (0.1 s a poll of 20): the time order releases several partitions' held records in one batch
+                time.sleep(0.005 * len(batch.records))
                 process(batch)
 
             b.process = slowly  # type: ignore[method-assign]

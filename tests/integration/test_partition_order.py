@@ -41,11 +41,11 @@ def _run(kafka_bootstrap: str, unique_name: Callable[[str], str], *, client: str
     assert stats.sent == N_EVENTS
     registry = CollectorRegistry()
     with running_worker(settings, registry):
-        wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == N_EVENTS,
-                 120, "the backlog processed")
+        # the gauge is exported after each chunk's steps: wait for both
+        wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == N_EVENTS
+                 and sample_value(registry, "streamlearn_held_records") == 0, 120, "the backlog processed")
         waits = sum(sample_value(registry, "streamlearn_order_waits_total", {"outcome": outcome}) or 0.0
                     for outcome in ("delivered", "gave_up"))
-        assert sample_value(registry, "streamlearn_held_records") == 0
     published = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.predictions, N_EVENTS)]
     assert len(published) == N_EVENTS
     labels = [s.label for s in iter_source(SOURCE, seed=SEED, limit=N_EVENTS, drift_at=DRIFT_AT)]
