@@ -4,7 +4,7 @@
 off, group scope, produced before the worker starts; the accuracy of the published predictions, and how far from
 its place in the stream each event was learned: the mean distance between an event's position in the stream and
 the examples the model had learned when it predicted it (the end of its ``model_version``). Rows: 1 partition, 4
-partitions with ``worker.partition_order: time`` (the default) and with ``arrival`` (as polled); per Kafka client
+partitions with ``worker.partition_order: time`` and with ``arrival`` (as polled); per Kafka client
 and seed. The broker is the project's own (started here on free loopback ports); no Redis (checkpoints off: one
 worker, nothing to sync).
 

@@ -42,7 +42,7 @@ import redis
 from shared.datasets import Sample, iter_source
 from shared.learners.base import Learner, MergeMode, Row, Target
 from shared.learners.registry import build_learner
-from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings, WorkerSettings
+from shared.settings import ModelSettings, PreprocessingSettings, SyncSettings
 from shared.steps.models import ModelSet
 from shared.sync.group import GroupSync, apply_merge_choice
 
@@ -375,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regression-events", type=int, default=6000,
                         help="events of the Friedman stream (default 6000)")
     parser.add_argument("--batch", type=int, default=100, help="records per partition per poll (default 100)")
-    parser.add_argument("--order", choices=["time", "arrival"], default=WorkerSettings().partition_order,
+    parser.add_argument("--order", choices=["time", "arrival"], default="time",
                         help="how a group-scope worker interleaves its partitions: merged in produced order, as "
                              "worker.partition_order: time does, or polls of --batch per partition in turn "
-                             "(default: the worker's)")
+                             "(default: time)")
     parser.add_argument("--sync-every", type=int, default=SyncSettings().every_events,
                         help="events per worker between syncs (default: the worker's sync.every_events)")
     parser.add_argument("--pull-every-s", type=float, default=SyncSettings().pull_every_s,

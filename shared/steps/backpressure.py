@@ -10,7 +10,7 @@ pause by someone else) and the loop keeps polling with no wait: the group sees a
 arrive, and the held ones are processed next. When the backlog is empty the paused partitions are resumed.
 Chunks are prefixes of the batch, so every committed offset still follows processed records only.
 
-With a :class:`~shared.steps.ordering.TimeOrder` (``worker.partition_order: time``, the default) the held records
+With a :class:`~shared.steps.ordering.TimeOrder` (``worker.partition_order: time``) the held records
 are released merged by timestamp across partitions instead, each partition's in offset order (chunks are then
 prefixes of each partition's records), and a partition is paused only while it holds ``hold_per_partition``
 records or more: the partitions it waits for keep fetching.
