@@ -123,6 +123,8 @@ class Metrics:
         self.order_waits = Counter(
             "streamlearn_order_waits", "Times the time order held records back for a partition the broker holds "
             "more of, by outcome: delivered, gave_up (worker.order_wait_ms passed).", ["outcome"], registry=r)
+        for outcome in ("delivered", "gave_up"):  # both series exist from the start (dashboards, alerts)
+            self.order_waits.labels(outcome)
         self.order_wait_seconds = Counter(
             "streamlearn_order_wait_seconds", "Seconds records were held back for a lagging partition.", registry=r)
         self.checkpoints = Counter(
