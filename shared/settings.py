@@ -356,7 +356,7 @@ class WorkerSettings(_Frozen):
     #: timestamp (each partition's in offset order), so that one model reading several partitions learns the
     #: stream in the order it was produced, also while catching up on a backlog; ``arrival``, as polled (a
     #: consumer returns thousands of one partition's records before the next's)
-    partition_order: Literal["time", "arrival"] = "arrival"
+    partition_order: Literal["time", "arrival"] = "time"
     #: ``time``: how long a partition the broker holds more records of may hold up the others' records before
     #: they go on without it (it is never waited for when it has nothing more to read)
     order_wait_ms: int = Field(200, ge=0, le=60_000)
