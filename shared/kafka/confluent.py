@@ -11,7 +11,12 @@ librdkafka differs from kafka-python where the worker cares, and this module hid
 - ``seek()`` is refused (``_STATE``) for a partition still looking up its start offset, and a ``pause()`` just
   after ``assign()`` may lose the assigned offset (librdkafka#2190). So partitions are assigned with explicit
   start offsets (the committed offset, or the watermark ``auto_offset_reset`` names), this adapter tracks each
-  partition's next offset itself, and seeks to it again when a partition sought while paused is resumed.
+  partition's next offset itself, and seeks to it again when a partition sought while paused is resumed;
+- a rebalance runs inside the ``consume()`` that follows the ``poll()`` of a batch's first record, so a batch can
+  hold records read under the assignment before it: of a partition revoked, or of one assigned again and about to
+  be restored from its checkpoint (a record processed then moves the position past what its models learned). A
+  poll during which the assignment changed returns nothing; the records are read again from where each partition
+  resumes.
 """
 
 from __future__ import annotations
@@ -121,6 +126,8 @@ class ConfluentConsumer:
         self._assigned: set[TP] = set()
         #: paused partitions whose next offset must be sought again when they are resumed
         self._seek_on_resume: set[TP] = set()
+        #: assignment changes so far (assigned, revoked, lost): a poll that saw one returns nothing
+        self.rebalances = 0
         self.raw = Consumer({
             **common_config(settings),
             "group.id": settings.group_id,
@@ -149,6 +156,7 @@ class ConfluentConsumer:
         self.raw.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
         starts = self._start_offsets(partitions)
         consumer.assign(starts)
         consumer.pause(starts)
@@ -163,6 +171,7 @@ class ConfluentConsumer:
             self._handler.on_assigned(_tps(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
         tps = _tps(partitions)
         try:
             if self._handler is not None:
@@ -171,6 +180,7 @@ class ConfluentConsumer:
             self._drop(tps)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
         tps = _tps(partitions)
         try:
             if self._handler is not None:
@@ -209,6 +219,7 @@ class ConfluentConsumer:
 
     # --- reading ---------------------------------------------------------------------------------------------
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        rebalances = self.rebalances
         try:
             # consume() waits until it has max_records or the timeout passed; poll() returns with the first
             # record, and what has been fetched with it is then taken without waiting
@@ -224,6 +235,13 @@ class ConfluentConsumer:
                 messages += self.raw.consume(num_messages=max_records - len(messages), timeout=self._batch_wait_s)
         except KafkaException as exc:
             raise _raise(exc, "consume") from exc
+        if self.rebalances != rebalances:
+            # read (at least partly) under the assignment before: each partition is read again from where it
+            # resumes (its restored checkpoint, or its committed offset for the new owner)
+            if messages:
+                log.debug("%d records polled across a rebalance dropped", len(messages))
+                self._read_again({(m.topic(), m.partition()) for m in messages if m.error() is None})
+            return []
         records: list[Record] = []
         last: dict[TP, int] = {}
         for message in messages:
@@ -249,6 +267,18 @@ class ConfluentConsumer:
             if len(last) > 1:
                 records.sort(key=lambda r: (r.topic, r.partition))  # stable: offsets stay ascending
         return records
+
+    def _read_again(self, tps: set[tuple[Any, Any]]) -> None:
+        """Partitions still assigned whose dropped records must be delivered again: sought back to their next
+        offset (at once, or on resume when paused). With the eager protocol every one was revoked and assigned
+        again, and its restore seeks it anyway; with an incremental one a partition kept would otherwise skip them."""
+        for tp in tps:
+            if tp not in self._assigned or tp not in self._next:
+                continue
+            if tp in self._paused:
+                self._seek_on_resume.add(tp)
+            else:
+                self._seek(tp, self._next[tp])
 
     def pause(self, tps: Sequence[TP]) -> None:
         if not tps:

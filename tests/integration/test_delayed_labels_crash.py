@@ -63,18 +63,18 @@ def _labels(registry: CollectorRegistry) -> float:
                for o in ("joined", "held", "late", "duplicate", "invalid", "misrouted"))
 
 
-def _skipped(history: list[tuple[str, int, int]]) -> dict[int, int]:
-    """Per label partition, the offsets B jumped over: after each restore (``start``) B must read on from where it
-    resumed, record after record (a record read again is fine; one never read is a join its models never learn)."""
-    expected: dict[int, int] = {}
-    skipped: dict[int, int] = {}
-    for kind, partition, offset in history:
+def _skipped(history: list[tuple[str, tuple[str, int], int]]) -> dict[tuple[str, int], int]:
+    """Per partition, the offsets B jumped over: after each restore (``start``) B must read on from where it resumed,
+    record after record (a record read again is fine; one never read is a join its models never learn)."""
+    expected: dict[tuple[str, int], int] = {}
+    skipped: dict[tuple[str, int], int] = {}
+    for kind, tp, offset in history:
         if kind == "start":
-            expected[partition] = offset
+            expected[tp] = offset
             continue
-        if partition in expected and offset > expected[partition]:
-            skipped[partition] = skipped.get(partition, 0) + offset - expected[partition]
-        expected[partition] = max(expected.get(partition, offset + 1), offset + 1)
+        if tp in expected and offset > expected[tp]:
+            skipped[tp] = skipped.get(tp, 0) + offset - expected[tp]
+        expected[tp] = max(expected.get(tp, offset + 1), offset + 1)
     return skipped
 
 
@@ -161,24 +161,21 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
     # B reads small batches slowly, so that the rebalances land inside its replay of the gap
     settings_b = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"max_poll_records": 20})})
     revoked_while_replaying: list[bool] = []
-    label_history: list[tuple[str, int, int]] = []  # B's label partitions: where each restore resumed, what it read
+    history: list[tuple[str, tuple[str, int], int]] = []  # B: where each restore resumed a partition, what it read
     with running_worker(settings_b if rebalance else settings, registry_b) as b:
-        assert b.delayed_labels is not None
-        resolve, restore_labels = b.delayed_labels.resolve, b._restore_label_partitions
+        process_records, restore_assigned = b.process, b.restore_assigned
 
-        def resolving(records: Any) -> Any:
-            label_history.extend(("read", r.partition, r.offset) for r in records)
-            return resolve(records)
+        def reading(batch: Any) -> None:
+            history.extend(("read", (r.topic, r.partition), r.offset) for r in batch.records)
+            process_records(batch)
 
-        def restoring(tps: Any, restored: Any) -> None:
-            restore_labels(tps, restored)
-            for tp in tps:
-                start = b._processed.get(tp)
-                if start is not None:
-                    label_history.append(("start", tp[1], start))
+        def restoring() -> None:
+            tps = list(b._to_restore)
+            restore_assigned()
+            history.extend(("start", tp, b._processed[tp]) for tp in tps if tp in b._processed)
 
-        b.delayed_labels.resolve = resolving  # type: ignore[method-assign]
-        b._restore_label_partitions = restoring  # type: ignore[method-assign]
+        b.process = reading  # type: ignore[method-assign]
+        b.restore_assigned = restoring  # type: ignore[method-assign]
         if rebalance:
             on_revoked = b.on_revoked
 
@@ -222,15 +219,15 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
     print(f"\nA learned {learned_by_a:.0f} before dying; checkpointed label offsets {checkpointed_labels}, "
           f"committed {committed_labels}, sent {labels_sent}; final models learned {learned} "
           f"for {len(labelled)} labelled events")
-    skipped = _skipped(label_history)
+    skipped = _skipped(history)
     misrouted = sample_value(registry_b, "streamlearn_labels_total", {"outcome": "misrouted"})
-    print(f"B resumed label partitions at {[h[1:] for h in label_history if h[0] == 'start']} (partition, offset); "
-          f"label offsets it jumped over: {skipped}; misrouted labels: {misrouted}")
+    print(f"B resumed {[h[1:] for h in history if h[0] == 'start']} (partition, offset); offsets it jumped over: "
+          f"{skipped}; misrouted labels: {misrouted}")
     if rebalance:
         print(f"revokes during B's run, whether in the middle of its replay: {revoked_while_replaying}")
         assert any(revoked_while_replaying), "the rebalance should have come while B re-read the gap"
     assert misrouted == 0
-    assert not skipped, "B read on from where each restore resumed a label partition"
+    assert not skipped, "B read on from where each restore resumed a partition, record after record"
     assert learned == len(labelled), "each labelled event learned exactly once across the crash"
 
     predictions = read_topic(kafka_bootstrap, t.predictions, n, to_end=True)
