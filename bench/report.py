@@ -190,6 +190,10 @@ class Outcome:
     #: per transport, one worker on a 1-partition topic (the same events), once per repeat, just before the
     #: repeat's runs on 4 partitions
     scale_single: dict[str, list[ScaleResult]] = field(default_factory=dict)
+    #: per transport and repeat, the floor: one plain group relay, then one and two loaded with the CPU per event
+    #: the repeat's one worker spent beyond the plain relay's (``scale_burn_us``)
+    scale_floor: dict[str, list[ScaleResult]] = field(default_factory=dict)
+    scale_burn_us: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
     #: per transport, pyinstrument's listings and the profiled run
     profile: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -318,6 +322,29 @@ class Outcome:
                     self.scale.setdefault(client, []).append(result)
                     log(f"  {client}, {workers} worker(s), 4 partitions ({SCALE_SCOPE} scope): "
                         f"{result.rate:,.0f} events/s")
+                self._scale_floor(bench, topic, client)
+
+    def _scale_floor(self, bench: Bench, topic: str, client: str) -> None:
+        """The machine's floor for the scale ratio, right after the workers' runs: group relays that spend the CPU
+        per event one worker spent beyond what the relay itself costs, one and then two of them."""
+        plain = bench.scale("logreg", topic, 1, client, partitions=4, contender="group-relay")
+        one_worker = self.scale[client][-2]
+        burn_us = max(0.0, (_cpu_per_event(one_worker) - _cpu_per_event(plain)) * 1e6)
+        floor = self.scale_floor.setdefault(client, [])
+        floor.append(plain)
+        self.scale_burn_us.setdefault(client, []).append(burn_us)
+        log(f"  {client}, 1 relay, 4 partitions: {plain.rate:,.0f} events/s; loading relays with {burn_us:.0f} us "
+            "CPU per event (the worker's beyond the relay's)")
+        for relays in (1, 2):
+            result = bench.scale("logreg", topic, relays, client, partitions=4, contender="group-relay",
+                                 burn_us=burn_us)
+            floor.append(result)
+            log(f"  {client}, {relays} loaded relay(s), 4 partitions: {result.rate:,.0f} events/s")
+
+    def scale_floor_ratios(self, client: str) -> list[float]:
+        """Two loaded relays over one, repeat by repeat (the floor of :meth:`scale_ratios`)."""
+        runs = self.scale_floor.get(client, [])
+        return [two.rate / one.rate for one, two in zip(runs[1::3], runs[2::3], strict=False) if one.rate > 0]
 
     def _profile(self, bench: Bench) -> None:
         import json
@@ -453,9 +480,13 @@ def targets(outcome: Outcome) -> list[list[str]]:
             ratio = statistics.median(pairs)
             one = statistics.median(r.rate for r in runs[0::2])
             two = statistics.median(r.rate for r in runs[1::2])
+            floors = outcome.scale_floor_ratios(client)
+            spread = _spread(floors).removesuffix("; ")
+            floor = (f"; the machine's floor, 2 loaded relays vs 1: {statistics.median(floors):.2f}x"
+                     + (f" ({spread})" if spread else "") if floors else "")
             rows.append([f"issues 6 and 12: 2 workers vs 1 worker ({client}), 4 partitions, `sync.scope: "
                          f"{runs[0].scope}`", f">= {TARGET_SCALE}x",
-                         f"{ratio:.2f}x ({_spread(pairs)}medians {two:,.0f} vs {one:,.0f} events/s)",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {two:,.0f} vs {one:,.0f} events/s{floor})",
                          _verdict(ratio >= TARGET_SCALE)])
         singles = outcome.scale_single.get(client, [])
         pairs = outcome.partition_ratios(client)
@@ -665,6 +696,26 @@ def render(outcome: Outcome) -> str:
         out += _table(["transport", "repeat", "partitions", "workers", "events", "seconds", "events/s",
                        "vs 1 worker, 1 partition", "vs 1 worker, 4 partitions", "syncs", "sync ms",
                        "sync KiB published / read", "per worker"], srows)
+        if outcome.scale_floor:
+            out += ["", "The machine's floor for the same group, right after each repeat's workers: group relays "
+                    "(`python -m bench.runner group-relay`: the worker's own Kafka transport, no steps; each record "
+                    "produced as it came, flush and commit once a second), first one plain, then one and two that "
+                    "spend per event the CPU the repeat's one worker on 4 partitions spent beyond the plain "
+                    "relay's. Two loaded relays over one is the ratio this machine gives a group doing the "
+                    "worker's work per event, without the worker's code.", ""]
+            frows = []
+            for client, floor_runs in outcome.scale_floor.items():
+                burns = outcome.scale_burn_us.get(client, [])
+                for index, relay in enumerate(floor_runs):
+                    floor_repeat, step = index // 3, index % 3
+                    burn = burns[floor_repeat] if step and floor_repeat < len(burns) else 0.0
+                    alike = floor_runs[index - 1].rate if step == 2 else relay.rate
+                    frows.append([client, str(floor_repeat + 1), "plain" if step == 0 else f"{burn:.0f} us",
+                                  str(relay.workers), f"{relay.events:,}", f"{relay.seconds:.2f}",
+                                  f"{relay.rate:,.0f}", _ratio(relay.rate, alike) if step else "",
+                                  f"{1e6 * _cpu_per_event(relay):.0f}"])
+            out += _table(["transport", "repeat", "relay", "relays", "events", "seconds", "events/s",
+                           "vs 1 relay alike", "CPU us per event"], frows)
         out += ["", f"This machine has {m['nproc']} CPUs, shared by the workers, the broker and Redis.", ""]
     if outcome.memory:
         out += ["## Resident memory over a long run (logreg, exactly-once)", "",
@@ -695,6 +746,11 @@ def render(outcome: Outcome) -> str:
         out += [*_flat(profile.get("flat_self", ""), 25), "```", ""]
     out += [END]
     return "\n".join(out) + "\n"
+
+
+def _cpu_per_event(s: ScaleResult) -> float:
+    """CPU seconds per event of a scale run, over its processes."""
+    return sum(r.cpu_s for r in s.reports) / max(s.events, 1)
 
 
 def _scale_row(client: str, repeat: int, s: ScaleResult, single: float | None, one: float) -> list[str]:

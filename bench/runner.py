@@ -9,6 +9,9 @@ Contenders:
 * ``transport``: kafka-python alone (batch polls, orjson, a send per record, no model): its per-event cost;
 * ``relay``: the latency floor: consume, produce to a second topic, flush and commit once a second; no model,
   each client tuned for latency (``--client``);
+* ``group-relay``: the scale floor: the worker's own Kafka transport in a consumer group, no steps: each record
+  produced as it came (after ``--burn-us`` of CPU), flush and commit once a second and at the end; it shares the
+  worker's handshake (``--ready-file``, ``--go-file``) and reports like it;
 * ``worker``: streamlearn's :class:`~services.worker.Worker` with its settings (validation, metrics,
   checkpoints to Redis, exactly-once unless ``--at-least-once``).
 
@@ -294,6 +297,79 @@ def _relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None
     producer.close()
 
 
+def run_group_relay(args: argparse.Namespace) -> None:
+    """(g) The scale floor (issue 12): a consumer group of these over the scale scenario's topic shows how far
+    this machine scales a group that spends ``--burn-us`` of CPU per record through the worker's own transport,
+    without the worker's steps. Keeps its partitions paused until ``--go-file`` exists (as the worker does) and
+    reports once it has read them to the end offsets they had then."""
+    from kafka import KafkaConsumer
+
+    from shared.kafka.transport import open_consumer, open_producer
+
+    settings = worker_settings(
+        bootstrap=args.bootstrap, model=args.model, events_topic=args.topic, predictions_topic=args.predictions,
+        group_id=args.group, redis_url=None, exactly_once=False, client=args.client,
+    ).kafka
+    consumer, producer = open_consumer(settings), open_producer(settings)
+    stop = _stop_flag(args.stop_file)
+    started = threading.Event()
+
+    class Hold:
+        def on_assigned(self, tps: Sequence[tuple[str, int]]) -> None:
+            if not started.is_set():
+                consumer.pause(tps)
+
+        async def on_revoked(self, tps: Sequence[tuple[str, int]]) -> None:
+            return None
+
+        def on_lost(self, tps: Sequence[tuple[str, int]]) -> None:
+            return None
+
+    consumer.subscribe([args.topic], Hold())
+    raw = getattr(consumer, "raw", None)
+    if isinstance(raw, KafkaConsumer):  # metadata before the group join (see BenchWorker.start)
+        raw.partitions_for_topic(args.topic)
+    result = RunResult("group-relay", args.model)
+    ends: dict[tuple[str, int], int] = {}
+    positions: dict[tuple[str, int], int] = {}
+    cpu0, share, last_commit = 0.0, "", time.monotonic()
+    while not stop.is_set():
+        records = consumer.poll(timeout_ms=50, max_records=settings.max_poll_records)
+        assigned = sorted(consumer.assignment())
+        if not started.is_set():
+            now_share = json.dumps(sorted(tp[1] for tp in assigned))
+            if assigned and now_share != share and args.ready_file is not None:
+                args.ready_file.with_suffix(".tmp").write_text(now_share)
+                args.ready_file.with_suffix(".tmp").replace(args.ready_file)
+                share = now_share
+            if assigned and (args.go_file is None or args.go_file.exists()):
+                started.set()
+                ends = end_offsets(consumer, assigned)
+                consumer.resume(assigned)
+            continue
+        if records:
+            if result.events == 0:
+                result.started, cpu0 = time.time(), cpu_seconds()
+            burn(args.burn_us * len(records))
+            for record in records:
+                producer.send(args.predictions, record.value or b"", record.key, None)
+                positions[(record.topic, record.partition)] = record.offset + 1
+            result.events += len(records)
+        done = not result.finished and result.events > 0 and all(positions.get(tp, 0) >= end
+                                                                 for tp, end in ends.items())
+        if done or (records and time.monotonic() - last_commit >= RELAY_COMMIT_S):
+            producer.flush(30)
+            consumer.commit(dict(positions))
+            last_commit = time.monotonic()
+        if done:
+            result.finished, result.cpu_s = time.time(), cpu_seconds() - cpu0
+            result.extra["partitions"] = sorted(tp[1] for tp in ends)
+            if args.result is not None:
+                result.write(args.result)
+    consumer.close()
+    producer.close(10)
+
+
 def burn(microseconds: float) -> None:
     """Spin this thread's CPU for ``microseconds`` (thread CPU time, not wall time: a preempted spin runs on)."""
     if microseconds <= 0:
@@ -467,7 +543,7 @@ def _stop_flag(path: Path | None, on_stop: Any = None) -> threading.Event:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n")[0])
-    parser.add_argument("contender", choices=["bare", "plain", "transport", "relay", "worker"])
+    parser.add_argument("contender", choices=["bare", "plain", "transport", "relay", "group-relay", "worker"])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--result", type=Path, help="where to report (none: a paced run, never reports)")
     parser.add_argument("--n", type=int, default=0, help="events to process (0: up to the end offsets at start)")
@@ -500,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     {"bare": run_bare, "plain": run_plain, "transport": run_transport, "relay": run_relay,
-     "worker": run_worker}[args.contender](args)
+     "group-relay": run_group_relay, "worker": run_worker}[args.contender](args)
 
 
 if __name__ == "__main__":

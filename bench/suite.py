@@ -358,25 +358,28 @@ class Bench:
     # --- scale --------------------------------------------------------------------------------------------
 
     def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python", *,
-              partitions: int = 4, scope: str = "group") -> ScaleResult:
+              partitions: int = 4, scope: str = "group", contender: str = "worker",
+              burn_us: float = 0.0) -> ScaleResult:
         """``workers`` worker processes in one group over the events already on the topic (of ``partitions``),
-        in ``sync.scope`` ``scope``.
+        in ``sync.scope`` ``scope``; with ``contender="group-relay"`` relays (the worker's transport, no steps,
+        ``burn_us`` of CPU per record) instead: the machine's floor for the same group.
 
         Every worker keeps its partitions paused until all have joined and the partitions are split among
         them; then all start at once ("go") and each reports when it has reached its partitions' end offsets.
         """
-        return self.retrying(f"{workers} worker(s)", lambda: self._scale(model, events_topic, workers, client,
-                                                                         partitions, scope))
+        return self.retrying(f"{workers} {contender}(s)", lambda: self._scale(
+            model, events_topic, workers, client, partitions, scope, contender, burn_us))
 
     def _scale(self, model: str, events_topic: str, workers: int, client: str, partitions: int,
-               scope: str) -> ScaleResult:
+               scope: str, contender: str = "worker", burn_us: float = 0.0) -> ScaleResult:
         _, predictions = self.topics()
         group, go_path, stop_path = self.name("group"), self.path("go"), self.path("stop")
         children, results, readies = [], [], []
         for index in range(workers):
             result_path, ready_path = self.path("result"), self.path("ready")
             children.append(self.spawn(
-                "worker", "--model", model, "--result", str(result_path), "--ready-file", str(ready_path),
+                contender, "--burn-us", str(burn_us), "--model", model, "--result", str(result_path),
+                "--ready-file", str(ready_path),
                 "--go-file", str(go_path), "--stop-file", str(stop_path), "--bootstrap", self.stack.bootstrap,
                 "--topic", events_topic, "--predictions", predictions, "--group", group,
                 "--redis-url", self.stack.redis_url, "--transactional-id", f"{group}-{index}", "--client", client,
