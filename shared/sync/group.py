@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 import redis
 
-from shared.learners.base import Learner, MergeMode, Task
+from shared.learners.base import Learner, MergeMode
 from shared.learners.registry import restore_learner
 from shared.monitoring.metrics import Metrics
 from shared.settings import SyncSettings
@@ -54,18 +54,16 @@ log = logging.getLogger("streamlearn.sync")
 #: ``sync.merge: auto``: the native merge modes whose models replay examples instead (the choice is measured in
 #: docs/models.md, "Group scope"): every model that can only vote (trees, forests) ...
 REPLAY_BY_DEFAULT = frozenset({MergeMode.VIEW})
-#: ... the averaged models of these kinds (torch: FedAvg lost 1.0-9.2 points and 16 % MAE where replay lost 0.8-3.8
-#: points and 4.5 %) ...
+#: ... and the averaged models of these kinds (torch: FedAvg lost 1.0-9.2 points and 16 % MAE where replay lost
+#: 0.8-3.8 points and 4.5 %). River's averaged linear models (classifiers and regressors) keep FedAvg: within the
+#: quality target of 1 partition (linear regression on Friedman +2.6 % MAE at a sync every 100 events, replay
+#: -0.2 %), at 1.8x the model's memory where replay's buffer took 3.1x, and without learning every example on every
+#: worker (replay made the busiest of 2 workers do 1.33x the work of one worker alone: no throughput from a group)
 REPLAY_BY_DEFAULT_KINDS = ("torch.",)
-#: ... and every averaged regressor (River's linear regression on Friedman: +3.2 % MAE with FedAvg, -0.2 % with
-#: replay). River's averaged linear classifiers keep FedAvg: within 0.1 point of replay on both classification
-#: streams, without learning every example on every worker (the throughput of a group is what they are chosen for)
-REPLAY_BY_DEFAULT_TASKS = frozenset({Task.REGRESSION})
 
 
 def _replays_by_default(learner: Learner, mode: MergeMode) -> bool:
-    return mode in REPLAY_BY_DEFAULT or (mode is MergeMode.AVERAGE and (
-        learner.kind.startswith(REPLAY_BY_DEFAULT_KINDS) or learner.task in REPLAY_BY_DEFAULT_TASKS))
+    return mode in REPLAY_BY_DEFAULT or (mode is MergeMode.AVERAGE and learner.kind.startswith(REPLAY_BY_DEFAULT_KINDS))
 
 
 def apply_merge_choice(learner: Learner, settings: SyncSettings) -> MergeMode:

@@ -179,8 +179,8 @@ def test_sync_merge_picks_each_kinds_mode() -> None:
         ("naive_bayes.GaussianNB", "binary"): (MergeMode.EXACT, MergeMode.EXACT),
         ("linear_model.LogisticRegression", "binary"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
         ("linear_model.PAClassifier", "binary"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
-        ("linear_model.LinearRegression", "regression"): (MergeMode.AVERAGE, MergeMode.REPLAY),
-        ("linear_model.PARegressor", "regression"): (MergeMode.AVERAGE, MergeMode.REPLAY),
+        ("linear_model.LinearRegression", "regression"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
+        ("linear_model.PARegressor", "regression"): (MergeMode.AVERAGE, MergeMode.AVERAGE),
         ("forest.ARFClassifier", "binary"): (MergeMode.VIEW, MergeMode.REPLAY),
         ("torch.mlp", "binary"): (MergeMode.AVERAGE, MergeMode.REPLAY),
     }
