@@ -31,6 +31,7 @@ from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 from river import forest
 
+from bench.common import write_marked_block
 from services.replayer import replay
 from services.stack import KafkaServer, free_ports
 from services.worker import Worker
@@ -40,7 +41,6 @@ from shared.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "models.md"
-START, END = "<!-- backlog-order:start -->", "<!-- backlog-order:end -->"
 SOURCE = "agrawal-drift"
 #: (column title, partitions, worker.partition_order)
 LAYOUTS = [("1 partition", 1, "time"), ("4 partitions, time order", 4, "time"),
@@ -205,14 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
-        text = DOCS.read_text(encoding="utf-8")
-        block = f"{START}\n{table}\n{END}"
-        if START in text and END in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text = (text.rstrip("\n") + "\n\n## Group scope on the real broker: a backlog on 4 partitions\n\n"
-                    + block + "\n")
-        DOCS.write_text(text, encoding="utf-8")
+        write_marked_block(DOCS, "backlog-order", table, "Group scope on the real broker: a backlog on 4 partitions")
         print(f"wrote {DOCS}")
     return 0
 

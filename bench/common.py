@@ -155,3 +155,16 @@ def wait_for_file(path: Path, timeout_s: float, what: str, alive: Any = None) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.02)
+
+
+def write_marked_block(path: Path, name: str, body: str, heading: str) -> None:
+    """Put ``body`` between the ``<!-- name:start -->`` and ``<!-- name:end -->`` lines of ``path`` (a generated
+    table in the docs); where the markers are not there yet, append them under ``## heading``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text(encoding="utf-8")
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")

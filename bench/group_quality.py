@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from bench.common import write_marked_block
 from shared.datasets import Sample, iter_source
 from shared.learners.base import Learner, MergeMode, Row, Target
 from shared.learners.registry import build_learner
@@ -48,7 +49,6 @@ from shared.sync.group import GroupSync, apply_merge_choice
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "models.md"
-START, END = "<!-- group-quality:start -->", "<!-- group-quality:end -->"
 PARTITIONS = 4
 CLASSIFIERS: list[dict[str, Any]] = [
     {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"},
@@ -454,13 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
-        text = DOCS.read_text(encoding="utf-8")
-        block = f"{START}\n{table}\n{END}"
-        if START in text and END in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n## Group scope: quality with 4 partitions and 2 workers\n\n" + block + "\n"
-        DOCS.write_text(text, encoding="utf-8")
+        write_marked_block(DOCS, "group-quality", table, "Group scope: quality with 4 partitions and 2 workers")
         print(f"wrote {DOCS}")
     return 0
 

@@ -195,3 +195,33 @@ def test_the_exactly_once_target_takes_the_median_of_its_runs() -> None:
     outcome.latency_runs["c-rd@0.1s"], outcome.latency["c-rd@0.1s"] = runs, median_run(runs)
     row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
     assert "p99 140 (median of 3 runs: 386.0 ms, 124.0 ms, 140.0 ms) ms = 1.40x" in row[2] and row[3] == "**met**"
+
+
+def test_a_marked_block_is_replaced_in_place_or_appended_under_its_heading(tmp_path: Path) -> None:
+    from bench.common import write_marked_block
+
+    doc = tmp_path / "models.md"
+    doc.write_text("# Models\n\nintro\n", encoding="utf-8")
+    write_marked_block(doc, "table", "| a |", "Generated")
+    assert doc.read_text(encoding="utf-8") == "# Models\n\nintro\n\n## Generated\n\n<!-- table:start -->\n| a |\n" \
+        "<!-- table:end -->\n"
+    doc.write_text(doc.read_text(encoding="utf-8") + "\nafter\n", encoding="utf-8")
+    write_marked_block(doc, "table", "| b |", "Generated")
+    text = doc.read_text(encoding="utf-8")
+    assert "| b |" in text and "| a |" not in text and text.count("## Generated") == 1 and text.endswith("\nafter\n")
+
+
+def test_the_scale_target_row_gives_the_loaded_relays_floor_of_the_same_run() -> None:
+    outcome = _outcome()
+    relay = [RunResult("group-relay", "logreg", 4_000, 0.0, 0.2, cpu_s=0.1)]
+    loaded_one = [RunResult("group-relay", "logreg", 4_000, 0.0, 1.0, cpu_s=0.4)]
+    loaded_two = [RunResult("group-relay", "logreg", 2_000, 0.0, 0.8, cpu_s=0.2),
+                  RunResult("group-relay", "logreg", 2_000, 0.0, 0.8, cpu_s=0.2)]
+    outcome.scale_floor["kafka-python"] = [ScaleResult(1, relay, 0.0), ScaleResult(1, loaded_one, 0.0),
+                                           ScaleResult(2, loaded_two, 0.0)]
+    outcome.scale_burn_us["kafka-python"] = [75.0]
+    assert outcome.scale_floor_ratios("kafka-python") == [pytest.approx(1.25)]
+    scale = next(row for row in targets(outcome) if row[0].startswith("issues 6 and 12: 2 workers"))
+    assert "the machine's floor, 2 loaded relays vs 1: 1.25x" in scale[2]
+    markdown = render(outcome)
+    assert "| kafka-python | 1 | 75 us | 2 | 4,000 | 0.80 | 5,000 | 1.25x | 100 |" in markdown
