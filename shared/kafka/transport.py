@@ -289,6 +289,8 @@ class KafkaPythonConsumer:
 
     #: seconds between metadata requests while a subscribed topic has no partitions in the client's metadata
     METADATA_RETRY_S = 1.0
+    #: how long :meth:`subscribe` waits for the subscribed topics' metadata before the first join
+    METADATA_WAIT_MS = 10_000
 
     def __init__(self, consumer: KafkaConsumer) -> None:
         #: the library's consumer, for code that needs more than the interface (the benchmark)
@@ -297,6 +299,23 @@ class KafkaPythonConsumer:
 
     def subscribe(self, topics: Sequence[str], handler: RebalanceHandler) -> None:
         self.raw.subscribe(list(topics), listener=_KafkaPythonListener(handler))
+        self._metadata_before_join(topics)
+
+    def _metadata_before_join(self, topics: Sequence[str]) -> None:
+        """Fetch the subscribed topics' metadata before the first poll joins the group (bounded wait).
+
+        A member that computes the assignment without it assigns nothing of those topics ("No partition metadata"),
+        and the rejoin that :meth:`_refresh_missing_metadata` brings about came too late for a restarted worker
+        under CPU load (dpkp/kafka-python#2377; the benchmark's workers have fetched it first all along).
+        """
+        cluster = self.raw._client.cluster  # kafka-python has no public, bounded handle on its metadata
+        if all(cluster.partitions_for_topic(topic) for topic in topics):
+            return
+        try:
+            future = cluster.request_update()
+            self.raw._net.run(self.raw._manager.wait_for, future, self.METADATA_WAIT_MS)
+        except KafkaError as exc:  # the first polls ask again (_refresh_missing_metadata)
+            log.warning("metadata of %s not fetched before joining the group (%r)", list(topics), exc)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         self._unpark_resumed()
