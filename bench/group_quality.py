@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pull-every-s", type=float, default=SyncSettings().pull_every_s,
                         help="between syncs, read the others' deltas every this many seconds of the stream's clock "
                              "(1,000 events a second; 0: never; default: the worker's sync.pull_every_s)")
-    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2, 3, 4, 5],
-                        help="seeds; every figure is the mean over them (default 1,2,3,4,5)")
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=list(range(1, 11)),
+                        help="seeds; every figure is the mean over them (default 1 to 10)")
     parser.add_argument("--redis-url", default=None, help="a Redis to use (default: start one)")
     parser.add_argument("--only", default=None, help="comma-separated model names (default: all)")
     parser.add_argument("--streams", default=None, help="comma-separated stream names (default: all)")
