@@ -157,7 +157,7 @@ class Checkpointer:
         if now - self._last_attempt < self._backoff_s or now < self._not_before:
             return False
         every_events, every_seconds = self._settings.every_events, self._settings.every_seconds
-        if self.group is not None:  # group scope: a sync is a checkpoint, so the sooner of both cadences
+        if self.group is not None and not self.group.alone:  # a sync is a checkpoint: the sooner of both cadences
             every_events = min(every_events, self.group.every_events)
             every_seconds = min(every_seconds, self.group.every_s)
             model_set = self._models.shared_set()

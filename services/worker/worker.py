@@ -665,6 +665,10 @@ class Worker:
         events = [tp for tp in tps if tp[0] != self._labels_topic]
         if not events:
             return tps, {}
+        checkpointer.group.alone = len(events) == consumer.partition_count(self.settings.kafka.topics.events)
+        if checkpointer.group.alone:
+            log.info("group scope: this worker holds every partition of %s; it syncs at the checkpoint cadence",
+                     self.settings.kafka.topics.events)
         try:
             return tps, checkpointer.restore_group({tp: consumer.committed(tp) for tp in events})
         except redis.RedisError as exc:

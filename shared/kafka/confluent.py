@@ -351,6 +351,14 @@ class ConfluentConsumer:
     def assignment(self) -> set[TP]:
         return set(self._assigned)
 
+    def partition_count(self, topic: str) -> int | None:
+        try:
+            metadata = self.raw.list_topics(topic, timeout=5.0).topics.get(topic)
+        except KafkaException:
+            return None
+        return len(metadata.partitions) if metadata is not None and metadata.error is None and \
+            metadata.partitions else None
+
     def highwater(self, tp: TP) -> int | None:
         try:
             _, high = self.raw.get_watermark_offsets(TopicPartition(*tp), cached=True)

@@ -164,6 +164,9 @@ class EventConsumer(Protocol):
     def assignment(self) -> set[TP]:
         """The partitions assigned to this member."""
 
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, from the client's metadata (``None`` when unknown)."""
+
     def highwater(self, tp: TP) -> int | None:
         """The last known end offset of ``tp`` (from fetch responses; ``None`` when unknown)."""
 
@@ -393,6 +396,10 @@ class KafkaPythonConsumer:
 
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.raw.assignment()}
+
+    def partition_count(self, topic: str) -> int | None:
+        partitions = self.raw.partitions_for_topic(topic)
+        return len(partitions) if partitions else None
 
     def highwater(self, tp: TP) -> int | None:
         high = self.raw.highwater(TopicPartition(*tp))

@@ -169,6 +169,12 @@ class Learner(abc.ABC):
         do not record what they learn keep their own mode)."""
         return False
 
+    def mute_replay(self, muted: bool) -> None:
+        """Stop (or resume) recording examples for the group: a member holding every partition has nobody to
+        send them to (a member that joins restores this one's checkpoint, which holds what they taught)."""
+        if self._replay is not None:
+            self._replay.muted = muted
+
     def replay_dropped(self) -> int:
         """Examples learned but not recorded for the group because the replay buffer was full."""
         return 0 if self._replay is None else self._replay.dropped

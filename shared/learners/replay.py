@@ -45,7 +45,8 @@ class ReplayLog:
     :data:`MAX_SCHEMAS`.
     """
 
-    __slots__ = ("_blocks", "_buffer", "_count", "_schema_bytes", "_schemas", "dropped", "max_examples", "paused")
+    __slots__ = ("_blocks", "_buffer", "_count", "_schema_bytes", "_schemas", "dropped", "max_examples", "muted",
+                 "paused")
 
     def __init__(self, max_examples: int) -> None:
         if max_examples < 1:
@@ -60,13 +61,15 @@ class ReplayLog:
         self.dropped = 0
         #: while merging the other members' examples: they are learned, never recorded
         self.paused = False
+        #: while this member is alone in its group (it holds every partition): nobody would read them
+        self.muted = False
 
     def __len__(self) -> int:
         return self._count
 
     def record(self, row: Row, target: Target | None) -> None:
-        """Remember one learned example (a no-op while paused; counted as dropped when full)."""
-        if self.paused:
+        """Remember one learned example (a no-op while paused or muted; counted as dropped when full)."""
+        if self.paused or self.muted:
             return
         if self._count >= self.max_examples:
             self.dropped += 1

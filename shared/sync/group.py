@@ -163,6 +163,10 @@ class GroupSync:
         self.pulls = 0
         #: the labelled examples the state held at the last sync (every member's, as counted by its sources)
         self._state_examples = 0
+        #: this member holds every partition of the group's events topic (set by the worker before each restore;
+        #: constant within a lineage, since any rebalance restores under a new one): no other member learns, so
+        #: it syncs at the checkpoint cadence only and records no replay examples (docs/architecture.md)
+        self.alone = False
 
     @property
     def every_events(self) -> int:
@@ -211,6 +215,7 @@ class GroupSync:
         self._deferred = {}
         for learner in model_set.learners.values():
             apply_merge_choice(learner, self._settings)
+            learner.mute_replay(self.alone)
             learner.mark_synced()
         self._dropped_counted = {name: learner.replay_dropped() for name, learner in model_set.learners.items()}
         self._learned_at_sync = dict(model_set.learned)

@@ -178,3 +178,29 @@ def test_the_setting_is_validated() -> None:
         CheckpointSettings(max_time_fraction=0.0)
     with pytest.raises(ValueError):
         CheckpointSettings(max_time_fraction=1.5)
+
+
+@pytest.mark.parametrize("alone", [False, True])
+def test_a_group_member_syncs_at_the_sync_cadence_unless_it_holds_every_partition(alone: bool) -> None:
+    """Group scope: every sync is a checkpoint, so a member checkpoints at the sooner of both cadences; a member
+    holding every partition has nobody to sync with, and keeps the checkpoint cadence alone."""
+    from types import SimpleNamespace
+
+    checkpointer, clock, _, _, _ = make(0.0, every_events=5000, every_seconds=10.0)
+    assert checkpointer.save({TP: 0})  # a plain checkpoint (a sync would need the group's Redis)
+    warmup = [False]
+    checkpointer.group = SimpleNamespace(  # type: ignore[assignment]
+        alone=alone, every_events=100, every_s=5.0, warmup_due=lambda model_set: warmup[0])
+    checkpointer._models.shared_set = lambda: object()  # type: ignore[method-assign, assignment, return-value]
+    clock.now += 1.0
+    checkpointer.account(99)
+    assert not checkpointer.due()
+    warmup[0] = True
+    assert checkpointer.due() is not alone  # a young group state syncs sooner, unless nobody shares it
+    warmup[0] = False
+    checkpointer.account(1)
+    assert checkpointer.due() is not alone
+    clock.now += 5.0
+    assert checkpointer.due() is not alone  # sync.every_s, not checkpoint.every_seconds
+    checkpointer.account(4900)
+    assert checkpointer.due()

@@ -210,3 +210,15 @@ def test_a_feature_name_that_is_not_a_string_fails_loudly() -> None:
     log = ReplayLog(10)
     with pytest.raises(TypeError):
         log.record(Row({3: 1.0}), 2.0)  # type: ignore[dict-item]
+
+
+def test_a_muted_log_records_nothing_and_drops_nothing() -> None:
+    """A member alone in its group (every partition) records no examples: nobody would read them."""
+    log = ReplayLog(2)
+    log.muted = True
+    for i in range(5):
+        log.record(Row({"x": float(i)}), True)
+    assert len(log) == 0 and log.dropped == 0
+    log.muted = False
+    log.record(Row({"x": 9.0}), False)
+    assert list(examples(log.delta())) == [(Row({"x": 9.0}), False)]
