@@ -319,7 +319,8 @@ class Worker:
 
     def _export_order(self) -> None:
         """The held records and the time order's waits, as metrics."""
-        self.metrics.held_records.set(self.backpressure.backlog)
+        assert self.consumer is not None
+        self.metrics.held_records.set(self.backpressure.backlog + self.consumer.held_back)
         order = self.backpressure.order
         if order is None:
             return

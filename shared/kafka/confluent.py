@@ -121,7 +121,13 @@ class ConfluentConsumer:
         self._topics: list[str] = []
         #: per assigned partition, the next offset to deliver (start offset, last delivered + 1, or a seek)
         self._next: dict[TP, int] = {}
+        #: partitions the caller paused; only those in ``_stopped`` are paused in librdkafka too
         self._paused: set[TP] = set()
+        #: paused partitions paused in librdkafka as well (which drops what it fetched for them)
+        self._stopped: set[TP] = set()
+        #: per paused partition, the records read for it since the pause, delivered after the resume
+        self._held_back: dict[TP, list[Record]] = {}
+        self._held_back_limit = max(1_000, PREFETCH_POLLS * settings.max_poll_records)
         #: the current assignment, kept from the rebalance callbacks (asking librdkafka costs a call per loop)
         self._assigned: set[TP] = set()
         #: paused partitions whose next offset must be sought again when they are resumed
@@ -165,6 +171,8 @@ class ConfluentConsumer:
             self._assigned.add(tp)
             self._next[tp] = p.offset
             self._paused.add(tp)
+            self._stopped.add(tp)
+            self._held_back.pop(tp, None)
             self._seek_on_resume.add(tp)
         self._up = True
         if self._handler is not None:
@@ -193,6 +201,8 @@ class ConfluentConsumer:
             self._assigned.discard(tp)
             self._next.pop(tp, None)
             self._paused.discard(tp)
+            self._stopped.discard(tp)
+            self._held_back.pop(tp, None)
             self._seek_on_resume.discard(tp)
 
     def _start_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -219,6 +229,10 @@ class ConfluentConsumer:
 
     # --- reading ---------------------------------------------------------------------------------------------
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        if self._held_back:
+            released = self._release_held_back(max_records)
+            if released:
+                return released
         rebalances = self.rebalances
         try:
             # consume() waits until it has max_records or the timeout passed; poll() returns with the first
@@ -257,8 +271,13 @@ class ConfluentConsumer:
             topic, partition, offset = cast(str, message.topic()), cast(int, message.partition()), \
                 cast(int, message.offset())
             kind, timestamp = message.timestamp()
-            records.append(Record(topic=topic, partition=partition, offset=offset, key=message.key(),
-                                  value=message.value(), timestamp_ms=timestamp if kind else 0))
+            record = Record(topic=topic, partition=partition, offset=offset, key=message.key(),
+                            value=message.value(), timestamp_ms=timestamp if kind else 0)
+            if (topic, partition) in self._paused:
+                if (topic, partition) not in self._stopped:  # a stopped one is read again from where it resumes
+                    self._hold_back(record)
+                continue
+            records.append(record)
             last[(topic, partition)] = offset
         if last:
             self._up = True
@@ -268,6 +287,45 @@ class ConfluentConsumer:
                 records.sort(key=lambda r: (r.topic, r.partition))  # stable: offsets stay ascending
         return records
 
+    def _hold_back(self, record: Record) -> None:
+        """Keep a record of a paused partition for its resume; at the limit, pause the partition in librdkafka."""
+        tp = (record.topic, record.partition)
+        held = self._held_back.setdefault(tp, [])
+        held.append(record)
+        if len(held) >= self._held_back_limit and tp not in self._stopped:
+            # librdkafka drops what it fetched for the partition and, on resume, fetches from after the last
+            # record read (the last one held back)
+            self.raw.pause([TopicPartition(*tp)])
+            self._stopped.add(tp)
+            self._seek_on_resume.add(tp)
+
+    def _release_held_back(self, max_records: int) -> list[Record]:
+        """Records held back for partitions resumed since, oldest first, at most ``max_records``."""
+        records: list[Record] = []
+        for tp in [tp for tp in self._held_back if tp not in self._paused]:
+            held = self._held_back[tp]
+            taken, rest = held[:max_records - len(records)], held[max_records - len(records):]
+            if rest:
+                self._held_back[tp] = rest
+            else:
+                del self._held_back[tp]
+            if taken:
+                records += taken
+                self._next[tp] = taken[-1].offset + 1
+            if len(records) >= max_records:
+                break
+        return records
+
+    def _fetch_next(self, tp: TP) -> int:
+        """Where librdkafka must read ``tp`` from: after the records held back for it, else its next offset."""
+        held = self._held_back.get(tp)
+        return held[-1].offset + 1 if held else self._next[tp]
+
+    @property
+    def held_back(self) -> int:
+        """Records read for paused partitions and kept for their resume."""
+        return sum(len(held) for held in self._held_back.values())
+
     def _read_again(self, tps: set[tuple[Any, Any]]) -> None:
         """Partitions still assigned whose dropped records must be delivered again: sought back to their next
         offset (at once, or on resume when paused). With the eager protocol every one was revoked and assigned
@@ -275,37 +333,35 @@ class ConfluentConsumer:
         for tp in tps:
             if tp not in self._assigned or tp not in self._next:
                 continue
-            if tp in self._paused:
+            if tp in self._stopped:
                 self._seek_on_resume.add(tp)
             else:
-                self._seek(tp, self._next[tp])
+                self._seek(tp, self._fetch_next(tp))
 
     def pause(self, tps: Sequence[TP]) -> None:
-        if not tps:
-            return
-        self.raw.pause([TopicPartition(*tp) for tp in tps])
+        # librdkafka would drop what it has fetched for the partitions and fetch it again on resume (a pause is
+        # often short: the time order holds a partition back for a chunk or two); the records read for them are
+        # held back here instead, up to a limit, and only then are they paused in librdkafka as well
         self._paused.update(tps)
-        # records fetched but not yet delivered are dropped by the pause; the position must not move past them
-        for tp in tps:
-            if tp in self._next:
-                self._seek_on_resume.add(tp)
 
     def resume(self, tps: Sequence[TP]) -> None:
-        if not tps:
-            return
-        self.raw.resume([TopicPartition(*tp) for tp in tps])
+        stopped = [tp for tp in tps if tp in self._stopped]
+        if stopped:
+            self.raw.resume([TopicPartition(*tp) for tp in stopped])
         for tp in tps:
             self._paused.discard(tp)
+            self._stopped.discard(tp)
             if tp in self._seek_on_resume and tp in self._next:
                 self._seek_on_resume.discard(tp)
-                self._seek(tp, self._next[tp])
+                self._seek(tp, self._fetch_next(tp))
 
     def paused(self) -> set[TP]:
         return set(self._paused)
 
     def seek(self, tp: TP, offset: int) -> None:
         self._next[tp] = offset
-        if tp in self._paused:
+        self._held_back.pop(tp, None)
+        if tp in self._stopped:
             self._seek_on_resume.add(tp)  # applied on resume: librdkafka may ignore a seek of a paused partition
             return
         self._seek(tp, offset)

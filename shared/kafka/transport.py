@@ -149,6 +149,10 @@ class EventConsumer(Protocol):
     def paused(self) -> set[TP]:
         """The partitions paused now."""
 
+    @property
+    def held_back(self) -> int:
+        """Records this adapter read for paused partitions and keeps for their resume (bounded)."""
+
     def seek(self, tp: TP, offset: int) -> None:
         """Read ``tp`` next from ``offset``."""
 
@@ -373,6 +377,10 @@ class KafkaPythonConsumer:
 
     def paused(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.raw.paused()}
+
+    @property
+    def held_back(self) -> int:
+        return 0  # kafka-python keeps what it fetched for a paused partition itself (one fetch's worth)
 
     def seek(self, tp: TP, offset: int) -> None:
         self.raw.seek(TopicPartition(*tp), offset)

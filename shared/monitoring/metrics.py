@@ -118,8 +118,8 @@ class Metrics:
         self.paused_partitions = Gauge(
             "streamlearn_paused_partitions", "Partitions paused for backpressure.", registry=r)
         self.held_records = Gauge(
-            "streamlearn_held_records", "Records polled and not processed yet (backpressure, time order).",
-            registry=r)
+            "streamlearn_held_records", "Records polled and not processed yet (backpressure, time order; with "
+            "librdkafka also those read for a paused partition and kept for its resume).", registry=r)
         self.order_waits = Counter(
             "streamlearn_order_waits", "Times the time order held records back for a partition the broker holds "
             "more of, by outcome: delivered, gave_up (worker.order_wait_ms passed).", ["outcome"], registry=r)

@@ -116,6 +116,8 @@ def test_records_read_before_an_eager_rebalance_are_dropped_and_read_again_from_
     assert handler.revoked == [(TOPIC, 0), (TOPIC, 1)] and handler.assigned == [(TOPIC, 0)]
     assert consumer._next == {(TOPIC, 0): 100}, "the new start stands; the dropped records moved nothing"
     assert (TOPIC, 0) in consumer.paused()
+    consumer.resume([(TOPIC, 0)])  # as the worker's restore does
+    assert raw.sought == [(0, 100)]
 
     raw.first, raw.rest = Message(0, 100), [Message(0, 101)]  # type: ignore[assignment]
     records = consumer.poll(timeout_ms=10, max_records=50)
