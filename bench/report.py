@@ -312,6 +312,14 @@ class Outcome:
         log(f"scale: producing {n:,} events on a 4-partition topic and the same on a 1-partition topic")
         bench.produce(topic, n)
         bench.produce(single, n)
+        # a broker just started spends whole CPU seconds compiling (the JVM's JIT) during its first runs of the
+        # workers' requests (transactions, fetches of several partitions): one unmeasured round first, so that the
+        # measured ones do not share the CPUs with it (a --scale-only run has no stage before this one)
+        for client in CLIENTS:
+            for workers in (1, 2):
+                result = bench.scale("logreg", topic, workers, client, partitions=4, scope=SCALE_SCOPE)
+                log(f"  warm-up (not measured): {client}, {workers} worker(s), 4 partitions: "
+                    f"{result.rate:,.0f} events/s")
         for _ in range(self.config.repeat):
             for client in CLIENTS:
                 result = bench.scale("logreg", single, 1, client, partitions=1, scope=SCALE_SCOPE)

@@ -359,31 +359,36 @@ class Bench:
 
     def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python", *,
               partitions: int = 4, scope: str = "group", contender: str = "worker",
-              burn_us: float = 0.0) -> ScaleResult:
+              burn_us: float = 0.0, trace: bool = False) -> ScaleResult:
         """``workers`` worker processes in one group over the events already on the topic (of ``partitions``),
         in ``sync.scope`` ``scope``; with ``contender="group-relay"`` relays (the worker's transport, no steps,
         ``burn_us`` of CPU per record) instead: the machine's floor for the same group.
 
         Every worker keeps its partitions paused until all have joined and the partitions are split among
         them; then all start at once ("go") and each reports when it has reached its partitions' end offsets.
+        ``trace``: each worker traces its loop (``bench.worker_trace``; the paths in ``ScaleResult.traces``).
         """
         return self.retrying(f"{workers} {contender}(s)", lambda: self._scale(
-            model, events_topic, workers, client, partitions, scope, contender, burn_us))
+            model, events_topic, workers, client, partitions, scope, contender, burn_us, trace))
 
     def _scale(self, model: str, events_topic: str, workers: int, client: str, partitions: int,
-               scope: str, contender: str = "worker", burn_us: float = 0.0) -> ScaleResult:
+               scope: str, contender: str = "worker", burn_us: float = 0.0, trace: bool = False) -> ScaleResult:
         _, predictions = self.topics()
         group, go_path, stop_path = self.name("group"), self.path("go"), self.path("stop")
-        children, results, readies = [], [], []
+        children, results, readies, traces = [], [], [], []
         for index in range(workers):
             result_path, ready_path = self.path("result"), self.path("ready")
+            extra: list[str] = []
+            if trace:
+                traces.append(self.path("trace"))
+                extra = ["--trace", str(traces[-1])]
             children.append(self.spawn(
                 contender, "--burn-us", str(burn_us), "--model", model, "--result", str(result_path),
                 "--ready-file", str(ready_path),
                 "--go-file", str(go_path), "--stop-file", str(stop_path), "--bootstrap", self.stack.bootstrap,
                 "--topic", events_topic, "--predictions", predictions, "--group", group,
                 "--redis-url", self.stack.redis_url, "--transactional-id", f"{group}-{index}", "--client", client,
-                "--scope", scope,
+                "--scope", scope, *extra,
             ))
             results.append(result_path)
             readies.append(ready_path)
@@ -404,7 +409,7 @@ class Bench:
         for child in children:
             child.wait()
         reports = [RunResult.read(path) for path in results]
-        return ScaleResult(workers, reports, go, partitions, scope)
+        return ScaleResult(workers, reports, go, partitions, scope, traces)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -500,6 +505,8 @@ class ScaleResult:
     go: float
     partitions: int = 4
     scope: str = "group"
+    #: the workers' loop traces, when asked for (``Bench.scale(trace=True)``)
+    traces: list[Path] = field(default_factory=list)
 
     def sync_total(self, key: str) -> float:
         """The sum over the workers of one of the sync costs they reported (``syncs``, ``sync_s``,

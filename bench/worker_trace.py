@@ -72,7 +72,7 @@ class LoopTrace:
         self.wrap(worker.consumer, "poll", "poll")
         for step in worker.steps:
             self.wrap(step, "process", f"step {type(step).__name__}")
-        for name in ("_maybe_commit", "_update_champion", "_update_gauges"):
+        for name in ("_maybe_commit", "_update_champion", "_update_gauges", "_maybe_pull"):
             self.wrap(worker, name, name.strip("_"))
         self.wrap(worker.backpressure, "apply", "backpressure.apply")
         self.wrap(worker.score_step, "export", "score export")
