@@ -687,7 +687,9 @@ def render(outcome: Outcome) -> str:
                 "partitions, then start together. Events/s from the first event processed by any worker to the "
                 "last one processed and committed. Syncs, their time (deltas, merges and views, "
                 "`streamlearn_sync_seconds`) and bytes (`streamlearn_sync_bytes`, published / read) are summed over "
-                "the group's workers."
+                "the group's workers. Before the measured runs, one unmeasured round per transport (one worker "
+                "on 4 partitions, then two): a broker just started spends CPU seconds compiling (the JVM's JIT) in "
+                "its first runs of the workers' requests."
                 + (f" Per repeat: one worker on 1 partition, one on 4, two on 4, one after the other; {c.repeat} "
                    f"repeats, and each target takes the median of the {c.repeat} ratios of runs of the same "
                    "repeat." if c.repeat > 1 else ""), ""]
