@@ -62,6 +62,10 @@ PREFETCH_MAX_KBYTES = 16 * 1024
 PREFETCH_BACKOFF_MS = 10
 #: the producer's queue of records not yet delivered (librdkafka's default is 1 GiB)
 PRODUCER_QUEUE_KBYTES = 64 * 1024
+#: the records held back for paused partitions take at most this many bytes in all (keys and values, and this much
+#: more per record for its Python objects): what librdkafka itself may prefetch (``queued.max.messages.kbytes``)
+HELD_BACK_MAX_BYTES = PREFETCH_MAX_KBYTES * 1024
+HELD_BACK_RECORD_OVERHEAD = 200
 #: a poll that found fewer records than this waits up to ``kafka.batch_wait_ms`` for more
 SMALL_BATCH = 64
 
@@ -95,6 +99,11 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
     return config
 
 
+def _held_size(record: Record) -> int:
+    """What a held-back record counts against ``HELD_BACK_MAX_BYTES``."""
+    return len(record.value or b"") + len(record.key or b"") + HELD_BACK_RECORD_OVERHEAD
+
+
 def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
@@ -125,9 +134,11 @@ class ConfluentConsumer:
         self._paused: set[TP] = set()
         #: paused partitions paused in librdkafka as well (which drops what it fetched for them)
         self._stopped: set[TP] = set()
-        #: per paused partition, the records read for it since the pause, delivered after the resume
+        #: per paused partition, the records read for it since the pause, delivered after the resume; their size in
+        #: all (``_held_back_bytes``) is bounded by ``_held_back_limit``
         self._held_back: dict[TP, list[Record]] = {}
-        self._held_back_limit = max(1_000, PREFETCH_POLLS * settings.max_poll_records)
+        self._held_back_bytes = 0
+        self._held_back_limit = HELD_BACK_MAX_BYTES
         #: the current assignment, kept from the rebalance callbacks (asking librdkafka costs a call per loop)
         self._assigned: set[TP] = set()
         #: paused partitions whose next offset must be sought again when they are resumed
@@ -172,7 +183,7 @@ class ConfluentConsumer:
             self._next[tp] = p.offset
             self._paused.add(tp)
             self._stopped.add(tp)
-            self._held_back.pop(tp, None)
+            self._forget_held_back(tp)
             self._seek_on_resume.add(tp)
         self._up = True
         if self._handler is not None:
@@ -202,7 +213,7 @@ class ConfluentConsumer:
             self._next.pop(tp, None)
             self._paused.discard(tp)
             self._stopped.discard(tp)
-            self._held_back.pop(tp, None)
+            self._forget_held_back(tp)
             self._seek_on_resume.discard(tp)
 
     def _start_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -234,6 +245,7 @@ class ConfluentConsumer:
             if released:
                 return released
         rebalances = self.rebalances
+        room = self._held_back_limit - self._held_back_bytes
         try:
             # consume() waits until it has max_records or the timeout passed; poll() returns with the first
             # record, and what has been fetched with it is then taken without waiting
@@ -275,7 +287,7 @@ class ConfluentConsumer:
                             value=message.value(), timestamp_ms=timestamp if kind else 0)
             if (topic, partition) in self._paused:
                 if (topic, partition) not in self._stopped:  # a stopped one is read again from where it resumes
-                    self._hold_back(record)
+                    room = self._hold_back(record, room)
                 continue
             records.append(record)
             last[(topic, partition)] = offset
@@ -287,17 +299,21 @@ class ConfluentConsumer:
                 records.sort(key=lambda r: (r.topic, r.partition))  # stable: offsets stay ascending
         return records
 
-    def _hold_back(self, record: Record) -> None:
-        """Keep a record of a paused partition for its resume; at the limit, pause the partition in librdkafka."""
+    def _hold_back(self, record: Record, room: int) -> int:
+        """Keep a record of a paused partition for its resume; once the records held back (all partitions) reach
+        the limit, pause the partition in librdkafka. Returns the bytes left under the limit."""
         tp = (record.topic, record.partition)
-        held = self._held_back.setdefault(tp, [])
-        held.append(record)
-        if len(held) >= self._held_back_limit and tp not in self._stopped:
+        self._held_back.setdefault(tp, []).append(record)
+        size = _held_size(record)
+        self._held_back_bytes += size
+        room -= size
+        if room <= 0:
             # librdkafka drops what it fetched for the partition and, on resume, fetches from after the last
             # record read (the last one held back)
             self.raw.pause([TopicPartition(*tp)])
             self._stopped.add(tp)
             self._seek_on_resume.add(tp)
+        return room
 
     def _release_held_back(self, max_records: int) -> list[Record]:
         """Records held back for partitions resumed since, oldest first, at most ``max_records``."""
@@ -309,6 +325,7 @@ class ConfluentConsumer:
                 self._held_back[tp] = rest
             else:
                 del self._held_back[tp]
+            self._held_back_bytes -= sum(_held_size(record) for record in taken)
             if taken:
                 records += taken
                 self._next[tp] = taken[-1].offset + 1
@@ -325,6 +342,10 @@ class ConfluentConsumer:
     def held_back(self) -> int:
         """Records read for paused partitions and kept for their resume."""
         return sum(len(held) for held in self._held_back.values())
+
+    def _forget_held_back(self, tp: TP) -> None:
+        for record in self._held_back.pop(tp, ()):
+            self._held_back_bytes -= _held_size(record)
 
     def _read_again(self, tps: set[tuple[Any, Any]]) -> None:
         """Partitions still assigned whose dropped records must be delivered again: sought back to their next
@@ -360,7 +381,7 @@ class ConfluentConsumer:
 
     def seek(self, tp: TP, offset: int) -> None:
         self._next[tp] = offset
-        self._held_back.pop(tp, None)
+        self._forget_held_back(tp)
         if tp in self._stopped:
             self._seek_on_resume.add(tp)  # applied on resume: librdkafka may ignore a seek of a paused partition
             return

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 from confluent_kafka import TopicPartition
 
-from shared.kafka.confluent import ConfluentConsumer
+from shared.kafka.confluent import HELD_BACK_RECORD_OVERHEAD, ConfluentConsumer
 from shared.settings import KafkaSettings
 from tests.unit.test_confluent_rebalance_poll import TOPIC, Handler, Message
 
 A, B = (TOPIC, 0), (TOPIC, 1)
+#: what one of the stand-in's messages (key ``k``, value ``{}``) counts against the limit of held-back bytes
+RECORD_SIZE = 3 + HELD_BACK_RECORD_OVERHEAD
 
 
 class Raw:
@@ -46,10 +48,11 @@ class Raw:
 
 
 def consumer_over(raw: Raw, assigned: dict[int, int], *, limit: int = 1_000) -> ConfluentConsumer:
+    """A transport over ``raw`` holding ``assigned`` (partition: next offset); ``limit`` in held-back records."""
     consumer = ConfluentConsumer(KafkaSettings(client="confluent", batch_wait_ms=0))
     consumer.raw = raw  # type: ignore[assignment]
     consumer._handler = Handler()
-    consumer._held_back_limit = limit
+    consumer._held_back_limit = limit * RECORD_SIZE
     for partition, offset in assigned.items():
         consumer._assigned.add((TOPIC, partition))
         consumer._next[(TOPIC, partition)] = offset
@@ -78,7 +81,7 @@ def test_a_paused_partitions_records_are_held_back_and_delivered_in_order_after_
     assert consumer._next[A] == 3 and consumer.held_back == 2
     assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(0, 3), (0, 4)], "the held back first"
     assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(0, 5), (0, 6)]
-    assert consumer._next[A] == 7 and consumer.held_back == 0
+    assert consumer._next[A] == 7 and consumer.held_back == 0 and consumer._held_back_bytes == 0
     assert raw.resumed == [] and raw.sought == []
 
 
@@ -109,6 +112,7 @@ def test_a_seek_of_a_paused_partition_drops_its_held_back_records() -> None:
     assert consumer.poll(timeout_ms=0, max_records=100) == []
     consumer.seek(A, 100)
     assert consumer.held_back == 0 and raw.sought == [(0, 100)], "not paused in librdkafka: sought at once"
+    assert consumer._held_back_bytes == 0
     consumer.resume([A])
     raw.add(0, range(100, 102))
     assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(0, 100), (0, 101)]
@@ -122,6 +126,23 @@ def test_a_revoked_partition_forgets_its_held_back_records() -> None:
     consumer.poll(timeout_ms=0, max_records=100)
     assert consumer.held_back == 3
     consumer._on_revoke(raw, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
-    assert consumer.held_back == 0 and consumer.paused() == set()
+    assert consumer.held_back == 0 and consumer._held_back_bytes == 0 and consumer.paused() == set()
     consumer.resume([A])
     assert consumer.poll(timeout_ms=0, max_records=100) == []
+
+
+def test_the_limit_is_shared_by_all_paused_partitions() -> None:
+    raw = Raw()
+    consumer = consumer_over(raw, {0: 0, 1: 0}, limit=4)
+    consumer.pause([A, B])
+    raw.add(0, range(0, 3))
+    raw.add(1, range(0, 3))
+    assert consumer.poll(timeout_ms=0, max_records=100) == []
+    assert raw.paused == [1], "the partition that reached the limit of all held back together"
+    assert consumer.held_back == 4
+    consumer.resume([A, B])
+    assert raw.resumed == [1] and raw.sought == [(1, 1)]
+    raw.add(1, range(1, 3))
+    assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(1, 1), (1, 2)]
+    assert consumer._held_back_bytes == 0
