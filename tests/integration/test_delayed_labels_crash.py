@@ -188,9 +188,10 @@ def test_no_delayed_label_is_learned_twice_or_lost_across_a_crash(
             process = b.process
 
             def slowly(batch: Any) -> None:
-                # the group hears of a new member at B's next heartbeat (3 s): the replay outlasts it. Per record
-                # (0.1 s a poll of 20): the time order releases several partitions' held records in one batch
-                time.sleep(0.005 * len(batch.records))
+                # the group hears of a new member at B's next heartbeat (3 s): the replay (about 700 records)
+                # outlasts it. Per record (0.2 s a poll of 20): the time order releases several partitions' held
+                # records in one batch
+                time.sleep(0.01 * len(batch.records))
                 process(batch)
 
             b.process = slowly  # type: ignore[method-assign]
