@@ -48,6 +48,9 @@ from shared.settings import PreprocessingSettings, WorkerSettings
 
 #: the worker's default poll size, used as the torch bare loop's chunk
 CHUNK = 500
+#: polls this short while a group waits for "go": its members then start within a few ms of each other (a group's
+#: window runs from its first member's first event to its last member's last, so a late start counts against it)
+GO_POLL_MS = 5
 
 
 def _river_or_torch(model: str) -> tuple[str, Any]:
@@ -334,7 +337,8 @@ def run_group_relay(args: argparse.Namespace) -> None:
     positions: dict[tuple[str, int], int] = {}
     cpu0, share, last_commit = 0.0, "", time.monotonic()
     while not stop.is_set():
-        records = consumer.poll(timeout_ms=50, max_records=settings.max_poll_records)
+        records = consumer.poll(timeout_ms=50 if started.is_set() else GO_POLL_MS,
+                                max_records=settings.max_poll_records)
         assigned = sorted(consumer.assignment())
         if not started.is_set():
             now_share = json.dumps(sorted(tp[1] for tp in assigned))
@@ -412,6 +416,8 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
             self._reported = args.result is None
             self._ends: dict[tuple[str, int], int] | None = None
             self._share = ""
+            #: the parent said go (``--go-file`` exists)
+            self._go = args.go_file is None
             self._profiler: Any = None
             #: ``--trace``: the loop's timings (bench.worker_trace)
             self.trace: Any = None
@@ -436,13 +442,17 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
 
         def restore_assigned(self) -> None:
             # keep new partitions paused until the parent says go (all workers of the group have joined)
-            if args.go_file is not None and not args.go_file.exists():
+            if not self._go and args.go_file is not None and not args.go_file.exists():
                 self._report_share()
                 return
+            self._go = True
             super().restore_assigned()
             self._ends = None
             if args.go_file is None:
                 self._report_share()
+
+        def _poll_timeout_ms(self) -> int:
+            return super()._poll_timeout_ms() if self._go else GO_POLL_MS
 
         def _report_share(self) -> None:
             """Write the partitions this worker is assigned to ``--ready-file`` (when they changed)."""
