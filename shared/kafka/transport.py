@@ -141,7 +141,8 @@ class EventConsumer(Protocol):
         """Up to ``max_records`` records, grouped by partition in offset order; raises :class:`TransportError`."""
 
     def pause(self, tps: Sequence[TP]) -> None:
-        """Stop fetching these partitions (the group membership is kept)."""
+        """Deliver no more records of these partitions until resumed (the group membership is kept). A client may
+        go on reading them for the resume, within a bound (the confluent adapter: 16 MiB in all)."""
 
     def resume(self, tps: Sequence[TP]) -> None:
         """Fetch these partitions again, from their current positions."""
