@@ -43,6 +43,10 @@ DEFAULT_CLIENT = "confluent"
 TARGET_SCALE = 1.6
 #: issue 12: one worker in group scope on 4 partitions against the same worker on 1 partition
 TARGET_SCALE_PARTITIONS = 0.9
+#: the scale stage's warm-up ends after a round in whose runs' windows the broker's JIT compilers used less CPU than
+#: this (seconds; a round is six runs), or after ``SCALE_WARMUP_MAX_ROUNDS`` rounds
+SCALE_WARM_JIT_S = 0.3
+SCALE_WARMUP_MAX_ROUNDS = 5
 #: the scale scenario's ``sync.scope`` (issue 12: one model for the whole group)
 SCALE_SCOPE = "group"
 #: "flat": RSS at the end at most this much above RSS after the first 10% of the run
@@ -194,6 +198,8 @@ class Outcome:
     #: the repeat's one worker spent beyond the plain relay's (``scale_burn_us``)
     scale_floor: dict[str, list[ScaleResult]] = field(default_factory=dict)
     scale_burn_us: dict[str, list[float]] = field(default_factory=dict)
+    #: the broker's JIT CPU seconds in each unmeasured warm-up round of the scale stage
+    scale_warmup_jit_s: list[float] = field(default_factory=list)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
     #: per transport, pyinstrument's listings and the profiled run
     profile: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -312,14 +318,7 @@ class Outcome:
         log(f"scale: producing {n:,} events on a 4-partition topic and the same on a 1-partition topic")
         bench.produce(topic, n)
         bench.produce(single, n)
-        # a broker just started spends whole CPU seconds compiling (the JVM's JIT) during its first runs of the
-        # workers' requests (transactions, fetches of several partitions): one unmeasured round first, so that the
-        # measured ones do not share the CPUs with it (a --scale-only run has no stage before this one)
-        for client in CLIENTS:
-            for workers in (1, 2):
-                result = bench.scale("logreg", topic, workers, client, partitions=4, scope=SCALE_SCOPE)
-                log(f"  warm-up (not measured): {client}, {workers} worker(s), 4 partitions: "
-                    f"{result.rate:,.0f} events/s")
+        self._warm_up_scale(bench, topic, single)
         for _ in range(self.config.repeat):
             for client in CLIENTS:
                 result = bench.scale("logreg", single, 1, client, partitions=1, scope=SCALE_SCOPE)
@@ -331,6 +330,31 @@ class Outcome:
                     log(f"  {client}, {workers} worker(s), 4 partitions ({SCALE_SCOPE} scope): "
                         f"{result.rate:,.0f} events/s")
                 self._scale_floor(bench, topic, client)
+
+    def _warm_up_scale(self, bench: Bench, topic: str, single: str) -> None:
+        """Unmeasured rounds of the scale runs until the broker's JIT has settled.
+
+        A broker just started spends whole CPU seconds compiling (the JVM's JIT) in its first runs of the workers'
+        requests (transactions, fetches of several partitions, two clients' request versions), inside the runs'
+        windows for the first rounds: a measured run that shares the 2 CPUs with the compilers says more about the
+        JVM's warm-up than about the workers (docs/benchmarks.md). Rounds of the measured runs' shapes until the
+        compilers used less than ``SCALE_WARM_JIT_S`` CPU seconds inside the windows of a round's runs, at most
+        ``SCALE_WARMUP_MAX_ROUNDS`` rounds.
+        """
+        for round_ in range(1, SCALE_WARMUP_MAX_ROUNDS + 1):
+            rates, jit = [], 0.0
+            for client in CLIENTS:
+                for events_topic, workers, partitions in ((single, 1, 1), (topic, 1, 4), (topic, 2, 4)):
+                    result = bench.scale("logreg", events_topic, workers, client, partitions=partitions,
+                                         scope=SCALE_SCOPE)
+                    rates.append(f"{client} {workers}w/{partitions}p {result.rate:,.0f}")
+                    jit += result.broker_jit_s
+            self.scale_warmup_jit_s.append(jit)
+            log(f"  warm-up round {round_} (not measured): broker JIT {jit:.2f} CPU s in the runs' windows; "
+                f"events/s: {', '.join(rates)}")
+            if jit < SCALE_WARM_JIT_S:
+                return
+        log(f"  the broker's JIT had not settled after {SCALE_WARMUP_MAX_ROUNDS} rounds; measuring anyway")
 
     def _scale_floor(self, bench: Bench, topic: str, client: str) -> None:
         """The machine's floor for the scale ratio, right after the workers' runs: group relays that spend the CPU
@@ -686,10 +710,14 @@ def render(outcome: Outcome) -> str:
                 "workers of one group keep their partitions paused until the group has formed and split the "
                 "partitions, then start together. Events/s from the first event processed by any worker to the "
                 "last one processed and committed. Syncs, their time (deltas, merges and views, "
-                "`streamlearn_sync_seconds`) and bytes (`streamlearn_sync_bytes`, published / read) are summed over "
-                "the group's workers. Before the measured runs, one unmeasured round per transport (one worker "
-                "on 4 partitions, then two): a broker just started spends CPU seconds compiling (the JVM's JIT) in "
-                "its first runs of the workers' requests."
+                "`streamlearn_sync_seconds`) and bytes (`streamlearn_sync_bytes`, published / read) are summed "
+                "over the group's workers. Before the measured runs, unmeasured rounds of the same runs (each "
+                "transport: one worker on 1 partition, one on 4, two on 4) until the broker's JIT compilers used less "
+                f"than {SCALE_WARM_JIT_S} CPU s in the windows of a round's runs (at most {SCALE_WARMUP_MAX_ROUNDS} "
+                "rounds): a broker just started spends CPU seconds compiling in its first runs of the workers' "
+                "requests, on the CPUs the workers share. This run's rounds: "
+                + (", ".join(f"{jit:.2f}" for jit in outcome.scale_warmup_jit_s) or "none") + " JIT CPU s; the "
+                "column \"broker JIT CPU s\" is what the compilers used during each measured run."
                 + (f" Per repeat: one worker on 1 partition, one on 4, two on 4, one after the other; {c.repeat} "
                    f"repeats, and each target takes the median of the {c.repeat} ratios of runs of the same "
                    "repeat." if c.repeat > 1 else ""), ""]
@@ -705,7 +733,7 @@ def render(outcome: Outcome) -> str:
                 srows.append(_scale_row(client, repeat, s, single, one))
         out += _table(["transport", "repeat", "partitions", "workers", "events", "seconds", "events/s",
                        "vs 1 worker, 1 partition", "vs 1 worker, 4 partitions", "syncs", "sync ms",
-                       "sync KiB published / read", "per worker"], srows)
+                       "sync KiB published / read", "broker JIT CPU s", "per worker"], srows)
         if outcome.scale_floor:
             out += ["", "The machine's floor for the same group, right after each repeat's workers: group relays "
                     "(`python -m bench.runner group-relay`: the worker's own Kafka transport, no steps; each record "
@@ -770,6 +798,7 @@ def _scale_row(client: str, repeat: int, s: ScaleResult, single: float | None, o
             f"{s.rate:,.0f}", _ratio(s.rate, single), _ratio(s.rate, one), f"{s.sync_total('syncs'):.0f}",
             f"{1000 * s.sync_total('sync_s'):.1f}",
             f"{s.sync_total('sync_bytes_published') / 1024:,.1f} / {s.sync_total('sync_bytes_read') / 1024:,.1f}",
+            f"{s.broker_jit_s:.2f}",
             "; ".join(f"{r.extra.get('partitions')}: {r.events:,} events in {r.seconds:.2f} s" for r in s.reports)]
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import os
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Bench, ScaleResult, log, process_cpu_s, started_stack, temp_dir
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench.suite import Bench, ScaleResult, log, process_cpu_s, started_stack, temp_dir, threads_cpu_s
 
 
 class CpuSampler(threading.Thread):
@@ -46,20 +43,6 @@ class CpuSampler(threading.Thread):
         lo = max(0, bisect.bisect_left(times, start) - 1)
         hi = min(len(times) - 1, bisect.bisect_left(times, end))
         return self.samples[hi][1][name] - self.samples[lo][1][name]
-
-
-def threads_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds of each kind of thread of a process (threads named alike, up to a trailing number, summed)."""
-    used: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1: stat.rindex(")")].rstrip("0123456789-# ")
-        fields = stat.rsplit(")", 1)[1].split()
-        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return used
 
 
 def print_threads(before: dict[str, float], after: dict[str, float]) -> None:

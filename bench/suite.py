@@ -76,6 +76,13 @@ class Stack:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def broker_jit_cpu_s(self) -> float:
+        """CPU seconds the broker's JIT compiler threads (the JVM's C1 and C2) have used so far (0 when unknown)."""
+        pid = self.kafka.pid()
+        if pid is None:
+            return 0.0
+        return sum(seconds for name, seconds in threads_cpu_s(pid).items() if name in JIT_THREADS)
+
 
 @contextlib.contextmanager
 def started_stack(state_dir: Path) -> Iterator[Stack]:
@@ -104,6 +111,28 @@ class Usage:
     exit_code: int
     cpu_s: float
     peak_rss_mib: float
+
+
+#: the names (up to a trailing number) of a HotSpot JVM's JIT compiler threads, as /proc shows them (15 characters)
+JIT_THREADS = frozenset({"C1 CompilerThre", "C2 CompilerThre"})
+
+
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each kind of thread of a process (threads named alike, up to a trailing number, summed)."""
+    used: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return used
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1: stat.rindex(")")].rstrip("0123456789-# ")
+        fields = stat.rsplit(")", 1)[1].split()
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return used
 
 
 def process_cpu_s(pid: int) -> float:
@@ -399,17 +428,19 @@ class Bench:
                 for child in children:
                     child.kill()
                 raise NotAssignedError(str(exc)) from exc
+            jit_before = self.stack.broker_jit_cpu_s()
             go = time.time()
             go_path.touch()
             for path, child in zip(results, children, strict=True):
                 wait_for_file(path, 600, "a worker of the group to finish",
                               child.alive)
+            jit_s = self.stack.broker_jit_cpu_s() - jit_before
         finally:
             stop_path.touch()
         for child in children:
             child.wait()
         reports = [RunResult.read(path) for path in results]
-        return ScaleResult(workers, reports, go, partitions, scope, traces)
+        return ScaleResult(workers, reports, go, partitions, scope, traces, jit_s)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -507,6 +538,8 @@ class ScaleResult:
     scope: str = "group"
     #: the workers' loop traces, when asked for (``Bench.scale(trace=True)``)
     traces: list[Path] = field(default_factory=list)
+    #: CPU seconds the broker's JIT compilers used from "go" until every worker had reported
+    broker_jit_s: float = 0.0
 
     def sync_total(self, key: str) -> float:
         """The sum over the workers of one of the sync costs they reported (``syncs``, ``sync_s``,
