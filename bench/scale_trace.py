@@ -34,7 +34,9 @@ class CpuSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.samples.append((time.time(), {name: process_cpu_s(pid) for name, pid in self.pids.items()}))
+            sample = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+            sample.update({f"{name} kernel": process_cpu_s(pid, kernel_only=True) for name, pid in self.pids.items()})
+            self.samples.append((time.time(), sample))
             time.sleep(self.interval_s)
 
     def used(self, name: str, start: float, end: float) -> float:
@@ -57,12 +59,14 @@ def describe(result: ScaleResult, sampler: CpuSampler) -> None:
     wall = end - start
     workers_cpu = sum(r.cpu_s for r in result.reports)
     broker = sampler.used("broker", start, end)
+    broker_kernel = sampler.used("broker kernel", start, end)
     redis = sampler.used("redis", start, end)
     print(f"\n== {result.workers} worker(s): {result.events:,} events in {wall:.3f} s = {result.rate:,.0f}/s; CPU per "
           f"second of the window: workers {workers_cpu / wall:.2f}, broker {broker / wall:.2f}, redis "
           f"{redis / wall:.2f}, total {(workers_cpu + broker + redis) / wall:.2f} of 2; per 1k events: workers "
           f"{1000 * workers_cpu / result.events:.3f} s, broker {1000 * broker / result.events:.3f} s, redis "
-          f"{1000 * redis / result.events:.3f} s; syncs {result.sync_total('syncs'):.0f}")
+          f"{1000 * redis / result.events:.3f} s; syncs {result.sync_total('syncs'):.0f}; the broker's CPU in the "
+          f"kernel {broker_kernel / broker if broker else 0:.0%}")
     for report, path in zip(result.reports, result.traces, strict=False):
         trace: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         chunks = trace.get("chunks", [])

@@ -135,13 +135,14 @@ def threads_cpu_s(pid: int) -> dict[str, float]:
     return used
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process, all threads (0.0 once it is gone)."""
+def process_cpu_s(pid: int, *, kernel_only: bool = False) -> float:
+    """User + system CPU seconds of a running process, all threads (0.0 once it is gone); ``kernel_only``: system
+    CPU seconds only."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ((0 if kernel_only else int(fields[11])) + int(fields[12])) / CLK_TCK
 
 
 class Child:

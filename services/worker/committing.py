@@ -29,6 +29,12 @@ _FLUSH_TIMEOUT_S = 120.0
 #: at-least-once: at most this many commits wait for their outputs' delivery; one more delivers everything first
 #: (a blocking flush: the broker is not keeping up, and the loop waits for it)
 MAX_WAITING_COMMITS = 64
+#: exactly-once: outputs made while a commit runs on the helper thread wait for it in memory, up to this many bytes
+#: (values, keys and 100 B each); past that, a send waits for the commit to end
+DEFERRED_MAX_BYTES = 8 * 1024 * 1024
+_DEFERRED_OVERHEAD_BYTES = 100
+
+Output = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
 
 
 class TransactionFailed(Exception):
@@ -54,6 +60,11 @@ class Committer:
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         """Hand one output record to the producer."""
         self._producer.send(topic, value, key, headers)
+
+    @property
+    def deferred(self) -> int:
+        """Outputs made and not handed to the producer yet (exactly-once, while a commit runs); 0 here."""
+        return 0
 
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         """Deliver everything sent so far, then commit ``offsets`` (next offsets to read) with every commit still
@@ -164,12 +175,13 @@ class TransactionalCommitter(Committer):
     """Exactly-once: outputs and consumer offsets go out in one Kafka transaction per commit.
 
     The poll loop's periodic commits (:meth:`commit_when_delivered`) run on a helper thread while the loop goes on
-    polling and processing: the next transaction opens at the first output sent after that commit finished (a
-    send waits for it), so the commit's round trips overlap the next batch's work instead of stopping the loop.
-    Its outcome is taken by the next :meth:`send`, :meth:`commit` or :meth:`release`; a failure raises
-    :class:`TransactionFailed` there. A forced commit (checkpoint, revoke, shutdown: :meth:`commit`) waits for
-    its transaction; a periodic checkpoint (``then``) is written once its commit succeeded, so a checkpoint never
-    runs ahead of what Kafka committed.
+    polling and processing: outputs made meanwhile are kept (at most ``DEFERRED_MAX_BYTES``; past that a send
+    waits) and sent, in order, in the next transaction once the commit has ended, so the commit's round trips
+    overlap the loop's work instead of stopping it. Its outcome is taken by the next :meth:`send` after it ended,
+    :meth:`commit` or :meth:`release`; a failure raises :class:`TransactionFailed` there and drops the kept
+    outputs (the worker rewinds to the committed offsets and makes them again). A forced commit (checkpoint,
+    revoke, shutdown: :meth:`commit`) waits for its transaction; a periodic checkpoint (``then``) is written once
+    its commit succeeded, so a checkpoint never runs ahead of what Kafka committed.
 
     ``producer_factory`` builds a transactional producer (always the same transactional id); it is called again by
     :meth:`reset`.
@@ -186,13 +198,32 @@ class TransactionalCommitter(Committer):
         #: the commit running on a helper thread: the thread, once it ended what it raised, and what to call once it
         #: succeeded
         self._committing: tuple[threading.Thread, list[BaseException], Callable[[], object] | None] | None = None
+        #: outputs made while that commit runs, and their size (bounded by ``DEFERRED_MAX_BYTES``)
+        self._deferred: list[Output] = []
+        self._deferred_bytes = 0
         super().__init__(consumer, self._new_producer(lambda: False))
 
+    @property
+    def deferred(self) -> int:
+        """Outputs kept while a commit runs, to be sent in the next transaction once it has ended."""
+        return len(self._deferred)
+
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
-        """Send inside the open transaction (opened on the first record after a commit; a commit still running
-        is waited for first)."""
-        if self._committing is not None:
+        """Send inside the open transaction (opened on the first record after a commit). While a commit runs the
+        output is kept for the next transaction; when that would pass ``DEFERRED_MAX_BYTES`` the commit is waited
+        for first."""
+        committing = self._committing
+        if committing is not None:
+            size = len(value) + (len(key) if key else 0) + _DEFERRED_OVERHEAD_BYTES
+            if committing[0].is_alive() and self._deferred_bytes + size <= DEFERRED_MAX_BYTES:
+                self._deferred.append((topic, value, key, headers))
+                self._deferred_bytes += size
+                return
             self._finish_commit()
+        self._send_now(topic, value, key, headers)
+
+    def _send_now(self, topic: str, value: bytes, key: bytes | None,
+                  headers: list[tuple[str, bytes]] | None) -> None:
         try:
             if not self._open:
                 self._producer.begin_transaction()
@@ -258,25 +289,34 @@ class TransactionalCommitter(Committer):
 
     def _finish_commit(self) -> None:
         """Wait for the commit running on the helper thread (its producer calls are bounded by their own timeouts);
-        raise :class:`TransactionFailed` when it failed."""
+        raise :class:`TransactionFailed` when it failed, else send the outputs kept meanwhile."""
         if self._committing is None:
             return
         thread, failed, then = self._committing
         thread.join()
         self._committing = None
         if failed:
+            self._drop_deferred()
             error = failed[0]
             if isinstance(error, TransportError):
                 raise TransactionFailed(f"transaction commit failed: {error}") from error
             raise error
         if then is not None:
             then()
+        deferred = self._deferred
+        self._drop_deferred()
+        for output in deferred:
+            self._send_now(*output)
+
+    def _drop_deferred(self) -> None:
+        self._deferred, self._deferred_bytes = [], 0
 
     def _abandon_commit(self) -> None:
         """Wait for a commit still running, whatever its outcome (the producer is about to be dropped)."""
         if self._committing is not None:
             self._committing[0].join()
             self._committing = None
+        self._drop_deferred()
 
     async def commit_in_listener(self, offsets: dict[TP, int]) -> None:
         """Only the producer commits the transaction (offsets included), so the blocking call is allowed."""

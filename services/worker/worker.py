@@ -56,6 +56,9 @@ from shared.sync.group import open_group_sync
 PULL_RETRY_S = 1.0
 #: the longest poll while held records wait for a lagging partition's next fetch
 ORDER_POLL_MS = 10
+#: exactly-once: while outputs wait for the commit in flight, polls of at most this long, so that they go out soon
+#: after it ended
+COMMIT_POLL_MS = 2
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -318,9 +321,11 @@ class Worker:
             self.close()
 
     def _export_order(self) -> None:
-        """The held records and the time order's waits, as metrics."""
+        """The held records, the time order's waits and the outputs waiting for a commit, as metrics."""
         assert self.consumer is not None
         self.metrics.held_records.set(self.backpressure.backlog + self.consumer.held_back)
+        if self.committer is not None:
+            self.metrics.deferred_outputs.set(self.committer.deferred)
         order = self.backpressure.order
         if order is None:
             return
@@ -334,10 +339,13 @@ class Worker:
 
     def _poll_timeout_ms(self) -> int:
         """No wait while held records can be processed; while they wait for a partition's next fetch, polls of
-        at most ``ORDER_POLL_MS`` until it arrives or the wait is given up; otherwise ``kafka.poll_timeout_ms``."""
+        at most ``ORDER_POLL_MS`` until it arrives or the wait is given up; otherwise ``kafka.poll_timeout_ms``
+        (``COMMIT_POLL_MS`` while outputs wait for a commit in flight)."""
         if self.backpressure.ready():
             return 0
         timeout = self.settings.kafka.poll_timeout_ms
+        if self.committer is not None and self.committer.deferred:
+            timeout = min(timeout, COMMIT_POLL_MS)
         wait_left = self.backpressure.wait_left_s()
         if wait_left is None:
             return timeout

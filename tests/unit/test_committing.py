@@ -1,4 +1,5 @@
-"""The at-least-once committer: offsets wait for their outputs' delivery without a flush in the poll loop."""
+"""The committers: at-least-once offsets wait for their outputs' delivery without a flush in the poll loop;
+exactly-once commits run beside the loop, and the outputs made meanwhile wait for the next transaction."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.worker import committing
 from services.worker.committing import MAX_WAITING_COMMITS, Committer, TransactionalCommitter, TransactionFailed
 from shared.kafka.transport import DeliveryFailures, DeliveryMark, TransportError
 
@@ -165,32 +167,93 @@ class GroupConsumer:
         return "generation-1"
 
 
-def test_an_exactly_once_commit_runs_beside_the_loop_and_the_next_send_waits_for_it() -> None:
+def _transactional() -> tuple[TransactionalCommitter, FakeTransactionalProducer]:
     producer = FakeTransactionalProducer()
     committer = TransactionalCommitter(GroupConsumer(), lambda: producer, op_timeout_ms=1000)  # type: ignore[arg-type]
+    return committer, producer
+
+
+def _commit_ended(committer: TransactionalCommitter) -> None:
+    """Wait until the commit on the helper thread has returned (its outcome not taken yet)."""
+    running = committer._committing
+    assert running is not None
+    running[0].join(5)
+    assert not running[0].is_alive()
+
+
+def test_an_exactly_once_commit_runs_beside_the_loop_and_outputs_made_meanwhile_go_in_the_next_transaction() -> None:
+    committer, producer = _transactional()
     committer.send("predictions", b"a", None, None)
     committer.commit_when_delivered({TP: 1})  # returns while commit_transaction waits
     assert producer.calls == ["init", "begin", "send a", "offsets generation-1 [1]"]
-    committer.release()  # still running: nothing happens
-    sender = threading.Thread(target=committer.send, args=("predictions", b"b", None, None))
-    sender.start()
-    sender.join(0.2)
-    assert sender.is_alive(), "a send must wait for the running commit (the next transaction opens after it)"
+    committer.send("predictions", b"b", None, None)  # returns at once: kept for the next transaction
+    committer.send("dead-letters", b"c", None, None)
+    committer.release()  # the commit still runs: nothing is sent
+    assert producer.calls[4:] == [] and committer.deferred == 2
     producer.release.set()
-    sender.join(5)
-    assert producer.calls[4:] == ["commit", "begin", "send b"]
+    _commit_ended(committer)
+    assert producer.calls[4:] == ["commit"], "kept outputs are sent only by the loop, once it took the outcome"
+    committer.release()
+    assert producer.calls[4:] == ["commit", "begin", "send b", "send c"] and committer.deferred == 0
+    committer.send("predictions", b"d", None, None)
+    assert producer.calls[-1] == "send d"
 
 
-def test_a_failed_background_commit_raises_transaction_failed_at_the_next_step() -> None:
-    producer = FakeTransactionalProducer()
-    producer.release.set()
-    producer.fail_commit = True
-    committer = TransactionalCommitter(GroupConsumer(), lambda: producer, op_timeout_ms=1000)  # type: ignore[arg-type]
+def test_outputs_kept_during_a_commit_are_bounded_and_past_the_bound_a_send_waits_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committing, "DEFERRED_MAX_BYTES", 2 * (100 + 10))  # two outputs of 10 bytes
+    committer, producer = _transactional()
     committer.send("predictions", b"a", None, None)
     committer.commit_when_delivered({TP: 1})
+    committer.send("predictions", b"b" * 10, None, None)
+    committer.send("predictions", b"c" * 10, None, None)
+    assert committer.deferred == 2
+    sender = threading.Thread(target=committer.send, args=("predictions", b"d" * 10, None, None))
+    sender.start()
+    sender.join(0.2)
+    assert sender.is_alive(), "past the bound, a send waits for the running commit"
+    producer.release.set()
+    sender.join(5)
+    assert producer.calls[4:] == ["commit", "begin", f"send {'b' * 10}", f"send {'c' * 10}", f"send {'d' * 10}"]
+    assert committer.deferred == 0
+
+
+def test_a_forced_commit_sends_the_kept_outputs_in_its_transaction() -> None:
+    committer, producer = _transactional()
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})
+    committer.send("predictions", b"b", None, None)
+    producer.release.set()
+    committer.commit({TP: 2})
+    assert producer.calls[4:] == ["commit", "begin", "send b", "offsets generation-1 [2]", "commit"]
+
+
+def test_a_failed_background_commit_raises_transaction_failed_and_drops_the_kept_outputs() -> None:
+    committer, producer = _transactional()
+    producer.fail_commit = True
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})
+    committer.send("predictions", b"b", None, None)  # kept while the commit runs
+    producer.release.set()
+    _commit_ended(committer)
     with pytest.raises(TransactionFailed, match="fenced"):
-        committer.send("predictions", b"b", None, None)
-    assert "send b" not in producer.calls
+        committer.release()
+    assert "send b" not in producer.calls and committer.deferred == 0
+    committer.reset(lambda: False)
+    committer.send("predictions", b"c", None, None)
+    assert producer.calls[-2:] == ["begin", "send c"] and "send b" not in producer.calls
+
+
+def test_a_reset_during_a_commit_drops_the_kept_outputs() -> None:
+    committer, producer = _transactional()
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})
+    committer.send("predictions", b"b", None, None)
+    producer.release.set()
+    committer.reset(lambda: False)  # a rewind: the records behind "b" are read and processed again
+    assert committer.deferred == 0
+    committer.send("predictions", b"c", None, None)
+    assert "send b" not in producer.calls and producer.calls[-1] == "send c"
 
 
 def test_a_periodic_checkpoint_is_written_only_once_the_outputs_before_it_are_delivered() -> None:
@@ -238,11 +301,13 @@ def test_an_exactly_once_checkpoint_is_written_once_its_transaction_committed_an
     committer.release()
     assert written == []  # the transaction is still committing
     producer.release.set()
+    _commit_ended(committer)
     committer.send("predictions", b"b", None, None)  # takes the commit's outcome
     assert written == ["after commit"]
 
     producer.fail_commit = True
     committer.commit_when_delivered({TP: 2}, then=lambda: written.append("second"))
+    _commit_ended(committer)
     with pytest.raises(TransactionFailed):
         committer.send("predictions", b"c", None, None)
     assert written == ["after commit"]
