@@ -61,7 +61,9 @@ class Config:
     arf_events: int = 6_000
     mlp_events: int = 10_000
     latency_seconds: float = 8.0
-    scale_events: int = 40_000
+    scale_events: int = 120_000
+    #: at most this many unmeasured rounds of the scale runs before the measured ones (``SCALE_WARM_JIT_S``)
+    scale_warmup_rounds: int = SCALE_WARMUP_MAX_ROUNDS
     memory_events: int = 1_000_000
     profile_events: int = 20_000
     repeat: int = 3
@@ -78,7 +80,7 @@ class Config:
     def smoke(cls) -> Config:
         """The ``--quick`` plan: every scenario, with few events."""
         return cls(logreg_events=1_000, arf_events=200, mlp_events=640, latency_seconds=2.0, scale_events=1_000,
-                   memory_events=2_000, profile_events=1_000, repeat=1, quick=True)
+                   scale_warmup_rounds=1, memory_events=2_000, profile_events=1_000, repeat=1, quick=True)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -339,9 +341,9 @@ class Outcome:
         windows for the first rounds: a measured run that shares the 2 CPUs with the compilers says more about the
         JVM's warm-up than about the workers (docs/benchmarks.md). Rounds of the measured runs' shapes until the
         compilers used less than ``SCALE_WARM_JIT_S`` CPU seconds inside the windows of a round's runs, at most
-        ``SCALE_WARMUP_MAX_ROUNDS`` rounds.
+        ``Config.scale_warmup_rounds`` rounds.
         """
-        for round_ in range(1, SCALE_WARMUP_MAX_ROUNDS + 1):
+        for round_ in range(1, self.config.scale_warmup_rounds + 1):
             rates, jit = [], 0.0
             for client in CLIENTS:
                 for events_topic, workers, partitions in ((single, 1, 1), (topic, 1, 4), (topic, 2, 4)):
@@ -354,7 +356,7 @@ class Outcome:
                 f"events/s: {', '.join(rates)}")
             if jit < SCALE_WARM_JIT_S:
                 return
-        log(f"  the broker's JIT had not settled after {SCALE_WARMUP_MAX_ROUNDS} rounds; measuring anyway")
+        log(f"  the broker's JIT had not settled after {self.config.scale_warmup_rounds} rounds; measuring anyway")
 
     def _scale_floor(self, bench: Bench, topic: str, client: str) -> None:
         """The machine's floor for the scale ratio, right after the workers' runs: group relays that spend the CPU
@@ -713,7 +715,7 @@ def render(outcome: Outcome) -> str:
                 "`streamlearn_sync_seconds`) and bytes (`streamlearn_sync_bytes`, published / read) are summed "
                 "over the group's workers. Before the measured runs, unmeasured rounds of the same runs (each "
                 "transport: one worker on 1 partition, one on 4, two on 4) until the broker's JIT compilers used less "
-                f"than {SCALE_WARM_JIT_S} CPU s in the windows of a round's runs (at most {SCALE_WARMUP_MAX_ROUNDS} "
+                f"than {SCALE_WARM_JIT_S} CPU s in the windows of a round's runs (at most {c.scale_warmup_rounds} "
                 "rounds): a broker just started spends CPU seconds compiling in its first runs of the workers' "
                 "requests, on the CPUs the workers share. This run's rounds: "
                 + (", ".join(f"{jit:.2f}" for jit in outcome.scale_warmup_jit_s) or "none") + " JIT CPU s; the "

@@ -67,6 +67,8 @@ def describe(result: ScaleResult, sampler: CpuSampler) -> None:
           f"{1000 * workers_cpu / result.events:.3f} s, broker {1000 * broker / result.events:.3f} s, redis "
           f"{1000 * redis / result.events:.3f} s; syncs {result.sync_total('syncs'):.0f}; the broker's CPU in the "
           f"kernel {broker_kernel / broker if broker else 0:.0%}")
+    busiest = sorted(((seconds, name) for name, seconds in result.broker_threads.items()), reverse=True)[:8]
+    print("  broker threads in the window, CPU s: " + ", ".join(f"{name} {s:.2f}" for s, name in busiest if s >= 0.01))
     for report, path in zip(result.reports, result.traces, strict=False):
         trace: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         chunks = trace.get("chunks", [])
@@ -94,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--single", action="store_true", help="also one worker on a 1-partition topic")
     parser.add_argument("--relay-burn-us", type=float, help="also the loaded group relays of the scale floor: "
                                                             "one and two, spending this much CPU per record")
+    parser.add_argument("--at-least-once", action="store_true",
+                        help="the workers without transactions (the scale targets are measured exactly-once)")
     args = parser.parse_args(argv)
     with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
         bench = Bench(stack, Path(tmp))
@@ -110,12 +114,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 bench.produce(single, args.events)
             for _ in range(args.repeat):
                 if args.single:
-                    result = bench.scale("logreg", single, 1, args.client, partitions=1, trace=True)
+                    result = bench.scale("logreg", single, 1, args.client, partitions=1, trace=True,
+                                         at_least_once=args.at_least_once)
                     print("\n(1 partition)", end="")
                     describe(result, sampler)
                 for workers in args.workers or [1, 2]:
                     before = threads_cpu_s(kafka_pid)
-                    result = bench.scale("logreg", topic, workers, args.client, partitions=4, trace=True)
+                    result = bench.scale("logreg", topic, workers, args.client, partitions=4, trace=True,
+                                         at_least_once=args.at_least_once)
                     describe(result, sampler)
                     print_threads(before, threads_cpu_s(kafka_pid))
                 if args.relay_burn_us is not None:

@@ -76,12 +76,10 @@ class Stack:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-    def broker_jit_cpu_s(self) -> float:
-        """CPU seconds the broker's JIT compiler threads (the JVM's C1 and C2) have used so far (0 when unknown)."""
+    def broker_threads_cpu_s(self) -> dict[str, float]:
+        """CPU seconds each kind of the broker's threads has used so far (empty when unknown)."""
         pid = self.kafka.pid()
-        if pid is None:
-            return 0.0
-        return sum(seconds for name, seconds in threads_cpu_s(pid).items() if name in JIT_THREADS)
+        return {} if pid is None else threads_cpu_s(pid)
 
 
 @contextlib.contextmanager
@@ -389,7 +387,7 @@ class Bench:
 
     def scale(self, model: str, events_topic: str, workers: int, client: str = "kafka-python", *,
               partitions: int = 4, scope: str = "group", contender: str = "worker",
-              burn_us: float = 0.0, trace: bool = False) -> ScaleResult:
+              burn_us: float = 0.0, trace: bool = False, at_least_once: bool = False) -> ScaleResult:
         """``workers`` worker processes in one group over the events already on the topic (of ``partitions``),
         in ``sync.scope`` ``scope``; with ``contender="group-relay"`` relays (the worker's transport, no steps,
         ``burn_us`` of CPU per record) instead: the machine's floor for the same group.
@@ -397,21 +395,24 @@ class Bench:
         Every worker keeps its partitions paused until all have joined and the partitions are split among
         them; then all start at once ("go") and each reports when it has reached its partitions' end offsets.
         ``trace``: each worker traces its loop (``bench.worker_trace``; the paths in ``ScaleResult.traces``).
+        ``at_least_once``: the workers run without transactions (a diagnostic: the scale targets are measured
+        exactly-once, the default).
         """
         return self.retrying(f"{workers} {contender}(s)", lambda: self._scale(
-            model, events_topic, workers, client, partitions, scope, contender, burn_us, trace))
+            model, events_topic, workers, client, partitions, scope, contender, burn_us, trace, at_least_once))
 
     def _scale(self, model: str, events_topic: str, workers: int, client: str, partitions: int,
-               scope: str, contender: str = "worker", burn_us: float = 0.0, trace: bool = False) -> ScaleResult:
+               scope: str, contender: str = "worker", burn_us: float = 0.0, trace: bool = False,
+               at_least_once: bool = False) -> ScaleResult:
         _, predictions = self.topics()
         group, go_path, stop_path = self.name("group"), self.path("go"), self.path("stop")
         children, results, readies, traces = [], [], [], []
         for index in range(workers):
             result_path, ready_path = self.path("result"), self.path("ready")
-            extra: list[str] = []
+            extra: list[str] = ["--at-least-once"] if at_least_once else []
             if trace:
                 traces.append(self.path("trace"))
-                extra = ["--trace", str(traces[-1])]
+                extra += ["--trace", str(traces[-1])]
             children.append(self.spawn(
                 contender, "--burn-us", str(burn_us), "--model", model, "--result", str(result_path),
                 "--ready-file", str(ready_path),
@@ -429,19 +430,20 @@ class Bench:
                 for child in children:
                     child.kill()
                 raise NotAssignedError(str(exc)) from exc
-            jit_before = self.stack.broker_jit_cpu_s()
+            threads_before = self.stack.broker_threads_cpu_s()
             go = time.time()
             go_path.touch()
             for path, child in zip(results, children, strict=True):
                 wait_for_file(path, 600, "a worker of the group to finish",
                               child.alive)
-            jit_s = self.stack.broker_jit_cpu_s() - jit_before
+            threads = self.stack.broker_threads_cpu_s()
+            broker_threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in threads.items()}
         finally:
             stop_path.touch()
         for child in children:
             child.wait()
         reports = [RunResult.read(path) for path in results]
-        return ScaleResult(workers, reports, go, partitions, scope, traces, jit_s)
+        return ScaleResult(workers, reports, go, partitions, scope, traces, broker_threads)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -539,8 +541,13 @@ class ScaleResult:
     scope: str = "group"
     #: the workers' loop traces, when asked for (``Bench.scale(trace=True)``)
     traces: list[Path] = field(default_factory=list)
-    #: CPU seconds the broker's JIT compilers used from "go" until every worker had reported
-    broker_jit_s: float = 0.0
+    #: CPU seconds of each kind of the broker's threads from "go" until every worker had reported
+    broker_threads: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def broker_jit_s(self) -> float:
+        """CPU seconds the broker's JIT compilers used from "go" until every worker had reported."""
+        return sum(seconds for name, seconds in self.broker_threads.items() if name in JIT_THREADS)
 
     def sync_total(self, key: str) -> float:
         """The sum over the workers of one of the sync costs they reported (``syncs``, ``sync_s``,
