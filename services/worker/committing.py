@@ -30,8 +30,10 @@ _FLUSH_TIMEOUT_S = 120.0
 #: (a blocking flush: the broker is not keeping up, and the loop waits for it)
 MAX_WAITING_COMMITS = 64
 #: exactly-once: outputs made while a commit runs on the helper thread wait for it in memory, up to this many bytes
-#: (values, keys and 100 B each); past that, a send waits for the commit to end
-DEFERRED_MAX_BYTES = 8 * 1024 * 1024
+#: (values, keys and 100 B each: about 700 predictions, a 35 ms commit at 20,000 events/s); past that, a send waits
+#: for the commit to end. Larger bounds left the long memory run's RSS higher at its end (8 MiB: +9 MiB; 1 MiB:
+#: +5 MiB; this: +1.0 MiB; keeping none: +0.4 MiB; docs/benchmarks.md)
+DEFERRED_MAX_BYTES = 256 * 1024
 _DEFERRED_OVERHEAD_BYTES = 100
 
 Output = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]

@@ -122,7 +122,7 @@ class Metrics:
             "librdkafka also those read for a paused partition and kept for its resume).", registry=r)
         self.deferred_outputs = Gauge(
             "streamlearn_deferred_outputs", "Outputs (predictions, dead letters) made while the last transaction "
-            "commits, kept for the next one (exactly-once; at most 8 MiB, past that the loop waits for the commit).",
+            "commits, kept for the next one (exactly-once; at most 256 KiB, past that the loop waits for the commit).",
             registry=r)
         self.order_waits = Counter(
             "streamlearn_order_waits", "Times the time order held records back for a partition the broker holds "
