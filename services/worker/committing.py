@@ -303,10 +303,10 @@ class TransactionalCommitter(Committer):
             if isinstance(error, TransportError):
                 raise TransactionFailed(f"transaction commit failed: {error}") from error
             raise error
+        deferred = self._deferred
+        self._drop_deferred()  # taken out first: whatever ``then`` raises, none stays behind a later send
         if then is not None:
             then()
-        deferred = self._deferred
-        self._drop_deferred()
         for output in deferred:
             self._send_now(*output)
 
