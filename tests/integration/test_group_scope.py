@@ -76,9 +76,15 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     processes = {name: _start(configs[name], logs[name]) for name in configs}
     rng = random.Random(SEED)
+    checkpoints = redis.Redis.from_url(redis_url)
+    store = CheckpointStore(checkpoints, base.redis.namespace, base.kafka.group_id, HMAC_KEY.encode())
     try:
         kill_at = rng.randrange(1_200, 2_000)
-        wait_for(lambda: _committed(admin, base) >= kill_at, 90, f"{kill_at} committed")
+        # a worker's first sync (its first checkpoint) comes after its first 600 events: the kill waits for every
+        # partition's, so that the survivor always has the killed worker's partitions to restore from the group
+        wait_for(lambda: _committed(admin, base) >= kill_at
+                 and checkpoints.exists(*(store.key_for(t.events, p) for p in range(PARTITIONS))) == PARTITIONS,
+                 90, f"{kill_at} committed and a checkpoint of every partition")
         time.sleep(rng.uniform(0.0, 0.3))
         processes["a"].send_signal(signal.SIGKILL)
         processes["a"].wait(timeout=10)
@@ -93,6 +99,7 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
         for process in processes.values():
             process.wait(timeout=60)
         admin.close()
+        checkpoints.close()
     output = {name: path.read_text() for name, path in logs.items()}
     assert processes["b"].returncode == 0, output["b"][-3000:]
     assert processes["a"].returncode == 0, output["a"][-3000:]
