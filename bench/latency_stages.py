@@ -175,6 +175,30 @@ def report(label: str, result: LatencyResult, sent: dict[str, float], received: 
         print("  (the trace hit its bound: later entries are missing)")
 
 
+class RedisLatency:
+    """Redis's own latency monitor (``LATENCY LATEST``): which of the server's events (a command, the append-only
+    file's write or fsync, a fork) took at least the threshold during a run."""
+
+    def __init__(self, url: str, threshold_ms: int) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._client.config_set("latency-monitor-threshold", threshold_ms)
+        self._client.execute_command("LATENCY", "RESET")
+
+    def report(self) -> None:
+        """Print each event's count of spikes since the last report, the latest and the longest, then reset."""
+        events = self._client.execute_command("LATENCY", "LATEST")
+        if not events:
+            log("redis latency monitor: no event over the threshold")
+        for event in events:
+            name, _, latest_ms, max_ms = event[:4]
+            history = self._client.execute_command("LATENCY", "HISTORY", name)
+            log(f"redis latency monitor: {name.decode() if isinstance(name, bytes) else name}: {len(history)} "
+                f"seconds with a spike, latest {latest_ms} ms, max {max_ms} ms")
+        self._client.execute_command("LATENCY", "RESET")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.latency_stages", description=__doc__.split("\n")[0])
     parser.add_argument("--client", choices=["confluent", "kafka-python"], default="confluent")
@@ -186,12 +210,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loaded-relay-us", type=float, action="append", default=[],
                         help="also the relay spending this much CPU per record (repeatable): is a tail the load's?")
     parser.add_argument("--no-alos", action="store_true", help="no at-least-once worker")
+    parser.add_argument("--redis-latency", type=int, metavar="MS",
+                        help="turn on Redis's latency monitor at this threshold and print its events after each run")
     parser.add_argument("--before", type=Path, help="also run each worker from this other checkout of the code "
                                                     "(e.g. `git archive` of an earlier commit): before and after "
                                                     "in one run, beside the same relay")
     args = parser.parse_args(argv)
     with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
         bench = Bench(stack, Path(tmp))
+        monitor = RedisLatency(stack.redis_url, args.redis_latency) if args.redis_latency else None
         try:
             for _ in range(args.repeat):
                 for rate in args.rate or [500.0]:
@@ -213,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                             bench, contender, args.client, rate, args.seconds, at_least_once=alos,
                             interval_s=interval, code_dir=code_dir, extra=extra)
                         report(f"{label} ({args.client})", result, sent, received, trace)
+                        if monitor is not None:
+                            monitor.report()
         finally:
             bench.kill_all()
 

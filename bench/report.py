@@ -47,6 +47,11 @@ TARGET_SCALE_PARTITIONS = 0.9
 #: this (seconds; a round is six runs), or after ``SCALE_WARMUP_MAX_ROUNDS`` rounds
 SCALE_WARM_JIT_S = 0.3
 SCALE_WARMUP_MAX_ROUNDS = 5
+#: the latency stage's warm-up ends after a round (one unmeasured run of each shape of the rows: relay and worker
+#: of each client, exactly-once and at-least-once) in whose windows the broker's JIT used less CPU than this
+#: (about 0.1 s a run: a broker that has served every shape a few times still compiles that much)
+LATENCY_WARM_JIT_S = 0.6
+LATENCY_WARMUP_MAX_ROUNDS = 3
 #: the scale scenario's ``sync.scope`` (issue 12: one model for the whole group)
 SCALE_SCOPE = "group"
 #: "flat": RSS at the end at most this much above RSS after the first 10% of the run
@@ -64,6 +69,11 @@ class Config:
     scale_events: int = 120_000
     #: at most this many unmeasured rounds of the scale runs before the measured ones (``SCALE_WARM_JIT_S``)
     scale_warmup_rounds: int = SCALE_WARMUP_MAX_ROUNDS
+    #: at most this many unmeasured rounds of the latency rows' shapes before the measured ones
+    #: (``LATENCY_WARM_JIT_S``)
+    latency_warmup_rounds: int = LATENCY_WARMUP_MAX_ROUNDS
+    #: the paced seconds of each latency warm-up run (after the runs' own unmeasured seconds)
+    latency_warmup_seconds: float = 3.0
     memory_events: int = 1_000_000
     profile_events: int = 20_000
     repeat: int = 3
@@ -80,7 +90,8 @@ class Config:
     def smoke(cls) -> Config:
         """The ``--quick`` plan: every scenario, with few events."""
         return cls(logreg_events=1_000, arf_events=200, mlp_events=640, latency_seconds=2.0, scale_events=1_000,
-                   scale_warmup_rounds=1, memory_events=2_000, profile_events=1_000, repeat=1, quick=True)
+                   scale_warmup_rounds=1, latency_warmup_rounds=1, latency_warmup_seconds=0.5, memory_events=2_000,
+                   profile_events=1_000, repeat=1, quick=True)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -200,6 +211,8 @@ class Outcome:
     #: the repeat's one worker spent beyond the plain relay's (``scale_burn_us``)
     scale_floor: dict[str, list[ScaleResult]] = field(default_factory=dict)
     scale_burn_us: dict[str, list[float]] = field(default_factory=dict)
+    #: the broker's JIT CPU seconds in each unmeasured warm-up round of the latency stage
+    latency_warmup_jit_s: list[float] = field(default_factory=list)
     #: the broker's JIT CPU seconds in each unmeasured warm-up round of the scale stage
     scale_warmup_jit_s: list[float] = field(default_factory=list)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
@@ -273,21 +286,56 @@ class Outcome:
         singles, runs = self.scale_single.get(client, []), self.scale.get(client, [])
         return [four.rate / one.rate for one, four in zip(singles, runs[0::2], strict=False) if one.rate > 0]
 
+    def _latency_rate(self, plan: LatencyPlan) -> float | None:
+        """The plan's paced rate: fixed, or its fraction of the worker's maximum (None: no maximum measured)."""
+        if plan.rate is not None:
+            return plan.rate
+        max_rate = self.rate("logreg", plan.of or "")
+        return None if max_rate is None else plan.fraction * max_rate
+
+    def _warm_up_latency(self, bench: Bench, plans: list[LatencyPlan]) -> None:
+        """Unmeasured rounds of the latency rows' shapes until the broker's JIT has settled.
+
+        As in the scale stage (:meth:`_warm_up_scale`): the first paced runs of each client and mode make the
+        broker compile new paths (small produce and fetch requests, transactions, read-committed fetches) inside
+        the runs' windows, on the CPUs the contenders share. One short run of each shape (contender, client, mode)
+        at its highest rate per round, until a round's windows hold less than ``LATENCY_WARM_JIT_S`` CPU s of JIT.
+        """
+        shapes: dict[tuple[str, str, bool, float | None], tuple[LatencyPlan, float]] = {}
+        for plan in plans:
+            rate = self._latency_rate(plan)
+            if rate is None or plan.loaded_as is not None:
+                continue
+            shape = (plan.contender, plan.client, plan.at_least_once, plan.interval_s)
+            if shape not in shapes or rate > shapes[shape][1]:
+                shapes[shape] = (plan, rate)
+        for round_ in range(1, self.config.latency_warmup_rounds + 1):
+            jit, p99s = 0.0, []
+            for plan, rate in shapes.values():
+                result = bench.paced(plan.contender, "logreg", rate, self.config.latency_warmup_seconds,
+                                     label=f"warm-up: {plan.label}", at_least_once=plan.at_least_once,
+                                     commit_interval_s=plan.interval_s, client=plan.client)
+                jit += result.broker_jit_s
+                p99s.append(f"{result.p99_ms:.0f}")
+            self.latency_warmup_jit_s.append(jit)
+            log(f"  latency warm-up round {round_} (not measured, {len(shapes)} runs): broker JIT {jit:.2f} CPU s in "
+                f"the runs' windows; p99 ms: {', '.join(p99s)}")
+            if jit < LATENCY_WARM_JIT_S:
+                return
+        log(f"  the broker's JIT had not settled after {self.config.latency_warmup_rounds} rounds; measuring anyway")
+
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
         plans = latency_plans(self.config.latency_only)
+        self._warm_up_latency(bench, plans)
         # the rows of the targets run ``repeat`` times, interleaved; the others once
         repeated = [plan for plan in plans if plan.key in LATENCY_REPEATED]
         rounds = [plans] + [repeated] * (self.config.repeat - 1)
         for round_plans in rounds:
             for plan in round_plans:
-                if plan.rate is not None:
-                    rate = plan.rate
-                else:
-                    max_rate = self.rate("logreg", plan.of or "")
-                    if max_rate is None:
-                        continue
-                    rate = plan.fraction * max_rate
+                rate = self._latency_rate(plan)
+                if rate is None:
+                    continue
                 burn_us = self.burn_us(plan, rate)
                 if plan.loaded_as is not None and burn_us is None:
                     continue
@@ -300,7 +348,7 @@ class Outcome:
                 runs.append(result)
                 self.latency[plan.key] = median_run(runs)
                 log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms ({result.received}/{result.sent} "
-                    f"read), {result.cpu:.2f} CPU")
+                    f"read), {result.cpu:.2f} CPU, broker JIT {result.broker_jit_s:.2f} CPU s")
 
     def burn_us(self, plan: LatencyPlan, rate: float) -> float | None:
         """For a loaded relay: the CPU per record its row's last run used beyond the last plain relay's at that
@@ -690,15 +738,24 @@ def render(outcome: Outcome) -> str:
                 "worker used beyond the relay in the runs just before it: the floor of any process that loads "
                 "these 2 CPUs as the worker does (the broker, the paced producer and the reader share them). "
                 "The two right-hand columns split each latency at the prediction record's timestamp (when the "
-                "contender called `send()` for it).", ""]
+                "contender called `send()` for it). Before the measured rows, unmeasured rounds of one short run "
+                f"({c.latency_warmup_seconds:g} s after the warm-up) of each shape of the rows (relay and worker of "
+                "each client, at-least-once and exactly-once, at the highest rate of the shape) until the broker's "
+                f"JIT compilers used less than {LATENCY_WARM_JIT_S} CPU s in a round's windows (at most "
+                f"{c.latency_warmup_rounds} rounds): a broker's first paced runs of each client and mode compile new "
+                "paths inside the measured windows. This run's rounds: "
+                + (", ".join(f"{jit:.2f}" for jit in outcome.latency_warmup_jit_s) or "none") + " JIT CPU s; the "
+                "column \"broker JIT CPU s\" is what the compilers used during each row's run of median p99.", ""]
         lrows = [[r.label, f"{r.rate:,.0f}", f"{r.cpu:.2f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}",
                   f"{r.p99_ms:.1f}",
                   ", ".join(f"{run.p99_ms:.1f}" for run in outcome.latency_runs.get(key, [r])),
                   f"{r.max_ms:.1f}", f"{r.to_send_p50_ms:.1f} / {r.to_send_p99_ms:.1f}",
-                  f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}"] for key, r in outcome.latency.items()]
+                  f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}", f"{r.broker_jit_s:.2f}"]
+                 for key, r in outcome.latency.items()]
         out += _table(["contender", "rate (events/s)", "CPU", "predictions read", "p50 ms", "p99 ms",
                        "p99 ms of each run",
-                       "max ms", "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms"],
+                       "max ms", "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms",
+                       "broker JIT CPU s"],
                       lrows)
         out += ["", "With exactly-once on, a prediction is readable only once its transaction commits; the "
                 "worker commits every `worker.commit_interval_s` seconds or `worker.commit_every_events` "

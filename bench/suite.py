@@ -81,6 +81,10 @@ class Stack:
         pid = self.kafka.pid()
         return {} if pid is None else threads_cpu_s(pid)
 
+    def broker_jit_cpu_s(self) -> float:
+        """CPU seconds the broker's JIT compiler threads have used so far (those alive now)."""
+        return sum(seconds for name, seconds in self.broker_threads_cpu_s().items() if name in JIT_THREADS)
+
 
 @contextlib.contextmanager
 def started_stack(state_dir: Path) -> Iterator[Stack]:
@@ -375,12 +379,14 @@ class Bench:
         child = self.spawn(*args)
         n = max(50, int(rate * (WARMUP_S + seconds)))
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
+        jit_before = self.stack.broker_jit_cpu_s()
         cpu_before, started = process_cpu_s(child.pid), time.monotonic()
         sent, received = paced_run(self.stack.bootstrap, events, predictions, n, rate, stop_path)
         cpu = (process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started)
+        jit = max(0.0, self.stack.broker_jit_cpu_s() - jit_before)
         child.wait()
         result = LatencyResult.of(label, rate, sent, received, commit_interval_s)
-        result.cpu = cpu
+        result.cpu, result.broker_jit_s = cpu, jit
         return result
 
     # --- scale --------------------------------------------------------------------------------------------
@@ -516,6 +522,8 @@ class LatencyResult:
     to_read_p99_ms: float = float("nan")
     #: the contender's CPU (seconds per second, all threads) over the paced run
     cpu: float = float("nan")
+    #: the CPU seconds the broker's JIT compilers used during the paced run (a broker still warming up)
+    broker_jit_s: float = float("nan")
 
     @classmethod
     def of(cls, label: str, rate: float, sent: dict[str, float], received: dict[str, tuple[float, float]],

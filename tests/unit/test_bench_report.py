@@ -225,3 +225,48 @@ def test_the_scale_target_row_gives_the_loaded_relays_floor_of_the_same_run() ->
     assert "the machine's floor, 2 loaded relays vs 1: 1.25x" in scale[2]
     markdown = render(outcome)
     assert "| kafka-python | 1 | 75 us | 2 | 4,000 | 0.80 | 5,000 | 1.25x | 100 |" in markdown
+
+
+class _PacedRecorder:
+    """Stands in for ``Bench.paced``: records each call; the broker's JIT falls by ``jit_per_round``."""
+
+    def __init__(self, jit_by_round: list[float], shapes: int) -> None:
+        self.calls: list[tuple[str, str, bool, float | None, float, float]] = []
+        self._jit_by_round, self._shapes = jit_by_round, shapes
+
+    def paced(self, contender: str, model: str, rate: float, seconds: float, *, label: str,
+              at_least_once: bool = False, commit_interval_s: float | None = None,
+              client: str = "kafka-python") -> LatencyResult:
+        round_ = len(self.calls) // self._shapes
+        self.calls.append((contender, client, at_least_once, commit_interval_s, rate, seconds))
+        result = LatencyResult(label, rate, 100, 100, commit_interval_s, 1.0, 2.0, 3.0)
+        result.broker_jit_s = self._jit_by_round[round_] / self._shapes
+        return result
+
+
+def test_the_latency_warm_up_runs_each_shape_once_per_round_until_the_broker_has_compiled() -> None:
+    from bench.report import LATENCY_WARM_JIT_S, latency_plans
+
+    outcome = _outcome()
+    outcome.throughput["logreg"]["c-alos"] = [_measured("worker", "logreg", 10_000, 1.0)]  # 10,000 events/s
+    outcome.throughput["logreg"]["c-rd-alos"] = [_measured("worker", "logreg", 10_000, 0.5)]  # 20,000 events/s
+    plans = latency_plans(latency_only=True)
+    # relay and at-least-once worker of each client, exactly-once worker of each client: 6 shapes
+    recorder = _PacedRecorder([4.0, 1.0, LATENCY_WARM_JIT_S / 2, 9.0], shapes=6)
+    outcome._warm_up_latency(recorder, plans)  # type: ignore[arg-type]
+    assert len(recorder.calls) == 18, "three rounds: the third one's JIT is under the threshold"
+    assert outcome.latency_warmup_jit_s == pytest.approx([4.0, 1.0, LATENCY_WARM_JIT_S / 2])
+    first_round = recorder.calls[:6]
+    assert len({call[:4] for call in first_round}) == 6, "each shape once per round"
+    rates = {(contender, client, alos): rate for contender, client, alos, _, rate, _ in first_round}
+    assert rates[("relay", "confluent", True)] == pytest.approx(10_000.0), "each shape at its highest rate"
+    assert rates[("worker", "kafka-python", True)] == pytest.approx(5_000.0)
+    assert all(seconds == outcome.config.latency_warmup_seconds for *_, seconds in recorder.calls)
+
+    capped = _outcome()
+    capped.throughput["logreg"]["c-alos"] = outcome.throughput["logreg"]["c-alos"]
+    capped.throughput["logreg"]["c-rd-alos"] = outcome.throughput["logreg"]["c-rd-alos"]
+    capped.config = capped.config.replace(latency_warmup_rounds=2)
+    recorder = _PacedRecorder([4.0, 1.0, 0.0], shapes=6)
+    capped._warm_up_latency(recorder, plans)  # type: ignore[arg-type]
+    assert len(recorder.calls) == 12 and capped.latency_warmup_jit_s == pytest.approx([4.0, 1.0])
