@@ -86,6 +86,10 @@ class LoopTrace:
         for name in ("release", "commit", "commit_when_delivered"):
             self.wrap(committer, name, f"committer.{name}")
         self.wrap(committer._producer, "send", "producer.send")
+        # exactly-once: the commit's steps (on the commit's helper thread) and the loop's waits for a commit
+        for name in ("send_offsets_to_transaction", "commit_transaction", "begin_transaction"):
+            self.wrap(committer._producer, name, f"producer.{name}")
+        self.wrap(committer, "_finish_commit", "committer.finish_commit")
         gc.callbacks.append(self.on_gc)
 
     def write(self, path: Path) -> None:
