@@ -191,9 +191,11 @@ class TransactionalCommitter(Committer):
 
     def __init__(
         self, consumer: EventConsumer, producer_factory: Callable[[], EventProducer], *, op_timeout_ms: int,
-        retry_s: float = 1.0,
+        retry_s: float = 1.0, observe_commit: Callable[[float], object] | None = None,
     ) -> None:
         self._factory = producer_factory
+        #: called with each successful commit's seconds (offsets added, transaction committed), on either thread
+        self._observe_commit = observe_commit
         self._op_timeout_s = op_timeout_ms / 1000
         self._retry_s = retry_s
         self._open = False
@@ -241,6 +243,7 @@ class TransactionalCommitter(Committer):
         self._finish_commit()
         if not offsets and not self._open:
             return
+        started = time.perf_counter()
         try:
             if not self._open:
                 self._producer.begin_transaction()
@@ -251,6 +254,8 @@ class TransactionalCommitter(Committer):
         except TransportError as exc:
             raise TransactionFailed(f"transaction commit failed: {exc}") from exc
         self._open = False
+        if self._observe_commit is not None:
+            self._observe_commit(time.perf_counter() - started)
 
     def commit_when_delivered(self, offsets: dict[TP, int], then: Callable[[], object] | None = None) -> None:
         """Start committing the open transaction with ``offsets`` on a helper thread and return at once; ``then`` is
@@ -271,12 +276,16 @@ class TransactionalCommitter(Committer):
             raise TransactionFailed(f"transaction commit failed: {exc}") from exc
         self._open = False  # the next send opens the next transaction, once this one is committed
         failed: list[BaseException] = []
+        observe = self._observe_commit
 
         def run() -> None:
             try:
+                started = time.perf_counter()
                 if offsets:
                     producer.send_offsets_to_transaction(offsets, group, timeout_s)
                 producer.commit_transaction(timeout_s)
+                if observe is not None:
+                    observe(time.perf_counter() - started)
             except BaseException as exc:  # handed to the polling thread by _finish_commit
                 failed.append(exc)
 

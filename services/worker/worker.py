@@ -202,7 +202,8 @@ class Worker:
         self.backpressure.attach(self.consumer)
         self.committer = (
             TransactionalCommitter(self.consumer, lambda: open_producer(kafka, transactional=True),
-                                   op_timeout_ms=kafka.transaction_op_timeout_ms)
+                                   op_timeout_ms=kafka.transaction_op_timeout_ms,
+                                   observe_commit=self.metrics.transaction_commit_seconds.observe)
             if kafka.exactly_once else Committer(self.consumer, open_producer(kafka))
         )
         publish = PublishStep(

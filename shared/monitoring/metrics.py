@@ -124,6 +124,10 @@ class Metrics:
             "streamlearn_deferred_outputs", "Outputs (predictions, dead letters) made while the last transaction "
             "commits, kept for the next one (exactly-once; at most 256 KiB, past that the loop waits for the commit).",
             registry=r)
+        self.transaction_commit_seconds = Histogram(
+            "streamlearn_transaction_commit_seconds", "Time an exactly-once commit takes, from adding the offsets to "
+            "the transaction to the broker's answer to its commit: a prediction becomes readable up to "
+            "worker.commit_interval_s plus this after it is made.", buckets=LATENCY_BUCKETS, registry=r)
         self.order_waits = Counter(
             "streamlearn_order_waits", "Times the time order held records back for a partition the broker holds "
             "more of, by outcome: delivered, gave_up (worker.order_wait_ms passed).", ["outcome"], registry=r)

@@ -112,6 +112,12 @@ def test_prometheus_sees_accuracy_fall_and_the_drift_counted_after_the_drift_poi
         assert prometheus_server.query(expression, at=ended), f"{expression} not in Prometheus"
     processed = prometheus_server.query(f"streamlearn_processing_seconds_count{{{selector}}}", at=ended)
     assert float(processed[0]["value"][1]) > 0
+    # exactly-once (the default): every transaction's commit time, as the dashboard's latency panel shows it
+    commits = prometheus_server.query(f"streamlearn_transaction_commit_seconds_count{{{selector}}}", at=ended)
+    assert commits and float(commits[0]["value"][1]) > 0, "no transaction commit timed"
+    p99 = prometheus_server.query(f"histogram_quantile(0.99, sum by (le) (streamlearn_transaction_commit_seconds_bucket"
+                                  f"{{{selector}}}))", at=ended)
+    assert p99 and 0 < float(p99[0]["value"][1]) < 30, p99
 
     # the rolling accuracy: its level over the last window before the drift, against after it
     steady = [_at(accuracy, ts) for ts, n in events if DRIFT_AT - ROLLING_WINDOW <= n < DRIFT_AT]

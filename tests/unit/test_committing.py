@@ -311,3 +311,24 @@ def test_an_exactly_once_checkpoint_is_written_once_its_transaction_committed_an
     with pytest.raises(TransactionFailed):
         committer.send("predictions", b"c", None, None)
     assert written == ["after commit"]
+
+
+def test_each_successful_transaction_commit_is_timed_and_a_failed_one_is_not() -> None:
+    producer = FakeTransactionalProducer()
+    seconds: list[float] = []
+    committer = TransactionalCommitter(GroupConsumer(), lambda: producer,  # type: ignore[arg-type]
+                                       op_timeout_ms=1000, observe_commit=seconds.append)
+    committer.send("predictions", b"a", None, None)
+    committer.commit_when_delivered({TP: 1})
+    threading.Timer(0.05, producer.release.set).start()  # the commit's answer comes 50 ms later
+    _commit_ended(committer)
+    committer.release()
+    assert len(seconds) == 1 and 0.04 <= seconds[0] < 5, "the background commit, from its offsets to its answer"
+    committer.send("predictions", b"b", None, None)
+    committer.commit({TP: 2})  # a forced commit, on the polling thread
+    assert len(seconds) == 2
+    producer.fail_commit = True
+    committer.send("predictions", b"c", None, None)
+    with pytest.raises(TransactionFailed):
+        committer.commit({TP: 3})
+    assert len(seconds) == 2, "a failed commit is not a commit's time"
