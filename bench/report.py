@@ -301,12 +301,12 @@ class Outcome:
         the runs' windows, on the CPUs the contenders share. One short run of each shape (contender, client, mode)
         at its highest rate per round, until a round's windows hold less than ``LATENCY_WARM_JIT_S`` CPU s of JIT.
         """
-        shapes: dict[tuple[str, str, bool, float | None], tuple[LatencyPlan, float]] = {}
+        shapes: dict[tuple[str, str, bool], tuple[LatencyPlan, float]] = {}
         for plan in plans:
             rate = self._latency_rate(plan)
             if rate is None or plan.loaded_as is not None:
                 continue
-            shape = (plan.contender, plan.client, plan.at_least_once, plan.interval_s)
+            shape = (plan.contender, plan.client, plan.at_least_once)  # the intervals share the broker's paths
             if shape not in shapes or rate > shapes[shape][1]:
                 shapes[shape] = (plan, rate)
         for round_ in range(1, self.config.latency_warmup_rounds + 1):
