@@ -145,6 +145,8 @@ class ConfluentConsumer:
         self._seek_on_resume: set[TP] = set()
         #: assignment changes so far (assigned, revoked, lost): a poll that saw one returns nothing
         self.rebalances = 0
+        #: ``close()`` has begun: a rebalance served meanwhile assigns nothing to the handler
+        self._closing = False
         self.raw = Consumer({
             **common_config(settings),
             "group.id": settings.group_id,
@@ -174,6 +176,11 @@ class ConfluentConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
+        if self._closing:
+            # an assignment librdkafka serves while ``close()`` leaves the group: nothing will read it, and the
+            # committed offsets can no longer be asked for (the handle is being destroyed); librdkafka assigns the
+            # partitions itself when the callback does not, then revokes them as it leaves
+            return
         starts = self._start_offsets(partitions)
         consumer.assign(starts)
         consumer.pause(starts)
@@ -492,6 +499,7 @@ class ConfluentConsumer:
         return self.raw.consumer_group_metadata()
 
     def close(self) -> None:
+        self._closing = True
         self.raw.close()
 
 
