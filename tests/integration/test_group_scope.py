@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.integration
 NB = {"name": "nb", "estimator": "river.naive_bayes.GaussianNB"}
 LOGREG = {"name": "logreg", "estimator": "river.linear_model.LogisticRegression"}
 N_EVENTS = 4_000
+#: events/s: the stream takes 10 s, the first syncs (after 600 events a worker) come at about a third of it
+RATE = 400.0
 PARTITIONS = 4
 SEED = 5
 
@@ -65,9 +68,11 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
 
     ensure_topics(kafka_bootstrap, {t.events: PARTITIONS, t.labels: PARTITIONS, t.predictions: 1,
                                     t.shadow_predictions: 1, t.dead_letters: 1})
-    stats = replay("agrawal", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=N_EVENTS, seed=SEED,
-                   progress=False)
-    assert stats.sent == N_EVENTS
+    sent: list[int] = []
+    # paced, so that the kill finds the workers mid-stream with a checkpoint of every partition already written
+    sender = threading.Thread(target=lambda: sent.append(replay(
+        "agrawal", bootstrap_servers=kafka_bootstrap, topic=t.events, limit=N_EVENTS, seed=SEED, rate=RATE,
+        progress=False).sent))
     configs = {}
     for name in ("a", "b"):
         configs[name] = tmp_path / f"{name}.yaml"
@@ -79,9 +84,12 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
     checkpoints = redis.Redis.from_url(redis_url)
     store = CheckpointStore(checkpoints, base.redis.namespace, base.kafka.group_id, HMAC_KEY.encode())
     try:
+        wait_for(lambda: all("worker subscribed" in path.read_text() for path in logs.values()), 60,
+                 "both workers subscribed")
+        sender.start()
         kill_at = rng.randrange(1_200, 2_000)
         # a worker's first sync (its first checkpoint) comes after its first 600 events: the kill waits for every
-        # partition's, so that the survivor always has the killed worker's partitions to restore from the group
+        # partition's, so that the restarted worker and the survivor always have a group state to restore
         wait_for(lambda: _committed(admin, base) >= kill_at
                  and checkpoints.exists(*(store.key_for(t.events, p) for p in range(PARTITIONS))) == PARTITIONS,
                  90, f"{kill_at} committed and a checkpoint of every partition")
@@ -90,6 +98,8 @@ def test_two_workers_on_four_partitions_survive_a_sigkill_and_learn_every_label_
         processes["a"].wait(timeout=10)
         killed_at = _committed(admin, base)
         processes["a"] = _start(configs["a"], logs["a"])
+        sender.join(timeout=60)
+        assert sent == [N_EVENTS]
         wait_for(lambda: _committed(admin, base) == N_EVENTS, 120, f"{N_EVENTS} committed")
         wait_for(lambda: logs["a"].read_text().count("worker subscribed") == 2, 60, "the restarted worker")
     finally:
