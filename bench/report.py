@@ -63,7 +63,7 @@ class Config:
     """How many events each scenario uses (defaults: a full run of a few minutes on 2 cores)."""
 
     logreg_events: int = 50_000
-    arf_events: int = 6_000
+    arf_events: int = 12_000
     mlp_events: int = 10_000
     latency_seconds: float = 8.0
     scale_events: int = 120_000
@@ -77,6 +77,9 @@ class Config:
     memory_events: int = 1_000_000
     profile_events: int = 20_000
     repeat: int = 3
+    #: turns of the ARF throughput runs: its target's paired ratios spread by +-10 % between turns (the model's
+    #: loop is CPU-bound for seconds, the broker compiles beside it), so it takes the median of more of them
+    arf_repeat: int = 5
     quick: bool = False
     stages: tuple[str, ...] = ("throughput", "latency", "scale", "memory", "profile")
     models: tuple[str, ...] = ("logreg", "arf", "mlp")
@@ -91,13 +94,17 @@ class Config:
         """The ``--quick`` plan: every scenario, with few events."""
         return cls(logreg_events=1_000, arf_events=200, mlp_events=640, latency_seconds=2.0, scale_events=1_000,
                    scale_warmup_rounds=1, latency_warmup_rounds=1, latency_warmup_seconds=0.5, memory_events=2_000,
-                   profile_events=1_000, repeat=1, quick=True)
+                   profile_events=1_000, repeat=1, arf_repeat=1, quick=True)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def events(self, model: str) -> int:
         return {"logreg": self.logreg_events, "arf": self.arf_events, "mlp": self.mlp_events}[model]
+
+    def turns(self, model: str) -> int:
+        """How many times each contender of ``model``'s throughput runs."""
+        return self.arf_repeat if model == "arf" else self.repeat
 
 
 #: contender key -> what the tables call it
@@ -121,6 +128,25 @@ MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 #: the latency rows measured ``repeat`` times (the targets and their floors); the median p99 is reported
 LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r@half-loaded",
                     "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded", f"c-rd@{EOS_INTERVAL_S:g}s")
+
+
+#: per model, the two contenders of its ratio target (issue 13.4: the worker vs the plain loop; 13.5: the ARF worker
+#: vs the bare loop), run one right after the other in each turn
+TARGET_PAIRS: dict[str, tuple[str, str]] = {"logreg": ("b", "c-rd"), "arf": ("a", "c-rd")}
+
+
+def turn_order(model: str, keys: tuple[str, ...], turn: int) -> list[str]:
+    """The order the contenders of ``model`` run in during turn ``turn`` (from 0).
+
+    The two contenders of the model's ratio target run first and back to back, so a machine that speeds up or
+    slows down within a turn (the broker compiling, a neighbour's load) moves both sides of the ratio alike; which
+    of the two runs first alternates from turn to turn. The other contenders follow in ``keys``' order.
+    """
+    pair = [key for key in TARGET_PAIRS.get(model, ()) if key in keys]
+    if len(pair) != 2:
+        return list(keys)
+    first = pair if turn % 2 == 0 else pair[::-1]
+    return [*first, *(key for key in keys if key not in pair)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +277,10 @@ class Outcome:
         log(f"throughput {model}: producing {n:,} events")
         bench.produce(topic, n)
         runs = self.throughput.setdefault(model, {})
-        for _ in range(self.config.repeat):
-            for key in keys:
+        for key in keys:  # the tables list the contenders in this order, whatever order they ran in
+            runs.setdefault(key, [])
+        for turn in range(self.config.turns(model)):
+            for key in turn_order(model, keys, turn):
                 label = CONTENDERS[key]
                 if key == "a":
                     measured = bench.bare(model, n)
@@ -262,7 +290,7 @@ class Outcome:
                                                      at_least_once=key.endswith("alos"),
                                                      client=CLIENT_OF.get(key, "kafka-python"),
                                                      checkpoint_in_loop=key == "c-ckl")
-                runs.setdefault(key, []).append(measured)
+                runs[key].append(measured)
                 log(f"  {model} {label}: {measured.rate:,.0f} events/s, {measured.cpu_per_1k:.3f} CPU s/1k, "
                     f"peak RSS {measured.usage.peak_rss_mib:.0f} MiB")
 
@@ -690,8 +718,10 @@ def render(outcome: Outcome) -> str:
                 "the model) and the others (kafka-python's IO threads, the metrics endpoint; from `/proc`, in "
                 "clock ticks); the broker's CPU in the same window is shown apart. Peak RSS is the process's "
                 "maximum resident set (`os.wait4`). "
-                + (f"Median of {c.repeat} runs per contender, the contenders taking turns (every contender once, "
-                   f"then again); the targets take the median of the {c.repeat} ratios of runs of the same turn."
+                + (f"Median of {c.repeat} runs per contender ({c.arf_repeat} for the ARF), the contenders taking "
+                   "turns (every contender once, then again; in each turn the two contenders of a model's target "
+                   "run first, back to back, which of them first alternating); the targets take the median of the "
+                   "ratios of runs of the same turn."
                    if c.repeat > 1 else "One run per contender."), ""]
         for model in MODELS_IN_ORDER:
             runs = outcome.throughput.get(model)

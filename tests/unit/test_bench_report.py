@@ -270,3 +270,60 @@ def test_the_latency_warm_up_runs_each_shape_once_per_round_until_the_broker_has
     recorder = _PacedRecorder([4.0, 1.0, 0.0], shapes=6)
     capped._warm_up_latency(recorder, plans)  # type: ignore[arg-type]
     assert len(recorder.calls) == 12 and capped.latency_warmup_jit_s == pytest.approx([4.0, 1.0])
+
+
+def test_the_contenders_of_a_ratio_target_run_back_to_back_taking_turns_at_going_first() -> None:
+    from bench.report import turn_order
+
+    keys = ("a", "b", "c", "c-rd", "c-ckl")
+    assert turn_order("arf", keys, 0) == ["a", "c-rd", "b", "c", "c-ckl"]
+    assert turn_order("arf", keys, 1) == ["c-rd", "a", "b", "c", "c-ckl"]
+    assert turn_order("arf", keys, 2) == turn_order("arf", keys, 0)
+    logreg = ("a", "b", "c", "c-alos", "c-rd", "c-rd-alos", "t")
+    assert turn_order("logreg", logreg, 1) == ["c-rd", "b", "a", "c", "c-alos", "c-rd-alos", "t"]
+    assert turn_order("logreg", ("c", "c-alos", "c-rd"), 0) == ["c", "c-alos", "c-rd"], "no pair: as given"
+    assert turn_order("mlp", ("a", "b", "c", "c-rd"), 1) == ["a", "b", "c", "c-rd"]
+
+
+class _TurnRecorder:
+    """A :class:`Bench` stand-in for the throughput stage: records the contenders in the order they ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def topics(self) -> tuple[str, str]:
+        return "events", "predictions"
+
+    def produce(self, topic: str, n: int) -> float:
+        return 0.0
+
+    def bare(self, model: str, n: int) -> Measured:
+        self.ran.append("a")
+        return _measured("bare", model, n, 1.0)
+
+    def kafka_contender(self, contender: str, model: str, topic: str, n: int, *, label: str, at_least_once: bool,
+                        client: str, checkpoint_in_loop: bool) -> Measured:
+        self.ran.append(label)
+        return _measured(contender, model, n, 2.0 if client == "confluent" else 4.0)
+
+
+def test_the_throughput_stage_pairs_each_turns_runs_and_keeps_the_tables_order() -> None:
+    from bench.report import CONTENDERS
+
+    outcome = _outcome()
+    outcome.throughput.clear()
+    outcome.config = outcome.config.replace(arf_repeat=2, arf_events=100)
+    recorder = _TurnRecorder()
+    outcome._throughput(recorder, "arf", ("a", "b", "c", "c-rd", "c-ckl"))  # type: ignore[arg-type]
+    confluent = CONTENDERS["c-rd"]
+    assert recorder.ran[:2] == ["a", confluent] and recorder.ran[5:7] == [confluent, "a"]
+    assert list(outcome.throughput["arf"]) == ["a", "b", "c", "c-rd", "c-ckl"]
+    assert all(len(runs) == 2 for runs in outcome.throughput["arf"].values())
+    assert outcome.paired_ratios("arf", "c-rd", "a") == pytest.approx([0.5, 0.5])
+
+
+def test_the_arf_runs_more_turns_unless_the_repeat_is_given() -> None:
+    default = config_from(parse_args([]))
+    assert (default.turns("logreg"), default.turns("arf")) == (3, 5)
+    assert config_from(parse_args(["--repeat", "2"])).turns("arf") == 2
+    assert config_from(parse_args(["--quick"])).turns("arf") == 1
