@@ -178,8 +178,9 @@ class ConfluentConsumer:
         self.rebalances += 1
         if self._closing:
             # an assignment librdkafka serves while ``close()`` leaves the group: nothing will read it, and the
-            # committed offsets can no longer be asked for (the handle is being destroyed); librdkafka assigns the
-            # partitions itself when the callback does not, then revokes them as it leaves
+            # committed offsets can no longer be asked for (the handle is being destroyed); confluent-kafka's
+            # rebalance callback assigns the partitions itself when ``on_assign`` did not (Consumer.c), and
+            # librdkafka revokes them as the consumer leaves
             return
         starts = self._start_offsets(partitions)
         consumer.assign(starts)

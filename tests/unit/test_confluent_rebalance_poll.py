@@ -121,7 +121,7 @@ def test_records_read_before_an_eager_rebalance_are_dropped_and_read_again_from_
     consumer.resume([(TOPIC, 0)])  # as the worker's restore does
     assert raw.sought == [(0, 100)]
 
-    raw.first, raw.rest = Message(0, 100), [Message(0, 101)]  # type: ignore[assignment]
+    raw.first, raw.rest = Message(0, 100), [Message(0, 101)]
     records = consumer.poll(timeout_ms=10, max_records=50)
     assert [(r.partition, r.offset) for r in records] == [(0, 100), (0, 101)], "no rebalance: delivered"
     assert consumer._next[(TOPIC, 0)] == 102
