@@ -130,6 +130,12 @@ LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half"
                     "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded", f"c-rd@{EOS_INTERVAL_S:g}s")
 
 
+#: the profiled workers of the profile stage: key -> (model, client); the torch MLP (with the default client) when
+#: the throughput stage runs it, as issue 13 asks for a profile while it is below 0.8x the bare loop
+PROFILED: dict[str, tuple[str, str]] = {
+    "kafka-python": ("logreg", "kafka-python"), "confluent": ("logreg", "confluent"), "mlp": ("mlp", "confluent"),
+}
+
 #: per model, the two contenders of its ratio target (issue 13.4: the worker vs the plain loop; 13.5: the ARF worker
 #: vs the bare loop), run one right after the other in each turn
 TARGET_PAIRS: dict[str, tuple[str, str]] = {"logreg": ("b", "c-rd"), "arf": ("a", "c-rd")}
@@ -242,7 +248,7 @@ class Outcome:
     #: the broker's JIT CPU seconds in each unmeasured warm-up round of the scale stage
     scale_warmup_jit_s: list[float] = field(default_factory=list)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
-    #: per transport, pyinstrument's listings and the profiled run
+    #: per profiled worker (:data:`PROFILED`'s keys), pyinstrument's listings and the profiled run
     profile: dict[str, dict[str, str]] = field(default_factory=dict)
     profiled: dict[str, Measured] = field(default_factory=dict)
 
@@ -463,13 +469,15 @@ class Outcome:
         n = self.config.profile_events
         topic, _ = bench.topics()
         bench.produce(topic, n)
-        for client in CLIENTS:
-            log(f"profile: the worker (logreg, exactly-once, {client}) under pyinstrument over {n:,} events")
+        for key, (model, client) in PROFILED.items():
+            if model == "mlp" and "mlp" not in self.config.models:
+                continue
+            log(f"profile: the worker ({model}, exactly-once, {client}) under pyinstrument over {n:,} events")
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False, dir=bench.work_dir) as handle:
                 path = Path(handle.name)
-            self.profiled[client] = bench.kafka_contender("worker", "logreg", topic, n, label="profiled worker",
-                                                          profile=path, client=client)
-            self.profile[client] = json.loads(path.read_text())
+            self.profiled[key] = bench.kafka_contender("worker", model, topic, n, label="profiled worker",
+                                                       profile=path, client=client)
+            self.profile[key] = json.loads(path.read_text())
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
@@ -580,9 +588,11 @@ def targets(outcome: Outcome) -> list[list[str]]:
         if mlp_worker is not None and mlp_bare is not None:
             pairs = outcome.paired_ratios("mlp", key, "a")
             ratio = statistics.median(pairs) if pairs else mlp_worker / mlp_bare
+            profiled = key == "c-rd" and "mlp" in outcome.profile
             rows.append([f"6. torch MLP: worker (exactly-once, {CLIENT_OF[key]}) vs the bare torch loop (a)",
                          "report (profile if below 0.8x)",
-                         f"{ratio:.2f}x ({_spread(pairs)}medians {mlp_worker:,.0f} vs {mlp_bare:,.0f} events/s)",
+                         f"{ratio:.2f}x ({_spread(pairs)}medians {mlp_worker:,.0f} vs {mlp_bare:,.0f} events/s)"
+                         + ("; profiled below, \"Profile of the worker (mlp, ...)\"" if profiled else ""),
                          "reported"])
     for client, runs in outcome.scale.items():
         pairs = outcome.scale_ratios(client)
@@ -862,12 +872,15 @@ def render(outcome: Outcome) -> str:
         header = ["transport", "events", "RSS (MiB) after 10% of the run", "25%", "50%", "75%", "end",
                   "max (after 10%)", "growth"]
         out += [*_table(header, mrows), ""]
-    for client, profile in outcome.profile.items():
-        prof = outcome.profiled.get(client)
-        out += [f"## Profile of the worker (logreg, exactly-once, {client})", "",
+    for key, profile in outcome.profile.items():
+        model, client = PROFILED.get(key, ("logreg", key))
+        prof = outcome.profiled.get(key)
+        why = (" Issue 13 asks for it while the MLP worker is below 0.8x the bare torch loop (target 6 above)."
+               if model == "mlp" else "")
+        out += [f"## Profile of the worker ({model}, exactly-once, {client})", "",
                 f"pyinstrument, main thread (the poll loop and the steps; the client library's own threads are "
                 f"not sampled) over {c.profile_events:,} events"
-                + (f" ({prof.rate:,.0f} events/s under the profiler)." if prof else "."), "",
+                + (f" ({prof.rate:,.0f} events/s under the profiler)." if prof else ".") + why, "",
                 "The call tree (library frames folded by pyinstrument; seconds of wall time):", "", "```"]
         out += [*_tree(profile.get("tree", ""), 70), "```", "", "Functions by own time (top 25):", "", "```"]
         out += [*_flat(profile.get("flat_self", ""), 25), "```", ""]

@@ -327,3 +327,15 @@ def test_the_arf_runs_more_turns_unless_the_repeat_is_given() -> None:
     assert (default.turns("logreg"), default.turns("arf")) == (3, 5)
     assert config_from(parse_args(["--repeat", "2"])).turns("arf") == 2
     assert config_from(parse_args(["--quick"])).turns("arf") == 1
+
+
+def test_the_mlp_profile_gets_its_own_section_and_the_mlp_row_points_to_it() -> None:
+    outcome = _outcome()
+    listing = {"tree": "1.000 run  services/worker/worker.py:1", "flat_self": "0.500 process  x.py:1"}
+    outcome.profile = {"confluent": listing, "mlp": listing}
+    markdown = render(outcome)
+    assert "## Profile of the worker (logreg, exactly-once, confluent)" in markdown
+    assert "## Profile of the worker (mlp, exactly-once, confluent)" in markdown
+    mlp_row = next(line for line in markdown.splitlines() if line.startswith("| 6. torch MLP") and "confluent" in line)
+    assert "0.50x" in mlp_row and "profiled below" in mlp_row
+    assert "profiled below" not in render(_outcome())
