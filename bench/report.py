@@ -52,6 +52,10 @@ SCALE_WARMUP_MAX_ROUNDS = 5
 #: (about 0.1 s a run: a broker that has served every shape a few times still compiles that much)
 LATENCY_WARM_JIT_S = 0.6
 LATENCY_WARMUP_MAX_ROUNDS = 3
+#: the throughput stage's warm-up (per model with a ratio target): unmeasured runs of the target's Kafka contenders
+#: until, in one round, the broker's JIT used less CPU than this during them, at most ``THROUGHPUT_WARMUP_MAX_ROUNDS``
+THROUGHPUT_WARM_JIT_S = 0.3
+THROUGHPUT_WARMUP_MAX_ROUNDS = 3
 #: the scale scenario's ``sync.scope`` (issue 12: one model for the whole group)
 SCALE_SCOPE = "group"
 #: "flat": RSS at the end at most this much above RSS after the first 10% of the run
@@ -67,6 +71,9 @@ class Config:
     mlp_events: int = 10_000
     latency_seconds: float = 8.0
     scale_events: int = 120_000
+    #: at most this many unmeasured rounds of a model's target contenders before its measured throughput turns
+    #: (``THROUGHPUT_WARM_JIT_S``)
+    throughput_warmup_rounds: int = THROUGHPUT_WARMUP_MAX_ROUNDS
     #: at most this many unmeasured rounds of the scale runs before the measured ones (``SCALE_WARM_JIT_S``)
     scale_warmup_rounds: int = SCALE_WARMUP_MAX_ROUNDS
     #: at most this many unmeasured rounds of the latency rows' shapes before the measured ones
@@ -94,7 +101,7 @@ class Config:
         """The ``--quick`` plan: every scenario, with few events."""
         return cls(logreg_events=1_000, arf_events=200, mlp_events=640, latency_seconds=2.0, scale_events=1_000,
                    scale_warmup_rounds=1, latency_warmup_rounds=1, latency_warmup_seconds=0.5, memory_events=2_000,
-                   profile_events=1_000, repeat=1, arf_repeat=1, quick=True)
+                   profile_events=1_000, repeat=1, arf_repeat=1, throughput_warmup_rounds=1, quick=True)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -245,6 +252,8 @@ class Outcome:
     scale_burn_us: dict[str, list[float]] = field(default_factory=dict)
     #: the broker's JIT CPU seconds in each unmeasured warm-up round of the latency stage
     latency_warmup_jit_s: list[float] = field(default_factory=list)
+    #: per model, the broker's JIT CPU seconds in each unmeasured warm-up round of its throughput turns
+    throughput_warmup_jit_s: dict[str, list[float]] = field(default_factory=dict)
     #: the broker's JIT CPU seconds in each unmeasured warm-up round of the scale stage
     scale_warmup_jit_s: list[float] = field(default_factory=list)
     memory: dict[str, MemoryResult] = field(default_factory=dict)
@@ -285,20 +294,48 @@ class Outcome:
         runs = self.throughput.setdefault(model, {})
         for key in keys:  # the tables list the contenders in this order, whatever order they ran in
             runs.setdefault(key, [])
+        self._warm_up_throughput(bench, model, keys, topic, n)
         for turn in range(self.config.turns(model)):
             for key in turn_order(model, keys, turn):
                 label = CONTENDERS[key]
-                if key == "a":
-                    measured = bench.bare(model, n)
-                else:
-                    contender = {"b": "plain", "t": "transport"}.get(key, "worker")
-                    measured = bench.kafka_contender(contender, model, topic, n, label=label,
-                                                     at_least_once=key.endswith("alos"),
-                                                     client=CLIENT_OF.get(key, "kafka-python"),
-                                                     checkpoint_in_loop=key == "c-ckl")
+                measured = self._run_contender(bench, model, key, topic, n)
                 runs[key].append(measured)
                 log(f"  {model} {label}: {measured.rate:,.0f} events/s, {measured.cpu_per_1k:.3f} CPU s/1k, "
                     f"peak RSS {measured.usage.peak_rss_mib:.0f} MiB")
+
+    @staticmethod
+    def _run_contender(bench: Bench, model: str, key: str, topic: str, n: int) -> Measured:
+        """One throughput run of contender ``key`` over the ``n`` events on ``topic``."""
+        if key == "a":
+            return bench.bare(model, n)
+        contender = {"b": "plain", "t": "transport"}.get(key, "worker")
+        return bench.kafka_contender(contender, model, topic, n, label=CONTENDERS[key],
+                                     at_least_once=key.endswith("alos"), client=CLIENT_OF.get(key, "kafka-python"),
+                                     checkpoint_in_loop=key == "c-ckl")
+
+    def _warm_up_throughput(self, bench: Bench, model: str, keys: tuple[str, ...], topic: str, n: int) -> None:
+        """Unmeasured runs of the Kafka contenders of ``model``'s ratio target until the broker's JIT has settled.
+
+        Each measured contender gets a fresh topic, group and transactional id, and a broker that has just served
+        another model's runs still compiles paths these runs take (0.2 to 1.4 CPU s in ARF worker runs of about
+        6 s, on the CPUs the model's loop shares): a model's first turns measured the broker's warm-up more than
+        the contenders (docs/benchmarks.md). Rounds of one run of each until a round's runs saw less than
+        ``THROUGHPUT_WARM_JIT_S`` CPU s of JIT, at most ``Config.throughput_warmup_rounds``.
+        """
+        kafka = [key for key in TARGET_PAIRS.get(model, ()) if key in keys and key != "a"]
+        if not kafka:
+            return
+        rounds = self.throughput_warmup_jit_s.setdefault(model, [])
+        for round_ in range(1, self.config.throughput_warmup_rounds + 1):
+            measured = [self._run_contender(bench, model, key, topic, n) for key in kafka]
+            jit = sum(m.broker_jit_s for m in measured)
+            rounds.append(jit)
+            log(f"  {model} warm-up round {round_} (not measured): broker JIT {jit:.2f} CPU s; "
+                + ", ".join(f"{m.label} {m.rate:,.0f} events/s" for m in measured))
+            if jit < THROUGHPUT_WARM_JIT_S:
+                return
+        log(f"  the broker's JIT had not settled after {self.config.throughput_warmup_rounds} rounds; "
+            "measuring anyway")
 
     def rate(self, model: str, key: str) -> float | None:
         runs = self.throughput.get(model, {}).get(key)
@@ -732,7 +769,15 @@ def render(outcome: Outcome) -> str:
                    "turns (every contender once, then again; in each turn the two contenders of a model's target "
                    "run first, back to back, which of them first alternating); the targets take the median of the "
                    "ratios of runs of the same turn."
-                   if c.repeat > 1 else "One run per contender."), ""]
+                   if c.repeat > 1 else "One run per contender.")
+                + " Before a model's turns, unmeasured runs of its target's Kafka contenders (logreg: the plain "
+                "loop and the confluent worker; ARF: the confluent worker) until the broker's JIT compilers used "
+                f"less than {THROUGHPUT_WARM_JIT_S} CPU s during a round (at most {c.throughput_warmup_rounds} "
+                "rounds); this run's rounds: "
+                + ("; ".join(f"{model} " + ", ".join(f"{jit:.2f}" for jit in jits)
+                             for model, jits in outcome.throughput_warmup_jit_s.items() if jits) or "none")
+                + " JIT CPU s. The column \"broker JIT CPU s\" is what the compilers used during a contender's "
+                "runs (median).", ""]
         for model in MODELS_IN_ORDER:
             runs = outcome.throughput.get(model)
             if not runs:
@@ -744,12 +789,14 @@ def render(outcome: Outcome) -> str:
                 rate = outcome.rate(model, key)
                 cpu = statistics.median(r.cpu_per_1k for r in measured)
                 broker = statistics.median(r.broker_cpu_per_1k for r in measured)
+                jit = statistics.median(r.broker_jit_s for r in measured)
                 rss = max(r.usage.peak_rss_mib for r in measured)
                 table_rows.append([CONTENDERS[key], f"{rate:,.0f}", _ratio(rate, bare), _ratio(rate, plain),
                                    f"{cpu:.3f}", _threads(measured), "-" if key == "a" else f"{broker:.3f}",
-                                   f"{rss:.0f}"])
+                                   f"{jit:.2f}", f"{rss:.0f}"])
             header = ["contender", "events/s", "vs (a)", "vs (b)", "CPU s / 1k events",
-                      "of which main thread / other threads", "broker CPU s / 1k", "peak RSS MiB"]
+                      "of which main thread / other threads", "broker CPU s / 1k", "broker JIT CPU s",
+                      "peak RSS MiB"]
             out += [*_table(header, table_rows), ""]
         costs = [[MODEL_TITLES[model], f"{run.result.extra['snapshot_ms']:.1f}",
                   f"{run.result.extra['snapshot_kib']:,.0f}", f"{run.result.extra['memory_bytes_ms']:.1f}"]

@@ -224,6 +224,8 @@ class Measured:
     result: RunResult
     usage: Usage
     broker_cpu_s: float = 0.0
+    #: CPU seconds the broker's JIT compilers used while the contender ran (start to report)
+    broker_jit_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -278,11 +280,11 @@ class Bench:
 
     def bare(self, model: str, n: int) -> Measured:
         result_path = self.path("result")
-        broker0 = self.stack.broker_cpu_s()
+        broker0, jit0 = self.stack.broker_cpu_s(), self.stack.broker_jit_cpu_s()
         child = self.spawn("bare", "--model", model, "--n", str(n), "--result", str(result_path))
         usage = child.wait(timeout_s=900)
         return Measured("(a) bare model loop", RunResult.read(result_path), usage,
-                        self.stack.broker_cpu_s() - broker0)
+                        self.stack.broker_cpu_s() - broker0, max(0.0, self.stack.broker_jit_cpu_s() - jit0))
 
     def retrying(self, what: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` again (it uses a fresh group each time) when its processes got no partitions."""
@@ -333,14 +335,15 @@ class Bench:
             args += ["--client", client]
         if checkpoint_in_loop:
             args.append("--checkpoint-in-loop")
-        broker0 = self.stack.broker_cpu_s()
+        broker0, jit0 = self.stack.broker_cpu_s(), self.stack.broker_jit_cpu_s()
         child = self.spawn(*args)
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
         wait_for_file(result_path, 120 + n / 50, f"{label} to process {n} events", child.alive)
         broker_cpu = self.stack.broker_cpu_s() - broker0
+        jit = max(0.0, self.stack.broker_jit_cpu_s() - jit0)
         stop_path.touch()
         usage = child.wait()
-        return Measured(label, RunResult.read(result_path), usage, broker_cpu)
+        return Measured(label, RunResult.read(result_path), usage, broker_cpu, jit)
 
     # --- latency ------------------------------------------------------------------------------------------
 

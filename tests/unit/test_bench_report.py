@@ -316,7 +316,8 @@ def test_the_throughput_stage_pairs_each_turns_runs_and_keeps_the_tables_order()
     recorder = _TurnRecorder()
     outcome._throughput(recorder, "arf", ("a", "b", "c", "c-rd", "c-ckl"))  # type: ignore[arg-type]
     confluent = CONTENDERS["c-rd"]
-    assert recorder.ran[:2] == ["a", confluent] and recorder.ran[5:7] == [confluent, "a"]
+    assert recorder.ran[0] == confluent, "one unmeasured run first: the broker compiled nothing during it"
+    assert recorder.ran[1:3] == ["a", confluent] and recorder.ran[6:8] == [confluent, "a"]
     assert list(outcome.throughput["arf"]) == ["a", "b", "c", "c-rd", "c-ckl"]
     assert all(len(runs) == 2 for runs in outcome.throughput["arf"].values())
     assert outcome.paired_ratios("arf", "c-rd", "a") == pytest.approx([0.5, 0.5])
@@ -339,3 +340,42 @@ def test_the_mlp_profile_gets_its_own_section_and_the_mlp_row_points_to_it() -> 
     mlp_row = next(line for line in markdown.splitlines() if line.startswith("| 6. torch MLP") and "confluent" in line)
     assert "0.50x" in mlp_row and "profiled below" in mlp_row
     assert "profiled below" not in render(_outcome())
+
+
+def test_a_models_turns_start_once_the_broker_has_compiled_its_target_contenders_paths() -> None:
+    from bench.report import THROUGHPUT_WARM_JIT_S
+
+    class JitRecorder(_TurnRecorder):
+        def __init__(self, jits: list[float]) -> None:
+            super().__init__()
+            self.jits = jits
+
+        def kafka_contender(self, contender: str, model: str, topic: str, n: int, *, label: str,
+                            at_least_once: bool, client: str, checkpoint_in_loop: bool) -> Measured:
+            measured = super().kafka_contender(contender, model, topic, n, label=label, at_least_once=at_least_once,
+                                               client=client, checkpoint_in_loop=checkpoint_in_loop)
+            measured.broker_jit_s = self.jits.pop(0) if self.jits else 0.0
+            return measured
+
+    from bench.report import CONTENDERS
+
+    outcome = _outcome()
+    outcome.throughput.clear()
+    outcome.config = outcome.config.replace(arf_repeat=1, arf_events=100)
+    recorder = JitRecorder([1.2, 0.5, THROUGHPUT_WARM_JIT_S / 2, 9.0])
+    outcome._throughput(recorder, "arf", ("a", "b", "c", "c-rd", "c-ckl"))  # type: ignore[arg-type]
+    confluent = CONTENDERS["c-rd"]
+    assert recorder.ran[:3] == [confluent] * 3, "three unmeasured runs of the target's worker: the third is quiet"
+    assert outcome.throughput_warmup_jit_s["arf"] == pytest.approx([1.2, 0.5, THROUGHPUT_WARM_JIT_S / 2])
+    assert recorder.ran[3:5] == ["a", confluent] and all(len(r) == 1 for r in outcome.throughput["arf"].values())
+
+    capped = _outcome()
+    capped.throughput.clear()
+    capped.config = capped.config.replace(repeat=1, throughput_warmup_rounds=2)
+    recorder = JitRecorder([5.0, 5.0, 5.0, 5.0])
+    capped._throughput(recorder, "logreg", ("a", "b", "c", "c-rd"))  # type: ignore[arg-type]
+    assert recorder.ran[:4] == [CONTENDERS["b"], confluent] * 2, "the plain loop and the worker, two rounds at most"
+    assert capped.throughput_warmup_jit_s["logreg"] == pytest.approx([10.0, 10.0])
+    assert "mlp" not in capped.throughput_warmup_jit_s
+    markdown = render(capped)
+    assert "logreg 10.00, 10.00 JIT CPU s" in markdown and "| broker JIT CPU s |" in markdown
