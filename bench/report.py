@@ -14,6 +14,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -160,6 +161,21 @@ def turn_order(model: str, keys: tuple[str, ...], turn: int) -> list[str]:
         return list(keys)
     first = pair if turn % 2 == 0 else pair[::-1]
     return [*first, *(key for key in keys if key not in pair)]
+
+
+def warm_up(what: str, rounds: int, threshold_s: float, run_round: Callable[[], tuple[float, str]],
+            record: list[float]) -> None:
+    """Unmeasured rounds until the broker's JIT has settled: ``run_round`` runs one round and returns the JIT CPU
+    seconds its runs saw and a line for the log; stop after a round under ``threshold_s``, or after ``rounds``.
+    Each round's JIT goes to ``record``."""
+    for round_ in range(1, rounds + 1):
+        jit, summary = run_round()
+        record.append(jit)
+        log(f"  {what} warm-up round {round_} (not measured): broker JIT {jit:.2f} CPU s in the runs' windows; "
+            f"{summary}")
+        if jit < threshold_s:
+            return
+    log(f"  {what}: the broker's JIT had not settled after {rounds} rounds; measuring anyway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,17 +341,14 @@ class Outcome:
         kafka = [key for key in TARGET_PAIRS.get(model, ()) if key in keys and key != "a"]
         if not kafka:
             return
-        rounds = self.throughput_warmup_jit_s.setdefault(model, [])
-        for round_ in range(1, self.config.throughput_warmup_rounds + 1):
+
+        def run_round() -> tuple[float, str]:
             measured = [self._run_contender(bench, model, key, topic, n) for key in kafka]
-            jit = sum(m.broker_jit_s for m in measured)
-            rounds.append(jit)
-            log(f"  {model} warm-up round {round_} (not measured): broker JIT {jit:.2f} CPU s; "
-                + ", ".join(f"{m.label} {m.rate:,.0f} events/s" for m in measured))
-            if jit < THROUGHPUT_WARM_JIT_S:
-                return
-        log(f"  the broker's JIT had not settled after {self.config.throughput_warmup_rounds} rounds; "
-            "measuring anyway")
+            return (sum(m.broker_jit_s for m in measured),
+                    ", ".join(f"{m.label} {m.rate:,.0f} events/s" for m in measured))
+
+        warm_up(model, self.config.throughput_warmup_rounds, THROUGHPUT_WARM_JIT_S, run_round,
+                self.throughput_warmup_jit_s.setdefault(model, []))
 
     def rate(self, model: str, key: str) -> float | None:
         runs = self.throughput.get(model, {}).get(key)
@@ -380,7 +393,7 @@ class Outcome:
             shape = (plan.contender, plan.client, plan.at_least_once)  # the intervals share the broker's paths
             if shape not in shapes or rate > shapes[shape][1]:
                 shapes[shape] = (plan, rate)
-        for round_ in range(1, self.config.latency_warmup_rounds + 1):
+        def run_round() -> tuple[float, str]:
             jit, p99s = 0.0, []
             for plan, rate in shapes.values():
                 result = bench.paced(plan.contender, "logreg", rate, self.config.latency_warmup_seconds,
@@ -388,12 +401,10 @@ class Outcome:
                                      commit_interval_s=plan.interval_s, client=plan.client)
                 jit += result.broker_jit_s
                 p99s.append(f"{result.p99_ms:.0f}")
-            self.latency_warmup_jit_s.append(jit)
-            log(f"  latency warm-up round {round_} (not measured, {len(shapes)} runs): broker JIT {jit:.2f} CPU s in "
-                f"the runs' windows; p99 ms: {', '.join(p99s)}")
-            if jit < LATENCY_WARM_JIT_S:
-                return
-        log(f"  the broker's JIT had not settled after {self.config.latency_warmup_rounds} rounds; measuring anyway")
+            return jit, f"{len(shapes)} runs, p99 ms: {', '.join(p99s)}"
+
+        warm_up("latency", self.config.latency_warmup_rounds, LATENCY_WARM_JIT_S, run_round,
+                self.latency_warmup_jit_s)
 
     def _latency(self, bench: Bench) -> None:
         seconds = self.config.latency_seconds
@@ -462,7 +473,7 @@ class Outcome:
         compilers used less than ``SCALE_WARM_JIT_S`` CPU seconds inside the windows of a round's runs, at most
         ``Config.scale_warmup_rounds`` rounds.
         """
-        for round_ in range(1, self.config.scale_warmup_rounds + 1):
+        def run_round() -> tuple[float, str]:
             rates, jit = [], 0.0
             for client in CLIENTS:
                 for events_topic, workers, partitions in ((single, 1, 1), (topic, 1, 4), (topic, 2, 4)):
@@ -470,12 +481,9 @@ class Outcome:
                                          scope=SCALE_SCOPE)
                     rates.append(f"{client} {workers}w/{partitions}p {result.rate:,.0f}")
                     jit += result.broker_jit_s
-            self.scale_warmup_jit_s.append(jit)
-            log(f"  warm-up round {round_} (not measured): broker JIT {jit:.2f} CPU s in the runs' windows; "
-                f"events/s: {', '.join(rates)}")
-            if jit < SCALE_WARM_JIT_S:
-                return
-        log(f"  the broker's JIT had not settled after {self.config.scale_warmup_rounds} rounds; measuring anyway")
+            return jit, f"events/s: {', '.join(rates)}"
+
+        warm_up("scale", self.config.scale_warmup_rounds, SCALE_WARM_JIT_S, run_round, self.scale_warmup_jit_s)
 
     def _scale_floor(self, bench: Bench, topic: str, client: str) -> None:
         """The machine's floor for the scale ratio, right after the workers' runs: group relays that spend the CPU
