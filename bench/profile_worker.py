@@ -6,6 +6,9 @@ checkpoints to Redis, exactly-once unless ``--at-least-once``) until every event
 Prints events/s (first polled batch to the final commit) and, unless ``--no-profile``, pyinstrument's profile:
 the top functions by own time and the call tree. ``--plain`` also times the tutorial kafka-python + River loop
 (``bench.runner``'s contender b) on the same events, in the same process, for a side-by-side ratio.
+``--loop-trace`` times each part of the worker's loop (``bench.worker_trace``) and prints where the window went:
+the loop's parts, what ran inside them, and the loop's own remainder (which here includes the final commit and
+checkpoint that end the window).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.common import MODELS, SEED, SOURCE
+from bench.worker_trace import LoopTrace, window_breakdown
 from services.replayer import replay
 from services.stack import KafkaServer, RedisServer, free_ports
 from services.worker import Worker
@@ -63,14 +67,20 @@ def settings_for(args: argparse.Namespace, bootstrap: str, redis_url: str, event
 class _CountingWorker(Worker):
     """Stops itself once ``n`` events are processed and committed; times that window."""
 
-    def __init__(self, settings: Settings, n: int, profiler: Any) -> None:
+    def __init__(self, settings: Settings, n: int, profiler: Any, trace: LoopTrace | None = None) -> None:
         super().__init__(settings, registry=CollectorRegistry())
+        self.trace = trace
         self.n = n
         self.seen = 0
         self.started = 0.0
         self.finished = 0.0
         self.cpu_s = 0.0
         self._profiler = profiler
+
+    def start(self) -> None:
+        super().start()
+        if self.trace is not None:
+            self.trace.install(self)
 
     def process(self, batch: Any) -> None:
         if self.seen == 0 and batch.records:
@@ -97,13 +107,15 @@ def run_worker(args: argparse.Namespace, bootstrap: str, redis_url: str, events:
         from pyinstrument import Profiler
 
         profiler = Profiler(interval=0.001)
-    worker = _CountingWorker(settings_for(args, bootstrap, redis_url, events, predictions), args.n, profiler)
+    trace = LoopTrace() if args.loop_trace else None
+    worker = _CountingWorker(settings_for(args, bootstrap, redis_url, events, predictions), args.n, profiler, trace)
     worker.run(max_seconds=args.timeout)
     if not worker.finished:
         raise SystemExit(f"worker processed {worker.seen} of {args.n} events within {args.timeout} s")
     seconds = worker.finished - worker.started
+    breakdown = None if trace is None else window_breakdown(trace, worker.started, worker.finished, worker.seen)
     return {"contender": "worker", "events": worker.seen, "seconds": seconds, "rate": worker.seen / seconds,
-            "cpu_s": worker.cpu_s, "profiler": profiler}
+            "cpu_s": worker.cpu_s, "profiler": profiler, "breakdown": breakdown}
 
 
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plain", action="store_true", help="also time the tutorial loop on the same events")
     parser.add_argument("--bare", action="store_true", help="also time the model's own loop (no Kafka)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--loop-trace", action="store_true",
+                        help="time each part of the worker's loop (bench.worker_trace) and print where the window went")
     parser.add_argument("--top", type=int, default=30, help="functions listed by own time")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--tree", type=Path, help="write the full call tree here")
@@ -208,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"worker / {other['contender']}: {worker['rate'] / other['rate']:.2f}x events/s, "
                       f"{(other['cpu_s'] / other['events']) / (worker['cpu_s'] / worker['events']):.2f}x by CPU "
                       "per event")
+        if worker.get("breakdown"):
+            print(f"\n--- the worker's loop, by part (bench.worker_trace) ---\n{worker['breakdown']}")
         profiler = results[-1].get("profiler")
         if profiler is not None:
             flat = profiler.output_text(unicode=False, color=False, flat=True, flat_time="self")

@@ -17,6 +17,12 @@ from typing import Any
 
 #: at most this many entries per list (a paced run of 10 s at 10,000 events/s needs a few tens of thousands)
 MAX_ENTRIES = 200_000
+#: the parts the loop calls itself, one after the other (the others run inside one of them, or on the
+#: exactly-once commit's helper thread): their sum and the window give the loop's own remainder
+LOOP_PARTS = ("poll", "maybe_commit", "update_champion", "update_gauges", "maybe_pull", "backpressure.apply",
+              "score export", "train_if_due", "checkpoint poll")
+#: parts that run on the exactly-once commit's helper thread, beside the loop
+HELPER_PARTS = ("producer.send_offsets_to_transaction", "producer.commit_transaction", "producer.begin_transaction")
 
 
 class LoopTrace:
@@ -97,3 +103,36 @@ class LoopTrace:
             gc.callbacks.remove(self.on_gc)
         path.write_text(json.dumps({"calls": self.calls, "chunks": self.chunks, "collections": self.collections,
                                     "truncated": self.truncated}))
+
+
+def window_breakdown(trace: LoopTrace, start: float, end: float, events: int) -> str:
+    """The calls that began in ``[start, end]`` (wall clock), by part: count, seconds and microseconds per event,
+    the loop's own parts first (with the remainder of the window they leave: the loop's own code), then the parts
+    inside them, then those on the commit's helper thread."""
+    window = max(end - start, 1e-9)
+    totals = {part: (len(inside), sum(seconds for _, seconds in inside))
+              for part, calls in trace.calls.items()
+              if (inside := [(began, seconds) for began, seconds in calls if start <= began <= end])}
+    top = [p for p in totals if p in LOOP_PARTS or p.startswith("step ")]
+    helper = [p for p in totals if p in HELPER_PARTS]
+    nested = [p for p in totals if p not in top and p not in helper]
+    per_event = 1e6 / max(events, 1)
+
+    def rows(parts: list[str]) -> list[str]:
+        ordered = sorted(parts, key=lambda p: -totals[p][1])
+        return [f"  {p:<38} {totals[p][0]:>7} calls {totals[p][1]:>8.3f} s {totals[p][1] * per_event:>8.1f} us/event "
+                f"{100 * totals[p][1] / window:>5.1f} %" for p in ordered]
+
+    remainder = window - sum(totals[p][1] for p in top)
+    collected = sum(seconds for began, seconds, _ in trace.collections if start <= began <= end)
+    lines = [f"window {window:.2f} s, {events} events ({events / window:,.0f} events/s)", "the loop's parts:",
+             *rows(top), f"  {'(the loop itself: the rest)':<38} {'':>13} {remainder:>8.3f} s "
+             f"{remainder * per_event:>8.1f} us/event {100 * remainder / window:>5.1f} %",
+             "inside them:", *rows(nested),
+             f"  {'garbage collections':<38} {'':>13} {collected:>8.3f} s {collected * per_event:>8.1f} us/event "
+             f"{100 * collected / window:>5.1f} %"]
+    if helper:
+        lines += ["on the commit's helper thread (beside the loop):", *rows(helper)]
+    if trace.truncated:
+        lines.append(f"(the trace hit its bound of {MAX_ENTRIES} entries a list: later calls are missing)")
+    return "\n".join(lines)
