@@ -14,10 +14,13 @@ learn-only replay after a crash (nothing is lost or published twice: see above).
 revoke, shutdown) are not deferred.
 
 Where (``checkpoint.background``): a periodic checkpoint of River models is taken by a forked child process, which
-pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on
-(once a checkpoint takes ``background_min_ms``: below that, the fork itself would stall the loop longer);
-the parent collects its outcome (metrics, backoff, the duty-cycle bound from the child's duration) on the next
-turn of its loop after the child exits. One child at a time; every synchronous checkpoint, and every restore,
+pickles the models as they were at the fork (copy-on-write) and writes them to Redis, while the poll loop goes on.
+Only when it is worth a fork: below ``background_min_ms`` the fork itself would stall the loop longer. A
+checkpoint's cost is taken to grow at most in proportion to the events learned since it was measured, so the first
+periodic checkpoint after a fresh start (measured at assignment, before anything was learned) goes to a child, and
+later ones stay in the loop while that bound keeps them under ``background_min_ms``. The parent collects a child's
+outcome (metrics, backoff, the duty-cycle bound from the child's duration) on the next turn of its loop after the
+child exits. One child at a time; every synchronous checkpoint, and every restore,
 first waits for it, so checkpoints land in the order they were taken. Torch models are always saved in the loop
 (their thread pools and CUDA contexts must not be used after a fork).
 """
@@ -71,6 +74,8 @@ class _Child:
     started: float
     #: events accounted when it was forked (its snapshot holds them)
     events: int
+    #: :attr:`Checkpointer.events_total` when it was forked (what its reported timings measured)
+    events_total: int
     #: the read end of the pipe on which the child reports how long its work took
     timings: int
     #: a held group sync (:meth:`Checkpointer.hold`): the write end of the pipe on which the child waits for
@@ -115,6 +120,10 @@ class Checkpointer:
         self._metrics = metrics
         self._monotonic = monotonic
         self._events_since = 0
+        #: events accounted since this checkpointer started, and that count when a checkpoint's cost was last
+        #: measured (``None``: never): how much the models may have grown since (:meth:`_may_have_outgrown`)
+        self.events_total = 0
+        self._measured_at: int | None = None
         self._last_attempt = monotonic()
         self._last_success: float | None = None
         self._backoff_s = 0.0
@@ -133,6 +142,8 @@ class Checkpointer:
         #: a periodic checkpoint taken and not written yet (:meth:`hold`), with the events it holds and its cost
         self._held: dict[TP, PartitionCheckpoint] | None = None
         self._held_events = 0
+        #: :attr:`events_total` when the held checkpoint was snapshotted
+        self._held_at = 0
         self._held_started = 0.0
         self._held_snapshot_s = 0.0
         #: group scope: the held checkpoint's sync outcome (its deltas are published with it)
@@ -143,6 +154,7 @@ class Checkpointer:
     def account(self, events: int) -> None:
         """Count events processed since the last checkpoint."""
         self._events_since += events
+        self.events_total += events
 
     def due(self) -> bool:
         """Whether the next commit should be followed by a checkpoint.
@@ -180,6 +192,7 @@ class Checkpointer:
         self.last_snapshot_s = max(0.0, (self._store_started or ended) - started)
         duration = max(0.0, ended - started)
         self.last_duration_s = duration
+        self._measured_at = self.events_total
         self._not_before = started + duration / self._settings.max_time_fraction
 
     def save(
@@ -207,8 +220,7 @@ class Checkpointer:
         child takes them, after the outputs are delivered)."""
         if self.group is not None:
             return True  # a sync is always taken in the loop
-        expensive = self.last_snapshot_s * 1000.0 >= self._settings.background_min_ms
-        return not (self._background and expensive and self._fork_safe(offsets))
+        return not (self._background and self._expensive(self.last_snapshot_s) and self._fork_safe(offsets))
 
     def hold(self, offsets: dict[TP, int], extra: Mapping[TP, dict[str, Any]] | None = None) -> None:
         """Snapshot the model sets of ``offsets``' partitions now; :meth:`write_held` writes them once the outputs
@@ -218,6 +230,7 @@ class Checkpointer:
             self.join()
             self._held_started = self._last_attempt = self._monotonic()
             self._held_events = self._events_since
+            self._held_at = self.events_total
             if self.group is None:
                 self._held = self._states(offsets, extra)
             else:  # the sync merges now; its deltas are published with the checkpoint
@@ -263,6 +276,7 @@ class Checkpointer:
                 # the duty-cycle bound counts the snapshots and a successful write, not the wait for delivery
                 duration = self._held_snapshot_s + (self._monotonic() - began if stored else 0.0)
                 self.last_duration_s = duration
+                self._measured_at = self._held_at
                 self._not_before = self._held_started + duration / self._settings.max_time_fraction
             self._stored(self._held_events)
             return True
@@ -297,8 +311,24 @@ class Checkpointer:
             self._timed(started, stored)
 
     def _worth_a_child(self) -> bool:
-        """Background checkpoints are on, and the last checkpoint took long enough to be worth a fork."""
-        return self._background and self.last_duration_s * 1000.0 >= self._settings.background_min_ms
+        """Background checkpoints are on, and the last checkpoint took long enough to be worth a fork, or may take
+        that long now (:meth:`_expensive`)."""
+        return self._background and self._expensive(self.last_duration_s)
+
+    def _expensive(self, measured_s: float) -> bool:
+        """Whether a checkpoint that took ``measured_s`` when last measured may take ``background_min_ms`` now.
+
+        Its cost is taken to grow at most in proportion to the events learned since (a model's state grows at most
+        by what each event adds): models measured before they learned anything (a fresh start) are unknown, and
+        so expensive, once they have learned; a child reports what it cost, so this is one fork, not one each time.
+        """
+        threshold_s = self._settings.background_min_ms / 1000.0
+        if measured_s >= threshold_s:
+            return True
+        measured_at = self._measured_at
+        if measured_at is None or self.events_total <= measured_at:
+            return False
+        return measured_at == 0 or measured_s * self.events_total / measured_at >= threshold_s
 
     def _fork_safe(self, offsets: dict[TP, int]) -> bool:
         """Whether every model of these partitions may be snapshotted in a forked child."""
@@ -344,7 +374,8 @@ class Checkpointer:
                 finally:
                     os._exit(code)
             _close(timings_out, go_in)
-            self._child = _Child(pid, started, self._events_since, timings_in, go=go_out, sync=sync)
+            self._child = _Child(pid, started, self._events_since, self.events_total, timings_in, go=go_out,
+                                 sync=sync)
         return True
 
     def _write_in_child(
@@ -460,6 +491,7 @@ class Checkpointer:
         else:  # the child died before it could say: count it from the fork to now
             duration = max(0.0, self._monotonic() - child.started)
         self.last_duration_s = duration
+        self._measured_at = child.events_total
         self._not_before = child.started + duration / self._settings.max_time_fraction
         if code == _SAVED:
             self._stored(child.events)

@@ -29,7 +29,9 @@ TP = ("events", 0)
 SAMPLES = list(iter_source("phishing", seed=7, limit=900))
 
 
-def _worker(client: redis.Redis, namespace: str) -> tuple[Checkpointer, ModelStep, GroupSync, Metrics]:
+def _worker(
+    client: redis.Redis, namespace: str, *, background_min_ms: float = 0.0,
+) -> tuple[Checkpointer, ModelStep, GroupSync, Metrics]:
     models = ModelStep([ARF], lambda m: build_learner(m, PreprocessingSettings(), 7), scope="group")
     models.assign(TP)
     metrics = Metrics(CollectorRegistry())
@@ -38,8 +40,9 @@ def _worker(client: redis.Redis, namespace: str) -> tuple[Checkpointer, ModelSte
     assert shared is not None
     group.adopt(shared, None)
     store = CheckpointStore(client, namespace, "group", KEY)
-    # background_min_ms 0: every periodic sync after the first goes to a child
-    checkpointer = Checkpointer(store, models, CheckpointSettings(background_min_ms=0.0), metrics, group=group)
+    # background_min_ms 0 (unless a test says otherwise): every periodic sync after the first goes to a child
+    checkpointer = Checkpointer(store, models, CheckpointSettings(background_min_ms=background_min_ms), metrics,
+                                group=group)
     return checkpointer, models, group, metrics
 
 
@@ -147,3 +150,29 @@ def test_without_a_child_the_sync_is_held_in_the_loop(
     assert checkpointer.write_held()
     assert _ok(metrics) == 2 and _published_deltas(redis_client, namespace) == 2
     assert _probe(checkpointer.restore_group({TP: 400})[TP].model_set) == at_sync
+
+
+def test_the_first_sync_after_a_fresh_start_goes_to_a_child_then_its_report_decides(
+    redis_client: redis.Redis, unique_name: Callable[[str], str],
+) -> None:
+    """The assignment's checkpoint measured a forest that had learned nothing: once it has, the first periodic sync
+    is snapshotted by a child (its cost is unknown), and the next one follows what the child reported."""
+    namespace = unique_name("ns")
+    checkpointer, models, _, metrics = _worker(redis_client, namespace, background_min_ms=10_000.0)
+    model_set = models.shared_set()
+    assert model_set is not None
+    assert checkpointer.save({TP: 0})  # at assignment: nothing learned yet, in the loop
+    _learn(model_set, 0, 400)
+    checkpointer.account(400)
+    checkpointer.hold({TP: 400})
+    assert checkpointer._child is not None and checkpointer._held is None, "grown since measured: a child"
+    assert checkpointer.write_held()
+    checkpointer.join()
+    assert _ok(metrics) == 2 and checkpointer.last_duration_s < 10.0
+    _learn(model_set, 400, 500)
+    checkpointer.account(100)  # 1.25 times the events the child's checkpoint held: far under 10 s
+    checkpointer.hold({TP: 500})
+    assert checkpointer._child is None and checkpointer._held is not None, "measured quick: held by the loop"
+    assert checkpointer.write_held()
+    assert _ok(metrics) == 3
+    assert checkpointer.restore_group({TP: 500})[TP].seek_to == 500

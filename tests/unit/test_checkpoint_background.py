@@ -207,6 +207,32 @@ def test_a_child_takes_over_only_once_a_checkpoint_took_background_min_ms(tmp_pa
     assert outcomes(metrics, "ok") == 4
 
 
+def test_models_that_learned_since_their_cost_was_measured_are_checkpointed_by_a_child_once(tmp_path: Path) -> None:
+    """A checkpoint measured before the models learned anything (a fresh start's, at assignment) says nothing of
+    what one costs once they have: the first periodic one goes to a child, whose report decides the next ones.
+    A checkpoint's cost is bounded by its measured one scaled by the events learned since."""
+    store = FileStore(tmp_path / "saves")
+    checkpointer, models, _ = make(store, background_min_ms=50.0)
+    assert checkpointer.save({TP: 0})  # the assignment's checkpoint: in the loop, before anything was learned
+    assert checkpointer.last_duration_s < 0.05
+    learner = models.sets[TP].learners["logreg"]
+    learner.learn_one(Row({"x": 1.0}), True)
+    checkpointer.account(5000)
+    assert checkpointer.save({TP: 5000}, background=True), "grown since it was measured: a child takes it"
+    checkpointer.join()
+    assert checkpointer.last_duration_s < 0.05  # the child's report: still quick, measured at 5,000 events
+    checkpointer.account(1000)  # 6,000 events: at most 1.2 times the cost measured at 5,000
+    assert checkpointer.save({TP: 6000}, background=True)
+    checkpointer.last_duration_s = 0.01  # as if it had taken 10 ms at 6,000 events
+    checkpointer.account(30_000)  # 36,000 events: up to 60 ms now, past background_min_ms
+    assert checkpointer.save({TP: 36_000}, background=True)
+    checkpointer.join()
+    pids = [line["pid"] for line in store.lines()]
+    assert [line["offsets"]["events:0"] for line in store.lines()] == [0, 5000, 6000, 36_000]
+    assert pids[0] == pids[2] == os.getpid()
+    assert pids[1] != os.getpid() and pids[3] != os.getpid() and pids[1] != pids[3]
+
+
 def open_pipes() -> set[str]:
     """The pipes this process has open (``pipe:[inode]``): other descriptors may close meanwhile (collected sockets
     of earlier tests), so a leak is a new pipe, not a changed count."""
