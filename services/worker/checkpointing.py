@@ -121,7 +121,7 @@ class Checkpointer:
         self._monotonic = monotonic
         self._events_since = 0
         #: events accounted since this checkpointer started, and that count when a checkpoint's cost was last
-        #: measured (``None``: never): how much the models may have grown since (:meth:`_may_have_outgrown`)
+        #: measured (``None``: never): how much the models may have grown since (:meth:`_expensive`)
         self.events_total = 0
         self._measured_at: int | None = None
         self._last_attempt = monotonic()
@@ -318,9 +318,9 @@ class Checkpointer:
     def _expensive(self, measured_s: float) -> bool:
         """Whether a checkpoint that took ``measured_s`` when last measured may take ``background_min_ms`` now.
 
-        Its cost is taken to grow at most in proportion to the events learned since (a model's state grows at most
-        by what each event adds): models measured before they learned anything (a fresh start) are unknown, and
-        so expensive, once they have learned; a child reports what it cost, so this is one fork, not one each time.
+        Its cost is taken to grow at most in proportion to the events accounted since (a model's state grows at
+        most by what each event adds): models measured before any event (a fresh start) are unknown, and so
+        expensive, once events came; a child reports what it cost, so this is one fork, not one each time.
         """
         threshold_s = self._settings.background_min_ms / 1000.0
         if measured_s >= threshold_s:
