@@ -173,6 +173,53 @@ def report(label: str, result: LatencyResult, sent: dict[str, float], received: 
           + (", ".join(f"{part} {1000 * total / len(tail):.1f}" for part, total in top) or "none"))
     if trace.get("truncated"):
         print("  (the trace hit its bound: later entries are missing)")
+    timeline(sent, received, trace)
+    if START_DETAIL:
+        start_detail(sent, trace)
+
+
+#: ``--start-detail``: also print the loop's first chunks and long calls of each run
+START_DETAIL = False
+
+
+def start_detail(sent: dict[str, float], trace: dict[str, Any], seconds: float = 1.5, chunks: int = 30) -> None:
+    """The loop's first ``chunks`` chunks (ms from the first send: polled, started, finished; records) and its
+    calls of at least 5 ms in the first ``seconds``: what a run's start costs."""
+    first = min(sent.values(), default=0.0)
+    print(f"  the first {chunks} chunks, ms from the first send: polled, started, finished, records")
+    for _, lo, hi, polled, started, finished in trace["chunks"][:chunks]:
+        print(f"    {1000 * (polled - first):8.1f} {1000 * (started - first):8.1f} {1000 * (finished - first):8.1f}"
+              f" {hi - lo + 1:5d}")
+    long = sorted((t, d, part) for part, calls in trace["calls"].items() for t, d in calls
+                  if d >= 0.005 and t - first < seconds)
+    long += [(t - d, d, f"gc gen {g}") for t, d, g in trace["collections"] if d >= 0.005 and t - first < seconds]
+    print(f"  calls of at least 5 ms in the first {seconds:g} s (ms from the first send, ms):")
+    for t, d, part in sorted(long):
+        print(f"    {1000 * (t - first):8.1f} {1000 * d:7.1f} {part}")
+
+
+def timeline(sent: dict[str, float], received: dict[str, tuple[float, float]], trace: dict[str, Any],
+             step_s: float = 0.5) -> None:
+    """Per ``step_s`` of send time, the warm-up included: the events sent, their p50 and max latency, and the
+    loop's chunks that polled in that time (count, mean records): where a run's tail starts, and whether the loop
+    caught up."""
+    if not sent:
+        return
+    first = min(sent.values())
+    buckets: dict[int, list[float]] = {}
+    for event_id, at in sent.items():
+        if event_id in received:
+            buckets.setdefault(int((at - first) / step_s), []).append(received[event_id][0] - at)
+    chunks: dict[int, list[int]] = {}
+    for _, lo, hi, polled, _, _ in trace["chunks"]:
+        if polled >= first:
+            chunks.setdefault(int((polled - first) / step_s), []).append(hi - lo + 1)
+    print(f"  timeline by {step_s:g} s of send time (measured from {WARMUP_S:g} s): events, p50 ms, max ms | "
+          "chunks polled, mean records")
+    for index in sorted(buckets):
+        totals, sizes = sorted(buckets[index]), chunks.get(index, [])
+        print(f"    {index * step_s:5.1f} s {len(totals):6d} {1000 * totals[len(totals) // 2]:8.1f} "
+              f"{1000 * totals[-1]:8.1f} | {len(sizes):5d} {statistics.fmean(sizes) if sizes else 0:7.1f}")
 
 
 class RedisLatency:
@@ -215,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--before", type=Path, help="also run each worker from this other checkout of the code "
                                                     "(e.g. `git archive` of an earlier commit): before and after "
                                                     "in one run, beside the same relay")
+    parser.add_argument("--start-detail", action="store_true",
+                        help="also print each worker run's first chunks and long calls (what its start costs)")
     args = parser.parse_args(argv)
+    global START_DETAIL
+    START_DETAIL = args.start_detail
     with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
         bench = Bench(stack, Path(tmp))
         monitor = RedisLatency(stack.redis_url, args.redis_latency) if args.redis_latency else None
