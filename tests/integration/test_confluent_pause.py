@@ -101,3 +101,65 @@ def test_a_paused_partition_is_held_back_then_delivered_exactly_once_in_order(
         consumer.close()
     assert seen[0] == list(range(PER_PARTITION)), "every record once, in offset order"
     assert seen[1] == list(range(PER_PARTITION))
+
+
+#: a record produced to a partition just resumed is read within this (librdkafka alone: 0.65 to 0.9 s here)
+RESUMED_FETCH_S = 0.3
+
+
+def _first_record_after(consumer: ConfluentConsumer, bootstrap: str, topic: str, idle_s: float) -> float:
+    """Poll for ``idle_s`` with nothing to read, then produce one record to partition 0 of ``topic``: the seconds
+    from its delivery until ``consumer`` returns it."""
+    idle_until = time.monotonic() + idle_s
+    while time.monotonic() < idle_until:
+        assert consumer.poll(timeout_ms=10, max_records=100) == []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    producer.produce(topic, value=b"late", partition=0)
+    assert producer.flush(10) == 0
+    delivered = time.monotonic()
+    while time.monotonic() - delivered < 5:
+        if consumer.poll(timeout_ms=10, max_records=100):
+            return time.monotonic() - delivered
+    raise AssertionError("the record was not read in 5 s")
+
+
+@pytest.mark.parametrize("idle_s", [0.0, 0.2])
+def test_records_of_partitions_resumed_in_librdkafka_are_fetched_at_once(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], idle_s: float,
+) -> None:
+    """A partition paused in librdkafka (every one at assignment, until the worker's restore resumes it; one past
+    the limit of held-back records) is fetched as soon as it is resumed: librdkafka alone leaves the broker's
+    fetcher asleep for up to a second (``ConfluentConsumer._wake_fetchers``)."""
+    topic = unique_name("events")
+    ensure_topics(kafka_bootstrap, {topic: 1})
+    consumer = ConfluentConsumer(KafkaSettings(client="confluent", bootstrap_servers=kafka_bootstrap,
+                                               group_id=unique_name("group"), max_poll_records=100))
+    handler = Handler()
+    consumer.subscribe([topic], handler)
+    tp = (topic, 0)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not handler.assigned:
+            assert time.monotonic() < deadline, "no assignment"
+            assert consumer.poll(timeout_ms=100, max_records=100) == []
+        time.sleep(0.1)  # the assignment's first fetches are over: the fetcher has nothing left to fetch
+        consumer.resume([tp])
+        after_assignment = _first_record_after(consumer, kafka_bootstrap, topic, idle_s)
+
+        # past the limit of held-back records: paused in librdkafka too, then resumed
+        consumer._held_back_limit = 1
+        consumer.pause([tp])
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+        producer.produce(topic, value=b"held", partition=0)
+        assert producer.flush(10) == 0
+        while tp not in consumer._stopped:
+            assert time.monotonic() < deadline, "the partition was not paused in librdkafka"
+            assert consumer.poll(timeout_ms=10, max_records=100) == []
+        time.sleep(0.1)
+        consumer.resume([tp])
+        assert [r.value for r in consumer.poll(timeout_ms=100, max_records=100)] == [b"held"]
+        after_hold_back = _first_record_after(consumer, kafka_bootstrap, topic, idle_s)
+    finally:
+        consumer.close()
+    assert after_assignment < RESUMED_FETCH_S, f"read {after_assignment:.3f} s after the resume at assignment"
+    assert after_hold_back < RESUMED_FETCH_S, f"read {after_hold_back:.3f} s after the resume past the limit"
