@@ -26,6 +26,8 @@ class Raw:
         self.paused: list[int] = []
         self.resumed: list[int] = []
         self.sought: list[tuple[int, int]] = []
+        #: the partitions whose leaders were sent a request after a resume (``offsets_for_times``)
+        self.woken: list[int] = []
 
     def add(self, partition: int, offsets: range) -> None:
         self.queue += [Message(partition, offset) for offset in offsets]
@@ -45,6 +47,10 @@ class Raw:
 
     def seek(self, partition: TopicPartition) -> None:
         self.sought.append((partition.partition, partition.offset))
+
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.woken += [p.partition for p in partitions]
+        return partitions
 
 
 def consumer_over(raw: Raw, assigned: dict[int, int], *, limit: int = 1_000) -> ConfluentConsumer:
@@ -76,6 +82,7 @@ def test_a_paused_partitions_records_are_held_back_and_delivered_in_order_after_
     assert raw.paused == [] and raw.sought == [], "librdkafka keeps (and does not fetch again) what it read"
 
     consumer.resume([A])
+    assert raw.woken == [], "no request to the broker: its fetcher never stopped"
     raw.add(0, range(5, 7))  # read meanwhile: after the held-back records
     assert delivered(consumer.poll(timeout_ms=0, max_records=3)) == [(0, 0), (0, 1), (0, 2)]
     assert consumer._next[A] == 3 and consumer.held_back == 2
@@ -97,6 +104,7 @@ def test_at_the_limit_the_partition_is_paused_in_librdkafka_and_read_on_from_aft
 
     consumer.resume([A])
     assert raw.resumed == [0]
+    assert raw.woken == [0], "the leader's fetcher is woken: librdkafka would sleep up to a second"
     assert raw.sought == [(0, 14)], "read on from after the last record held back, not from the delivered position"
     raw.add(0, range(14, 16))
     assert delivered(consumer.poll(timeout_ms=0, max_records=100)) == [(0, o) for o in range(10, 14)]

@@ -76,6 +76,9 @@ class Raw:
     def seek(self, partition: TopicPartition) -> None:
         self.sought.append((partition.partition, partition.offset))
 
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return partitions  # the request that wakes the leaders' fetchers after a resume
+
 
 class Handler:
     def __init__(self) -> None:
