@@ -196,6 +196,14 @@ def start_detail(sent: dict[str, float], trace: dict[str, Any], seconds: float =
     print(f"  calls of at least 5 ms in the first {seconds:g} s (ms from the first send, ms):")
     for t, d, part in sorted(long):
         print(f"    {1000 * (t - first):8.1f} {1000 * d:7.1f} {part}")
+    later = sorted((t, d, part) for part, calls in trace["calls"].items() for t, d in calls
+                   if d >= 0.010 and t - first >= seconds)
+    later += [(t - d, d, f"gc gen {g}") for t, d, g in trace["collections"] if d >= 0.010 and t - first >= seconds]
+    print("  calls of at least 10 ms after that (ms from the first send, ms, part): "
+          + ", ".join(f"{1000 * (t - first):.0f} {1000 * d:.1f} {part}" for t, d, part in sorted(later)))
+    polls = sorted(((d, t) for t, d in trace["calls"].get("poll", []) if t >= first), reverse=True)[:10]
+    print("  the 10 longest polls after the first send (ms from the first send, ms): "
+          + ", ".join(f"{1000 * (t - first):.0f} {1000 * d:.1f}" for d, t in sorted(polls, key=lambda p: p[1])))
 
 
 def timeline(sent: dict[str, float], received: dict[str, tuple[float, float]], trace: dict[str, Any],
