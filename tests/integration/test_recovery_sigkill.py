@@ -123,11 +123,11 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     restarted_at = 0
     try:
         for run, point in enumerate(kill_points, start=1):
-            # at the point, or, when the last run got past it already, once this run has committed something; and
-            # never before this run has restored its partition: an offset commit the killed run sent just before
-            # its SIGKILL can land after killed_at was read, and would otherwise let the next run be killed
-            # before its restore
-            target = max(point, restarted_at + 1)
+            # at the point, or, when the last run got past it already, once this run has committed something (or
+            # at once when the last run committed every event: nothing is left to commit); and never before this
+            # run has restored its partition: an offset commit the killed run sent just before its SIGKILL can land
+            # after killed_at was read, and would otherwise let the next run be killed before its restore
+            target = min(max(point, restarted_at + 1), N_EVENTS)
             deadline = time.monotonic() + 60
             while _committed(admin, settings) < target or log_path.read_text().count(ASSIGNED) < run:
                 assert process.poll() is None, log_path.read_text()[-3000:]
