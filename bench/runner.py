@@ -489,6 +489,12 @@ def _bench_worker(settings: Any, args: argparse.Namespace) -> Any:
                     self._profiler.stop()
                     _write_profile(self._profiler, args.profile)
 
+        def close(self) -> None:
+            if self._profiler is not None and self._profiler.is_running and args.profile is not None:
+                self._profiler.stop()  # a paced run (no --result): the profile of everything it processed
+                _write_profile(self._profiler, args.profile)
+            super().close()
+
         def _sync_costs(self) -> dict[str, float]:
             """Group scope: the syncs of the run so far, their time and the bytes they published and read."""
             def value(name: str, labels: dict[str, str] | None = None) -> float:

@@ -413,10 +413,12 @@ class Worker:
             self.metrics.champion.labels(name).set(1 if name == self.champion else 0)
 
     def _maybe_pull(self) -> None:
-        """Group scope: every ``sync.pull_every_s``, learn what the other workers published since the last look."""
+        """Group scope: every ``sync.pull_every_s``, learn what the other workers published since the last look
+        (not while this worker holds every partition: no other worker learns until a rebalance restores it)."""
         checkpointer = self.checkpointer
         every = self.settings.sync.pull_every_s
-        if checkpointer is None or checkpointer.group is None or every <= 0 or not checkpointer.healthy:
+        if checkpointer is None or checkpointer.group is None or every <= 0 or not checkpointer.healthy \
+                or checkpointer.group.alone:
             return
         now = time.monotonic()
         if now - self._last_pull < every:

@@ -1,6 +1,6 @@
 """The loop's pulls in group scope (``Worker._maybe_pull``): every ``sync.pull_every_s``, only with a held state,
-never while a restore is pending or Redis is down, and a Redis error is logged, not raised. The pull itself runs
-against the real Redis in tests/integration/test_group_replay.py."""
+never while a restore is pending, Redis is down or the worker holds every partition, and a Redis error is logged,
+not raised. The pull itself runs against the real Redis in tests/integration/test_group_replay.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from shared.settings import SyncSettings
 
 
 class _Group:
-    def __init__(self, error: Exception | None = None) -> None:
+    def __init__(self, error: Exception | None = None, *, alone: bool = False) -> None:
         self.calls: list[Any] = []
         self.error = error
+        self.alone = alone
 
     def pull(self, model_set: Any) -> int:
         self.calls.append(model_set)
@@ -52,9 +53,10 @@ def test_a_pull_runs_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(group.calls) == 2
 
 
-@pytest.mark.parametrize("case", ["off", "no state", "restoring", "redis down"])
+@pytest.mark.parametrize("case", ["off", "no state", "restoring", "redis down", "alone"])
 def test_no_pull_without_a_state_to_merge_into_or_a_redis_to_read(case: str) -> None:
-    group = _Group()
+    """Nor while the worker holds every partition: no other worker learns (a rebalance restores it first)."""
+    group = _Group(alone=case == "alone")
     worker = _worker(group, every_s=0.0 if case == "off" else 0.1, held=None if case == "no state" else "state",
                      healthy=case != "redis down")
     if case == "restoring":
