@@ -50,6 +50,11 @@ class KafkaSettings(_Frozen):
     poll_timeout_ms: int = Field(100, ge=1, le=60_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     session_timeout_ms: int = Field(10_000, ge=1_000)
+    #: static group membership (KIP-345): stable and unique per worker instance (a pod's name, say). A worker
+    #: restarted under the same id within ``session_timeout_ms`` gets its partitions back without a rebalance of the
+    #: group; one that stops keeps its partitions, unread, until the session times out (a static member does not
+    #: leave the group when it closes). None: dynamic membership (docs/operations.md, "Restarts without a rebalance")
+    group_instance_id: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     #: kafka-python only: how long building a client waits for its first broker connection before it gives up
     #: (librdkafka keeps retrying in the background; the start-up check reports an unreachable broker either way)
     bootstrap_timeout_ms: int = Field(30_000, ge=1_000)
@@ -88,7 +93,7 @@ class KafkaSettings(_Frozen):
     ssl_check_hostname: bool = True
 
     @model_validator(mode="after")
-    def _security_complete(self) -> KafkaSettings:
+    def _consistent(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password is not None
         ):
@@ -96,6 +101,8 @@ class KafkaSettings(_Frozen):
                              "sasl_username and sasl_password")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("kafka: ssl_certfile and ssl_keyfile go together")
+        if self.group_instance_id in (".", ".."):
+            raise ValueError("kafka: group_instance_id cannot be '.' or '..'")
         return self
 
 

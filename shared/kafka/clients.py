@@ -76,6 +76,8 @@ def build_consumer(settings: KafkaSettings, *, group_id: str | None = None) -> K
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
+        # the instance id belongs to the worker's group: a consumer of another group is a dynamic member
+        group_instance_id=settings.group_instance_id if group_id in (None, settings.group_id) else None,
         **security_options(settings),
     )
 

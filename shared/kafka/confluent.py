@@ -163,6 +163,7 @@ class ConfluentConsumer:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 3),
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            **({"group.instance.id": settings.group_instance_id} if settings.group_instance_id else {}),
             # librdkafka prefetches until 100,000 records or 64 MiB per partition are queued; a few polls ahead
             # are enough, and a lagging worker's memory then stays flat
             "queued.min.messages": max(1_000, PREFETCH_POLLS * settings.max_poll_records),

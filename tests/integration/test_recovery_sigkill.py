@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -45,6 +46,7 @@ KILL_SEED = 20260425
 HMAC_KEY = TEST_HMAC_KEY
 #: logged once a run has restored its partition and resumed it
 ASSIGNED = "INFO streamlearn.worker: assigned"
+SUBSCRIBED = "INFO streamlearn.worker: worker subscribed"
 CAUGHT_UP = "caught up with its committed offset"
 RESTORED = re.compile(r"restored \('[^']+', 0\) at offset (\d+) \(committed (\d+)\)")
 
@@ -75,30 +77,39 @@ def _committed(admin: KafkaAdminClient, settings: Settings) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.kafka.topics.events and o.offset >= 0)
 
 
-#: partition scope: every client and mode; group scope on one partition: each mode with one client (a case costs
-#: 30 s of the suite's budget; tests/integration/test_group_scope_kills.py kills workers of a 4-partition group)
+#: partition scope: every client and mode, each worker a static member (``kafka.group_instance_id``: the restarted
+#: worker takes its partition back at once); group scope on one partition: each mode with one client, dynamic
+#: members (the restarted worker waits for the killed one's session to expire, then the group rebalances). A dynamic
+#: case costs 30 s of the suite's budget, a static one 15 s; tests/integration/test_group_scope_kills.py kills
+#: workers of a 4-partition group
 CASES = [
-    *[(client, mode, "partition") for client in ("kafka-python", "confluent") for mode in (True, False)],
-    ("confluent", True, "group"),
-    ("kafka-python", False, "group"),
+    *[(client, mode, "partition", True) for client in ("kafka-python", "confluent") for mode in (True, False)],
+    ("confluent", True, "group", False),
+    ("kafka-python", False, "group", False),
 ]
+SESSION_TIMEOUT_S = 6.0
+#: a static member's restart to its assignment (restore included); a dynamic one waits for the killed member's
+#: session to expire: about ``SESSION_TIMEOUT_S`` less the restart's own start
+STATIC_REJOIN_S = 3.0
 
 
 @pytest.mark.parametrize(
-    ("kafka_client", "exactly_once", "scope"), CASES,
-    ids=[f"{c}-{'exactly-once' if e else 'at-least-once'}-{s}" for c, e, s in CASES],
+    ("kafka_client", "exactly_once", "scope", "static"), CASES,
+    ids=[f"{c}-{'exactly-once' if e else 'at-least-once'}-{s}{'-static' if m else ''}" for c, e, s, m in CASES],
 )
 def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     kafka_bootstrap: str, redis_url: str, unique_name: Callable[[str], str], tmp_path: Path, kafka_client: str,
-    exactly_once: bool, scope: str,
+    exactly_once: bool, scope: str, static: bool,
 ) -> None:
     """Exactly-once: nothing lost or duplicated. At-least-once: nothing lost; a prediction published again after
-    a kill (its offset was not committed yet) is the same prediction, and the models learn every event once."""
+    a kill (its offset was not committed yet) is the same prediction, and the models learn every event once.
+    A static member is assigned its partition again within ``STATIC_REJOIN_S`` of each restart."""
     started = time.monotonic()
     settings = make_settings(
         kafka_bootstrap, unique_name, redis_url=redis_url, models=[LOGREG], hmac_key=HMAC_KEY,
-        kafka={"exactly_once": exactly_once, "session_timeout_ms": 6000, "max_poll_records": 500,
-               "client": kafka_client},
+        kafka={"exactly_once": exactly_once, "session_timeout_ms": int(SESSION_TIMEOUT_S * 1000),
+               "max_poll_records": 500, "client": kafka_client,
+               "group_instance_id": unique_name("worker") if static else None},
         worker={"commit_interval_s": 0.5, "commit_every_events": 1500},
         # by events only: a time-based checkpoint while a fast run idles at the end would close every gap before
         # the kill, and the learn-only replay would go untested
@@ -157,6 +168,11 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     output = log_path.read_text()
     assert process.returncode == 0, output[-3000:]
     assert output.count("worker stopped") == 1, "only the last run drained; the others were killed"
+    rejoins = _rejoin_seconds(output)
+    print(f"\nrestart (subscribed) to assigned, s: {[round(s, 2) for s in rejoins]}")
+    assert len(rejoins) == len(kill_points) + 1
+    if static:
+        assert max(rejoins[1:]) < STATIC_REJOIN_S, rejoins
 
     records = read_topic(kafka_bootstrap, topics.predictions, N_EVENTS, timeout_s=90, to_end=True)
     payloads = [orjson.loads(r.value) for r in records]
@@ -209,6 +225,20 @@ def test_three_sigkills_lose_and_duplicate_nothing_and_the_model_matches(
     assert checkpoint.extra["learned"] == {"logreg": N_EVENTS}
     if scope == "group":
         assert checkpoint.extra["sources"] == {f"{topics.events}:0": N_EVENTS}, "every label learned once"
+
+
+def _rejoin_seconds(output: str) -> list[float]:
+    """For each run of the worker in the log: seconds from its subscription to its first assignment."""
+    seconds, subscribed = [], None
+    for line in output.splitlines():
+        if SUBSCRIBED in line or ASSIGNED in line:
+            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if SUBSCRIBED in line:
+                subscribed = at
+            elif subscribed is not None:
+                seconds.append(at - subscribed)
+                subscribed = None
+    return seconds
 
 
 def _replays_done(output: str) -> bool:

@@ -25,6 +25,13 @@ def test_yaml_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.kafka.group_id == "from-env"
 
 
+def test_static_membership_is_off_unless_an_instance_id_is_given(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(_write(tmp_path, "{}")).kafka.group_instance_id is None
+    monkeypatch.setenv("STREAMLEARN_KAFKA__GROUP_INSTANCE_ID", "streamlearn-worker-0")
+    assert load_settings(_write(tmp_path, "{}")).kafka.group_instance_id == "streamlearn-worker-0"
+
+
 def test_frozen(tmp_path: Path) -> None:
     settings = load_settings(_write(tmp_path, "{}"))
     with pytest.raises(ValidationError):
@@ -49,6 +56,8 @@ def test_secrets_are_masked_everywhere(tmp_path: Path) -> None:
     ("models:\n  - name: a\n  - name: a\n", "models"),
     ("models:\n  - {name: 'bad name!'}\n", "models.0.name"),
     ("kafka:\n  unknown_option: 1\n", "kafka.unknown_option"),
+    ("kafka:\n  group_instance_id: 'worker 0'\n", "kafka.group_instance_id"),
+    ("kafka:\n  group_instance_id: '..'\n", "group_instance_id cannot be"),
 ])
 def test_invalid_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
     with pytest.raises(SettingsError) as info:
