@@ -24,6 +24,7 @@ import bisect
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from bench import suite
 from bench.suite import (
+    CLK_TCK,
     WARMUP_S,
     Bench,
     LatencyResult,
@@ -44,6 +46,63 @@ from bench.suite import (
 STAGES = ("fetch", "held", "process", "out")
 #: a loop call at least this long is listed as a stall
 STALL_S = 0.001
+#: the CPU sampler's period (each sample reads five files of /proc)
+SAMPLE_S = 0.1
+#: the timeline's CPU columns: the processes sampled, then the rest of the machine and what its hypervisor took
+CPU_COLUMNS = ("worker", "broker", "redis", "bench", "other", "steal", "idle")
+
+
+class CpuSampler:
+    """Who used the 2 CPUs during a paced run: every ``SAMPLE_S``, the CPU seconds of the contender, the broker,
+    Redis and this process (the paced producer and the reader), and the machine's busy, steal and idle time
+    (``/proc/stat``), so that the timeline shows who took the CPU while the contender fell behind."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = pids
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), self._sample()))
+            if self._stop.wait(SAMPLE_S):
+                self.samples.append((time.time(), self._sample()))
+                return
+
+    def _sample(self) -> dict[str, float]:
+        used = {name: process_cpu_s(pid) if pid else 0.0 for name, pid in self._pids.items()}
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        used["busy"] = (user + nice + system + irq + softirq) / CLK_TCK
+        used["idle"] = (idle + iowait) / CLK_TCK
+        used["steal"] = steal / CLK_TCK
+        return used
+
+    def by_bucket(self, first: float, step_s: float) -> dict[int, dict[str, float]]:
+        """CPUs used (seconds per second) in each ``step_s`` bucket from ``first``, by column of ``CPU_COLUMNS``."""
+        spent: dict[int, dict[str, float]] = {}
+        spans: dict[int, float] = {}
+        for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
+            index = int((t0 - first) // step_s)
+            if t0 < first or t1 <= t0:
+                continue
+            delta = {k: b[k] - a[k] for k in a}
+            named = sum(delta.get(k, 0.0) for k in self._pids)
+            delta["other"] = max(0.0, delta["busy"] - named)
+            bucket = spent.setdefault(index, {})
+            for column in CPU_COLUMNS:
+                bucket[column] = bucket.get(column, 0.0) + delta.get(column, 0.0)
+            spans[index] = spans.get(index, 0.0) + (t1 - t0)
+        return {i: {k: v / spans[i] for k, v in bucket.items()} for i, bucket in spent.items()}
 
 
 def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds: float, *,
@@ -70,11 +129,16 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
         print(child.tail())
         raise
     cpu_before, started = process_cpu_s(child.pid), time.monotonic()
-    sent, received = suite.paced_run(bench.stack.bootstrap, events, predictions, n, rate, stop_path)
+    pids = {"worker": child.pid, "broker": bench.stack.kafka.pid(), "redis": bench.stack.redis.pid(),
+            "bench": os.getpid()}
+    with CpuSampler(pids) as sampler:
+        sent, received = suite.paced_run(bench.stack.bootstrap, events, predictions, n, rate, stop_path)
     log(f"{contender} used {(process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started):.2f} CPU "
         f"over the paced run")
     child.wait()
     trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
+    if trace is not None:
+        trace["cpu"] = sampler
     return LatencyResult.of(contender, rate, sent, received, interval_s), sent, received, trace
 
 
@@ -222,12 +286,16 @@ def timeline(sent: dict[str, float], received: dict[str, tuple[float, float]], t
     for _, lo, hi, polled, _, _ in trace["chunks"]:
         if polled >= first:
             chunks.setdefault(int((polled - first) / step_s), []).append(hi - lo + 1)
+    sampler: CpuSampler | None = trace.get("cpu")
+    cpu = sampler.by_bucket(first, step_s) if sampler is not None else {}
     print(f"  timeline by {step_s:g} s of send time (measured from {WARMUP_S:g} s): events, p50 ms, max ms | "
-          "chunks polled, mean records")
+          "chunks polled, mean records | CPUs used: " + " ".join(CPU_COLUMNS))
     for index in sorted(buckets):
         totals, sizes = sorted(buckets[index]), chunks.get(index, [])
+        used = cpu.get(index)
         print(f"    {index * step_s:5.1f} s {len(totals):6d} {1000 * totals[len(totals) // 2]:8.1f} "
-              f"{1000 * totals[-1]:8.1f} | {len(sizes):5d} {statistics.fmean(sizes) if sizes else 0:7.1f}")
+              f"{1000 * totals[-1]:8.1f} | {len(sizes):5d} {statistics.fmean(sizes) if sizes else 0:7.1f} |"
+              + ("" if used is None else " " + " ".join(f"{used.get(c, 0.0):5.2f}" for c in CPU_COLUMNS)))
 
 
 class RedisLatency:
