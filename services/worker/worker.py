@@ -34,7 +34,7 @@ from shared.state.connection import check_redis_security, redis_client
 from shared.state.dedup import DedupWindow
 from shared.state.entities import EntityStore
 from shared.state.label_join import LabelJoin
-from shared.steps.backpressure import Backpressure
+from shared.steps.backpressure import Backpressure, Parts
 from shared.steps.batch import Batch, Step
 from shared.steps.champion import Champion
 from shared.steps.clean import CleanStep
@@ -52,6 +52,9 @@ from shared.steps.score import ScoreStep
 from shared.steps.semantics import SemanticCheckStep, SemanticRules
 from shared.sync.group import open_group_sync
 
+#: a batch with more than this many polls' worth of records behind it runs whole, not in parts (a worker catching up
+#: on a backlog: its throughput counts, not the first part's latency)
+PARTS_MAX_LAG = 2
 #: after a pull failed, the next one waits this long (the checkpoint's own backoff handles Redis being down)
 PULL_RETRY_S = 1.0
 #: the longest poll while held records wait for a lagging partition's next fetch
@@ -119,6 +122,9 @@ class Worker:
         self._delivery_failure: TransportError | None = None
         self._kafka_ok = True
         self.steps: list[Step] = []
+        #: where the steps that run part by part begin (the model step; docs/architecture.md, "Parts of a batch")
+        self._model_index = 0
+        self.parts = Parts()
         #: the dedup step's window, whose connection the worker closes when it stops
         self._dedup_window: DedupWindow | None = None
         self.score_step = ScoreStep(self.metrics, self.tasks, settings.metrics.rolling_window,
@@ -211,6 +217,7 @@ class Worker:
             dead_letter_value=dead_letter_copy(self.settings.cleaning.pii, clean.mask),
         )
         self.steps = self._build_steps(publish, clean)
+        self._model_index = self.steps.index(self.model_step)
         self._export_champion()
         topics = [kafka.topics.events] + ([kafka.topics.labels] if self.delayed_labels is not None else [])
         if self.delayed_labels is not None:
@@ -365,8 +372,11 @@ class Worker:
         label_records = [r for r in batch.records if r.topic == labels_topic] if labels_topic else []
         events = Batch([r for r in batch.records if r.topic != labels_topic], batch.polled_at) if label_records \
             else batch
-        for step in self.steps:
+        for step in self.steps[:self._model_index]:  # once per batch: their Redis round trips are shared
             step.process(events)
+        records = len(events.records)
+        whole = self.parts.part_size(records) >= records or self._far_behind(events)
+        self.parts.run(events, self.steps[self._model_index:], whole=whole)
         next_offsets = events.next_offsets()
         self._processed.update(next_offsets)
         if self.delayed_labels is not None:
@@ -389,6 +399,16 @@ class Worker:
             self.checkpointer.account(len(batch.records))
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
+
+    def _far_behind(self, batch: Batch) -> bool:
+        """More than ``PARTS_MAX_LAG`` polls' worth of records wait behind this batch (held, or on the broker by the
+        last fetch): its records wait for that backlog anyway, so parts would cost throughput and save no latency."""
+        if self.consumer is None:
+            return False
+        behind = self.backpressure.backlog
+        for tp in {(r.topic, r.partition) for r in batch.records}:
+            behind += self.consumer.lag(tp) or 0
+        return behind > PARTS_MAX_LAG * self.settings.kafka.max_poll_records
 
     @property
     def champion(self) -> str:

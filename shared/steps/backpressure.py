@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from shared.steps.batch import Batch, Record
+from shared.steps.batch import Batch, Record, Step
 from shared.steps.ordering import TimeOrder
 
 TP = tuple[str, int]
@@ -212,3 +212,60 @@ class Backpressure:
         return list(self.order) if self.order is not None else list(self._held)
 
 
+
+
+#: the steps from the model step on take about this long per part of a batch (by their measured cost per record)
+PART_BUDGET_S = 0.005
+#: ... but a part has at least this many records, and a batch is cut in at most ``MAX_PARTS``: each part pays the
+#: steps' fixed costs once (the scoreboards, the drift monitors, a torch model's forward pass)
+MIN_PART = 32
+MAX_PARTS = 4
+
+
+class Parts:
+    """Runs the steps from the model step on over a batch in parts of about ``budget_s`` each (at least
+    ``min_part`` records, at most ``max_parts`` parts), in the batch's order, so that a large batch (the backlog
+    after a stall of the broker or the loop) publishes its first predictions before its last ones are computed:
+    its oldest records then wait for one part, not for the whole batch. The steps before the model step run once
+    over the whole batch (their Redis round trips shared by all of it); a batch smaller than a part goes whole, and
+    the first batch too (nothing measured yet).
+    """
+
+    def __init__(self, budget_s: float = PART_BUDGET_S, *, min_part: int = MIN_PART, max_parts: int = MAX_PARTS,
+                 clock: Clock = time.perf_counter) -> None:
+        if budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        self.budget_s = budget_s
+        self.min_part = max(1, min_part)
+        self.max_parts = max(1, max_parts)
+        self._clock = clock
+        #: running estimate of the seconds the steps take per record (None until measured)
+        self.seconds_per_record: float | None = None
+        #: batches run in more than one part so far
+        self.split_batches = 0
+
+    def part_size(self, records: int) -> int:
+        """Records per part of a batch of ``records`` (all of them while nothing is measured yet)."""
+        if not self.seconds_per_record:
+            return records
+        return max(self.min_part, -(-records // self.max_parts), int(self.budget_s / self.seconds_per_record))
+
+    def run(self, batch: Batch, steps: Sequence[Step], *, whole: bool = False) -> int:
+        """Run ``steps`` over ``batch`` part by part (``whole``: in one part); return the number of parts."""
+        records = batch.records
+        size = len(records) if whole else self.part_size(len(records))
+        parts = 0
+        for start in range(0, max(1, len(records)), max(1, size)):
+            part = batch if size >= len(records) else Batch(records[start:start + size], batch.polled_at)
+            started = self._clock()
+            for step in steps:
+                step.process(part)
+            if part.records:
+                per_record = max(0.0, self._clock() - started) / len(part.records)
+                previous = self.seconds_per_record
+                self.seconds_per_record = (
+                    per_record if previous is None else SMOOTHING * per_record + (1.0 - SMOOTHING) * previous
+                )
+            parts += 1
+        self.split_batches += parts > 1
+        return parts

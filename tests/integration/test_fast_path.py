@@ -1,4 +1,5 @@
-"""The batched path is prequential: a stream through polls of 500 records gives the same predictions as one by one."""
+"""The batched path is prequential: a stream through polls of 500 records gives the same predictions as one by one,
+also where a batch's model-and-after steps run in parts."""
 
 from __future__ import annotations
 
@@ -35,14 +36,16 @@ def _stream() -> list[tuple[bytes | None, bytes | None]]:
     return items
 
 
-def _run(settings: Settings, expected: int) -> dict[str, list[dict[str, Any]]]:
+def _run(settings: Settings, expected: int) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The predictions and shadow predictions published, and the batches the worker ran in parts."""
     t = settings.kafka.topics
     registry = CollectorRegistry()
-    with running_worker(settings, registry):
+    with running_worker(settings, registry) as worker:
         wait_for(lambda: sample_value(registry, "streamlearn_events_total", {"outcome": "valid"}) == expected,
                  180, f"{expected} valid events")
-    return {topic: [orjson.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topic, expected)]
-            for topic in (t.predictions, t.shadow_predictions)}
+    published = {topic: [orjson.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topic, expected)]
+                 for topic in (t.predictions, t.shadow_predictions)}
+    return published, worker.parts.split_batches
 
 
 def _without_timing(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -64,7 +67,12 @@ def test_polls_of_500_predict_exactly_as_polls_of_one(
                                  kafka={"max_poll_records": poll_size, "topics": topics})
         t = settings.kafka.topics
         ensure_topics(kafka_bootstrap, {t.predictions: 1, t.shadow_predictions: 1, t.dead_letters: 1, t.labels: 1})
-        results.append((settings, _run(settings, N)))
+        published, split = _run(settings, N)
+        results.append((settings, published))
+        if poll_size == 500:
+            # the model-and-after steps of a large batch run in parts (docs/architecture.md, "Parts of a batch"):
+            # the parts too must predict as one by one
+            assert split > 0, "no batch ran in parts"
     (one_settings, one), (batch_settings, batched) = results
     for one_topic, batch_topic in ((one_settings.kafka.topics.predictions, batch_settings.kafka.topics.predictions),
                                    (one_settings.kafka.topics.shadow_predictions,

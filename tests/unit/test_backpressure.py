@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared.steps.backpressure import Backpressure
+from shared.steps.backpressure import Backpressure, Parts
 from shared.steps.batch import Batch, Record
 
 TP = tuple[str, int]
@@ -157,3 +157,46 @@ def test_forget_drops_the_records_of_revoked_partitions() -> None:
     bp.apply(consumer)
     assert processed == [1] * 5
     assert consumer.calls[-1] == ("resume", (tp1,)), "a revoked partition is not resumed"
+
+
+class TimedStep:
+    """A step that records the offsets of each batch it sees and advances the clock by a cost per record."""
+
+    def __init__(self, clock: FakeClock, seconds_per_record: float) -> None:
+        self.clock, self.cost = clock, seconds_per_record
+        self.seen: list[list[int]] = []
+
+    def process(self, batch: Batch) -> None:
+        self.seen.append([r.offset for r in batch.records])
+        self.clock.now += self.cost * len(batch.records)
+        assert batch.polled_at == 123.0
+
+
+def test_parts_run_a_large_batch_in_time_bounded_parts_in_order_after_the_first_batch() -> None:
+    clock = FakeClock()
+    parts = Parts(0.005, min_part=8, max_parts=5, clock=clock)
+    model, publish = TimedStep(clock, 0.0001), TimedStep(clock, 0.0)  # 0.1 ms a record: 50 records in 5 ms
+    assert parts.run(_batch(0, range(200)), [model, publish]) == 1, "nothing measured yet: the batch goes whole"
+    assert parts.seconds_per_record == pytest.approx(0.0001)
+    assert parts.run(_batch(0, range(200, 400)), [model, publish]) == 4
+    assert parts.run(_batch(0, range(400, 900)), [model, publish]) == 5, "at most max_parts"
+    assert [len(offsets) for offsets in model.seen] == [200, 50, 50, 50, 50, 100, 100, 100, 100, 100]
+    assert publish.seen == model.seen, "every step sees each part before the next part starts"
+    assert [o for offsets in model.seen for o in offsets] == list(range(900)), "every record once, in order"
+    assert parts.split_batches == 2
+    assert parts.run(_batch(0, range(900, 1400)), [model, publish], whole=True) == 1
+    assert parts.split_batches == 2
+
+
+def test_parts_leave_small_batches_whole_and_keep_a_minimum_size() -> None:
+    clock = FakeClock()
+    parts = Parts(0.005, min_part=32, max_parts=10, clock=clock)
+    slow = TimedStep(clock, 0.001)  # 1 ms a record: 5 records would fit the budget, the minimum is 32
+    parts.run(_batch(0, range(10)), [slow])
+    assert parts.run(_batch(0, range(10, 40)), [slow]) == 1, "a batch smaller than a part goes whole"
+    assert parts.run(_batch(0, range(40, 140)), [slow]) == 4
+    assert [len(offsets) for offsets in slow.seen] == [10, 30, 32, 32, 32, 4]
+    empty = TimedStep(clock, 0.001)
+    assert parts.run(_batch(0, range(0)), [empty]) == 1 and empty.seen == [[]], "an empty batch still runs once"
+    with pytest.raises(ValueError, match="budget_s"):
+        Parts(0.0)
