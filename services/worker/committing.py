@@ -68,6 +68,12 @@ class Committer:
         """Outputs made and not handed to the producer yet (exactly-once, while a commit runs); 0 here."""
         return 0
 
+    def nudge(self) -> bool:
+        """Send the outputs made so far now, not after ``kafka.linger_ms`` (the loop is at the head of the stream,
+        where no later output would share their batch); whether it did."""
+        self._producer.nudge()
+        return True
+
     def commit(self, offsets: dict[TP, int], *, wait: bool = True) -> None:
         """Deliver everything sent so far, then commit ``offsets`` (next offsets to read) with every commit still
         waiting for its outputs.
@@ -211,6 +217,11 @@ class TransactionalCommitter(Committer):
     def deferred(self) -> int:
         """Outputs kept while a commit runs, to be sent in the next transaction once it has ended."""
         return len(self._deferred)
+
+    def nudge(self) -> bool:
+        """Nothing: a transaction's outputs are read when it commits, which sends them (and a flush here could
+        race the commit on its helper thread)."""
+        return False
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         """Send inside the open transaction (opened on the first record after a commit). While a commit runs the

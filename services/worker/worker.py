@@ -57,6 +57,10 @@ from shared.sync.group import open_group_sync
 PARTS_MAX_LAG = 2
 #: after a pull failed, the next one waits this long (the checkpoint's own backoff handles Redis being down)
 PULL_RETRY_S = 1.0
+#: a batch of at most this many records, processed at the head of the stream (nothing held, nothing more on the
+#: broker) at least ``kafka.linger_ms`` after the previous one, has its outputs sent at once instead of after the
+#: linger (at-least-once; docs/operations.md, "Tuning for latency"): no later output would share their batch
+NUDGE_MAX_RECORDS = 2
 #: the longest poll while held records wait for a lagging partition's next fetch
 ORDER_POLL_MS = 10
 #: exactly-once: while outputs wait for the commit in flight, polls of at most this long, so that they go out soon
@@ -109,6 +113,10 @@ class Worker:
         self._replaying: set[TP] = set()
         self.checkpointer: Checkpointer | None = None
         self._events_since_commit = 0
+        #: the last batch was small and at the head of the stream: its outputs are nudged out after the loop's turn
+        self._nudge_due = False
+        #: when the previous batch was processed (a nudge is due only where batches are further apart than the linger)
+        self._last_batch_at = 0.0
         self._last_commit = time.monotonic()
         self._last_pull = time.monotonic()
         self.consumer: EventConsumer | None = None
@@ -323,6 +331,7 @@ class Worker:
                     self.model_step.train_if_due()
                     self._maybe_pull()
                     self._maybe_commit()
+                    self._maybe_nudge()
                 except TransactionFailed as exc:
                     self._rewind(str(exc))
         finally:
@@ -376,6 +385,7 @@ class Worker:
             step.process(events)
         records = len(events.records)
         whole = self.parts.part_size(records) >= records or self._far_behind(events)
+        self._nudge_due = self._nudge_wanted(events, time.monotonic())
         self.parts.run(events, self.steps[self._model_index:], whole=whole)
         next_offsets = events.next_offsets()
         self._processed.update(next_offsets)
@@ -399,6 +409,29 @@ class Worker:
             self.checkpointer.account(len(batch.records))
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
+
+    def _nudge_wanted(self, batch: Batch, now: float) -> bool:
+        """A small batch at the head, further than ``kafka.linger_ms`` from the previous one: its outputs would
+        wait out the linger alone (where batches come closer together, the next one shares the linger's batch)."""
+        sparse = now - self._last_batch_at >= self.settings.kafka.linger_ms / 1000
+        self._last_batch_at = now
+        return sparse and self._small_at_head(batch)
+
+    def _small_at_head(self, batch: Batch) -> bool:
+        """At most ``NUDGE_MAX_RECORDS`` records, with nothing held and nothing more on the broker (by the last
+        fetch) for their partitions."""
+        if not 0 < len(batch.records) <= NUDGE_MAX_RECORDS or self.consumer is None or self.backpressure.backlog:
+            return False
+        return all(self.consumer.lag(tp) == 0 for tp in {(r.topic, r.partition) for r in batch.records})
+
+    def _maybe_nudge(self) -> None:
+        """Send a small batch's outputs now rather than after ``kafka.linger_ms``, unless more records wait."""
+        if not self._nudge_due:
+            return
+        self._nudge_due = False
+        if self.committer is not None and self.settings.kafka.linger_ms > 0 and not self.backpressure.ready() \
+                and self.committer.nudge():
+            self.metrics.producer_nudges.inc()
 
     def _far_behind(self, batch: Batch) -> bool:
         """More than ``PARTS_MAX_LAG`` polls' worth of records wait behind this batch (held, or on the broker by the

@@ -35,6 +35,7 @@ from shared.kafka.clients import (
     default_transactional_id,
 )
 from shared.kafka.transport import (
+    NUDGE_WAIT_S,
     DeliveryFailures,
     DeliveryMark,
     EventConsumer,
@@ -609,6 +610,10 @@ class ConfluentProducer:
 
     def serve_deliveries(self) -> None:
         self.raw.poll(0)
+
+    def nudge(self) -> None:
+        # librdkafka treats linger.ms as passed while a flush() runs; what is not acknowledged in time goes on anyway
+        self.raw.flush(NUDGE_WAIT_S)
 
     def flush(self, timeout_s: float | None) -> None:
         left = self.raw.flush(-1 if timeout_s is None else timeout_s)

@@ -7,6 +7,7 @@ quirks stay in its adapter (docs/architecture.md, "Kafka transports", also says 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,6 +26,9 @@ from shared.steps.batch import Record
 log = logging.getLogger("streamlearn.kafka")
 
 TP = tuple[str, int]
+
+#: the longest a nudge (:meth:`EventProducer.nudge`) blocks the loop: about one acknowledgement from a nearby broker
+NUDGE_WAIT_S = 0.001
 
 
 class TransportError(Exception):
@@ -208,6 +212,10 @@ class EventProducer(Protocol):
     def flush(self, timeout_s: float | None) -> None:
         """Deliver every queued record (``None``: however long it takes, as the producer retries); raises
         :class:`TransportError` when one failed or the time ran out."""
+
+    def nudge(self) -> None:
+        """Send the queued records now rather than after ``linger_ms``, waiting at most :data:`NUDGE_WAIT_S` for
+        their acknowledgement; never raises (a failed record is reported by its delivery mark)."""
 
     def mark(self) -> DeliveryMark:
         """Close the open mark (the records sent since the previous one) and open the next; only on a producer
@@ -506,6 +514,11 @@ class KafkaPythonProducer:
 
     def serve_deliveries(self) -> None:
         return None
+
+    def nudge(self) -> None:
+        # the flush makes the queued batches ready at once; what is not acknowledged in time goes on anyway
+        with contextlib.suppress(KafkaError):
+            self.raw.flush(timeout=NUDGE_WAIT_S)
 
     def flush(self, timeout_s: float | None) -> None:
         """kafka-python's own flush returns also when records failed; this one raises for them."""

@@ -124,6 +124,9 @@ class Metrics:
             "streamlearn_deferred_outputs", "Outputs (predictions, dead letters) made while the last transaction "
             "commits, kept for the next one (exactly-once; at most 256 KiB, past that the loop waits for the commit).",
             registry=r)
+        self.producer_nudges = Counter(
+            "streamlearn_producer_nudges", "Small polls (at most 2 records) at the head of the stream whose outputs "
+            "were sent at once instead of after kafka.linger_ms (at-least-once).", registry=r)
         self.transaction_commit_seconds = Histogram(
             "streamlearn_transaction_commit_seconds", "Time an exactly-once commit takes, from adding the offsets to "
             "the transaction to the broker's answer to its commit: a prediction becomes readable up to "

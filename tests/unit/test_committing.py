@@ -24,6 +24,7 @@ class FakeProducer:
         self.open = DeliveryMark(self.failures)
         self.flushes = 0
         self.served = 0
+        self.nudges = 0
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
         self.open.sent += 1
@@ -34,6 +35,9 @@ class FakeProducer:
 
     def serve_deliveries(self) -> None:
         self.served += 1
+
+    def nudge(self) -> None:
+        self.nudges += 1
 
     def flush(self, timeout_s: float | None) -> None:
         self.flushes += 1
@@ -132,6 +136,21 @@ def test_the_waiting_commits_are_bounded_by_a_flush() -> None:
     assert consumer.commits == [({TP: MAX_WAITING_COMMITS + 1}, False)]
 
 
+def test_a_nudge_sends_the_outputs_at_once_and_commits_nothing() -> None:
+    committer, producer, consumer = _committer()
+    committer.send("predictions", b"x", None, None)
+    assert committer.nudge() is True
+    assert producer.nudges == 1
+    assert producer.flushes == 0 and consumer.commits == []
+
+
+def test_an_exactly_once_committer_does_not_nudge_inside_its_transaction() -> None:
+    committer, producer = _transactional()
+    committer.send("predictions", b"a", None, None)
+    assert committer.nudge() is False
+    assert producer.calls == ["init", "begin", "send a"]
+
+
 class FakeTransactionalProducer:
     """Records the transactional calls; ``commit_transaction`` waits for ``release`` and may fail."""
 
@@ -157,6 +176,9 @@ class FakeTransactionalProducer:
         self.calls.append("commit")
         if self.fail_commit:
             raise TransportError("fenced")
+
+    def nudge(self) -> None:
+        self.calls.append("nudge")
 
     def close(self, timeout_s: float) -> None:
         self.calls.append("close")
