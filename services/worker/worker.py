@@ -58,8 +58,8 @@ PARTS_MAX_LAG = 2
 #: after a pull failed, the next one waits this long (the checkpoint's own backoff handles Redis being down)
 PULL_RETRY_S = 1.0
 #: a batch of at most this many records, processed at the head of the stream (nothing held, nothing more on the
-#: broker) at least ``kafka.linger_ms`` after the previous one, has its outputs sent at once instead of after the
-#: linger (at-least-once; docs/operations.md, "Tuning for latency"): no later output would share their batch
+#: broker) after the loop waited at least ``kafka.linger_ms`` for it, has its outputs sent at once instead of after
+#: the linger (at-least-once; docs/operations.md, "Tuning for latency"): no later output would share their batch
 NUDGE_MAX_RECORDS = 2
 #: the longest poll while held records wait for a lagging partition's next fetch
 ORDER_POLL_MS = 10
@@ -115,8 +115,8 @@ class Worker:
         self._events_since_commit = 0
         #: the last batch was small and at the head of the stream: its outputs are nudged out after the loop's turn
         self._nudge_due = False
-        #: when the previous batch was processed (a nudge is due only where batches are further apart than the linger)
-        self._last_batch_at = 0.0
+        #: when the previous batch was processed (a nudge is due only after the loop waited the linger for records)
+        self._last_batch_done = 0.0
         self._last_commit = time.monotonic()
         self._last_pull = time.monotonic()
         self.consumer: EventConsumer | None = None
@@ -409,13 +409,14 @@ class Worker:
             self.checkpointer.account(len(batch.records))
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
+        self._last_batch_done = time.monotonic()
 
     def _nudge_wanted(self, batch: Batch, now: float) -> bool:
-        """A small batch at the head, further than ``kafka.linger_ms`` from the previous one: its outputs would
-        wait out the linger alone (where batches come closer together, the next one shares the linger's batch)."""
-        sparse = now - self._last_batch_at >= self.settings.kafka.linger_ms / 1000
-        self._last_batch_at = now
-        return sparse and self._small_at_head(batch)
+        """A small batch at the head, after the loop waited at least ``kafka.linger_ms`` for it: its outputs would
+        wait out the linger alone (where records come closer together, the next ones share the linger's batch;
+        the time the previous batch took to process does not count, so a worker busy at a high rate never nudges)."""
+        idle = now - self._last_batch_done >= self.settings.kafka.linger_ms / 1000
+        return idle and self._small_at_head(batch)
 
     def _small_at_head(self, batch: Batch) -> bool:
         """At most ``NUDGE_MAX_RECORDS`` records, with nothing held and nothing more on the broker (by the last

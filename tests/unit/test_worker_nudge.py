@@ -34,7 +34,7 @@ def _worker(lags: dict[tuple[str, int], int | None], *, held: int = 0, ready: bo
     worker.committer = counter  # type: ignore[assignment]
     worker.metrics = Metrics(CollectorRegistry())
     worker._nudge_due = False
-    worker._last_batch_at = 0.0
+    worker._last_batch_done = 0.0
     return worker, counter
 
 
@@ -67,12 +67,11 @@ def test_only_small_batches_are_nudged(records: int, small: bool) -> None:
     assert worker._small_at_head(_batch(records=records)) is small
 
 
-def test_only_batches_further_apart_than_the_linger_are_nudged() -> None:
+def test_only_batches_the_loop_waited_the_linger_for_are_nudged() -> None:
     worker, _ = _worker({("events", 0): 0}, linger_ms=1)
-    assert worker._nudge_wanted(_batch(), 100.0) is True
-    assert worker._nudge_wanted(_batch(), 100.0005) is False  # the next batch shares the linger's batch
-    assert worker._nudge_wanted(_batch(), 100.0011) is False  # 0.6 ms after the previous batch
-    assert worker._nudge_wanted(_batch(), 100.0030) is True
+    worker._last_batch_done = 100.0  # when the previous batch was through the steps
+    assert worker._nudge_wanted(_batch(), 100.0005) is False  # came sooner: it shares the linger's batch
+    assert worker._nudge_wanted(_batch(), 100.0012) is True
     assert worker._nudge_wanted(_batch(records=NUDGE_MAX_RECORDS + 1), 100.01) is False
 
 
