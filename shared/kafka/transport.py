@@ -215,7 +215,8 @@ class EventProducer(Protocol):
 
     def nudge(self) -> None:
         """Send the queued records now rather than after ``linger_ms``, waiting at most :data:`NUDGE_WAIT_S` for
-        their acknowledgement; never raises (a failed record is reported by its delivery mark)."""
+        their acknowledgement. Running out of that time is the usual outcome and is not an error; a failed record
+        is reported by its delivery mark, so a nudge raises only for a fault of the client itself."""
 
     def mark(self) -> DeliveryMark:
         """Close the open mark (the records sent since the previous one) and open the next; only on a producer
@@ -516,8 +517,9 @@ class KafkaPythonProducer:
         return None
 
     def nudge(self) -> None:
-        # the flush makes the queued batches ready at once; what is not acknowledged in time goes on anyway
-        with contextlib.suppress(KafkaError):
+        # the flush makes the queued batches ready at once; what is not acknowledged in time goes on anyway (a
+        # failed record is reported by its delivery mark, not by the flush)
+        with contextlib.suppress(KafkaTimeoutError):
             self.raw.flush(timeout=NUDGE_WAIT_S)
 
     def flush(self, timeout_s: float | None) -> None:
