@@ -1,9 +1,9 @@
 """Where a paced run's latency goes, stage by stage: ``python -m bench.latency_stages --client confluent --rate 6000``.
 
 Starts Kafka and Redis (as ``make bench`` does), then runs, one after the other and each ``--repeat`` times, the
-relay floor and the worker (at-least-once; and exactly-once with ``--eos-interval``) at the same paced rate, as
-``bench.suite`` does for the latency rows. The worker runs with ``--trace`` (``bench.worker_trace``), so each
-measured event's latency splits into:
+relay floor and the worker (at-least-once; and, with ``--eos-interval``, the exactly-once relay and worker) at the
+same paced rate, as ``bench.suite`` does for the latency rows. The worker runs with ``--trace``
+(``bench.worker_trace``), so each measured event's latency splits into:
 
 - **fetch**: from the event's send to the worker's poll returning it (the broker, the fetch, and the time the loop
   spent elsewhere before it called ``poll`` again);
@@ -119,8 +119,8 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
         args += ["--trace", str(trace_path)]
         if at_least_once:
             args.append("--at-least-once")
-        if interval_s is not None:
-            args += ["--commit-interval", str(interval_s)]
+    if interval_s is not None and (contender == "worker" or not at_least_once):
+        args += ["--commit-interval", str(interval_s)]  # a relay with an interval is the exactly-once relay
     child = _spawn_from(bench, code_dir, args)
     n = max(50, int(rate * (WARMUP_S + seconds)))
     try:
@@ -328,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, action="append", help="events/s (repeatable; default 500)")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (after the warm-up)")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--eos-interval", type=float, help="also the exactly-once worker with this interval")
+    parser.add_argument("--eos-interval", type=float,
+                        help="also the exactly-once worker (and relay) with this transaction interval")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--loaded-relay-us", type=float, action="append", default=[],
                         help="also the relay spending this much CPU per record (repeatable): is a tail the load's?")
@@ -350,11 +351,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             for _ in range(args.repeat):
                 for rate in args.rate or [500.0]:
                     runs: list[tuple[str, str, bool, float | None, Path | None, tuple[str, ...]]] = []
+                    eos = args.eos_interval
                     if not args.no_relay:
                         runs.append(("relay", "relay", True, None, None, ()))
+                        if eos is not None:
+                            runs.append((f"relay exactly-once {eos:g} s", "relay", False, eos, None, ()))
                     for burn_us in args.loaded_relay_us:
                         runs.append((f"relay +{burn_us:g} us CPU/record", "relay", True, None, None,
                                      ("--burn-us", str(burn_us))))
+                        if eos is not None:
+                            runs.append((f"relay exactly-once {eos:g} s +{burn_us:g} us CPU/record", "relay", False,
+                                         eos, None, ("--burn-us", str(burn_us))))
                     for code_dir, tag in ([(args.before, " BEFORE")] if args.before else []) + [(None, "")]:
                         if not args.no_alos:
                             runs.append((f"worker at-least-once{tag}", "worker", True, None, code_dir, ()))

@@ -127,6 +127,8 @@ CONTENDERS = {
     "t": "(t) kafka-python alone: poll, orjson, send; no model",
     "r": "(r) relay floor, kafka-python: poll, produce, flush and commit once a second; no model",
     "r-rd": "(r) relay floor, confluent: poll then consume(n, 0), produce, flush and commit once a second; no model",
+    "r-rd-eos": "(r) exactly-once relay floor, confluent: poll then consume(n, 0), produce in a transaction, add the "
+                "offsets and commit it every interval; no model",
 }
 #: the worker's Kafka transports (``kafka.client``), each benchmarked
 CLIENTS = ("kafka-python", "confluent")
@@ -135,7 +137,8 @@ CLIENT_OF = {"c": "kafka-python", "c-alos": "kafka-python", "c-rd": "confluent",
 MODELS_IN_ORDER = ("logreg", "arf", "mlp")
 #: the latency rows measured ``repeat`` times (the targets and their floors); the median p99 is reported
 LATENCY_REPEATED = ("r@500", "c-alos@500", "r-rd@500", "c-rd-alos@500", "r@half", "c-alos@half", "r@half-loaded",
-                    "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded", f"c-rd@{EOS_INTERVAL_S:g}s")
+                    "r-rd@half", "c-rd-alos@half", "r-rd@half-loaded", f"r-rd-eos@{EOS_INTERVAL_S:g}s",
+                    f"c-rd@{EOS_INTERVAL_S:g}s", f"r-rd-eos@{EOS_INTERVAL_S:g}s-loaded")
 
 
 #: the profiled workers of the profile stage: key -> (model, client); the torch MLP (with the default client) when
@@ -210,12 +213,25 @@ def latency_plans(latency_only: bool) -> list[LatencyPlan]:
         plans.append(LatencyPlan(f"{relay}@half-loaded", "relay", f"{CONTENDERS[relay]}; loaded to the worker's CPU, "
                                  "at half the worker's max", client, of=worker, loaded_as=f"{worker}@half"))
     eos = [("c-rd", "confluent"), ("c", "kafka-python")]
+    interval = f"{EOS_INTERVAL_S:g}s"
+    # target 3's floor (the default client): a no-model relay in transactions of the same interval, plain and
+    # loaded to the exactly-once worker's CPU, around that worker's row
+    eos_relay = f"{CONTENDERS['r-rd-eos']} ({EOS_INTERVAL_S:g} s)"
+    plans.append(LatencyPlan(f"r-rd-eos@{interval}", "relay", f"{eos_relay}, at half the worker's max", "confluent",
+                             at_least_once=False, interval_s=EOS_INTERVAL_S, of="c-rd"))
     for key, client in eos:
-        plans.append(LatencyPlan(f"{key}@{EOS_INTERVAL_S:g}s", "worker",
+        plans.append(LatencyPlan(f"{key}@{interval}", "worker",
                                  f"{CONTENDERS[key]} (commit_interval_s {EOS_INTERVAL_S:g})", client,
                                  at_least_once=False, interval_s=EOS_INTERVAL_S, of=key))
+        if key == "c-rd":
+            plans.append(LatencyPlan(f"r-rd-eos@{interval}-loaded", "relay",
+                                     f"{eos_relay}; loaded to the worker's CPU, at half the worker's max",
+                                     "confluent", at_least_once=False, interval_s=EOS_INTERVAL_S, of="c-rd",
+                                     loaded_as=f"c-rd@{interval}"))
     # the same at a light load: what the commit costs when the worker is far from its maximum
-    plans.append(LatencyPlan(f"c-rd@{EOS_INTERVAL_S:g}s@500", "worker",
+    plans.append(LatencyPlan(f"r-rd-eos@{interval}@500", "relay", f"{eos_relay}, at {LOW_RATE:,.0f} events/s",
+                             "confluent", at_least_once=False, interval_s=EOS_INTERVAL_S, rate=LOW_RATE))
+    plans.append(LatencyPlan(f"c-rd@{interval}@500", "worker",
                              f"{CONTENDERS['c-rd']} (commit_interval_s {EOS_INTERVAL_S:g}), at {LOW_RATE:,.0f} "
                              "events/s", "confluent", at_least_once=False, interval_s=EOS_INTERVAL_S, rate=LOW_RATE))
     if not latency_only:
@@ -724,9 +740,27 @@ def latency_targets(outcome: Outcome) -> list[list[str]]:
                          f"transaction interval {interval:g} s, at {eos.rate:,.0f} events/s",
                          f"p99 <= {TARGET_EOS_INTERVALS:g}x the interval" if target else "report vs the interval",
                          f"p99 {eos.p99_ms:.0f}{_runs(outcome, eos_key)} ms = {intervals:.2f}x the interval (p50 "
-                         f"{eos.p50_ms:.0f} ms)",
+                         f"{eos.p50_ms:.0f} ms){_eos_floor(outcome, eos, interval, suffix)}",
                          _verdict(intervals <= TARGET_EOS_INTERVALS) if target else "reported"])
     return rows
+
+
+def _eos_floor(outcome: Outcome, eos: LatencyResult, interval: float, suffix: str) -> str:
+    """Target 3's floor beside an exactly-once row of the same interval and rate: the exactly-once relay, and the
+    same relay loaded to the worker's CPU ("" when not measured)."""
+    key = f"r-rd-eos@{interval:g}s"
+    floor = outcome.latency.get(key + suffix)
+    if floor is None or floor.rate != eos.rate:
+        return ""
+    text = (f"; the exactly-once relay floor: p99 {floor.p99_ms:.0f}{_runs(outcome, key + suffix)} ms = "
+            f"{floor.p99_ms / (1000 * interval):.2f}x the interval, the worker {eos.p99_ms / floor.p99_ms:.2f}x it")
+    loaded = outcome.latency.get(f"{key}-loaded") if not suffix else None
+    if loaded is not None:
+        text += (f"; loaded to the worker's CPU ({loaded.cpu:.2f} CPU; the worker {eos.cpu:.2f}, the relay "
+                 f"{floor.cpu:.2f}): p99 {loaded.p99_ms:.0f}{_runs(outcome, f'{key}-loaded')} ms = "
+                 f"{loaded.p99_ms / (1000 * interval):.2f}x the interval, the worker {eos.p99_ms / loaded.p99_ms:.2f}x "
+                 "it")
+    return text
 
 
 def memory_summary(memory: MemoryResult) -> tuple[float, float, float, float]:

@@ -8,7 +8,8 @@ Contenders:
   ``json.loads``, ``predict_one``, ``learn_one``, ``producer.send(json.dumps(...))``, flush then commit);
 * ``transport``: kafka-python alone (batch polls, orjson, a send per record, no model): its per-event cost;
 * ``relay``: the latency floor: consume, produce to a second topic, flush and commit once a second; no model,
-  each client tuned for latency (``--client``);
+  each client tuned for latency (``--client``); exactly-once with ``--commit-interval`` (and no
+  ``--at-least-once``): the same in a transaction committed with the offsets every that many seconds;
 * ``group-relay``: the scale floor: the worker's own Kafka transport in a consumer group, no steps: each record
   produced as it came (after ``--burn-us`` of CPU), flush and commit once a second and at the end; it shares the
   worker's handshake (``--ready-file``, ``--go-file``) and reports like it;
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -230,9 +232,17 @@ def run_relay(args: argparse.Namespace) -> None:
     produce idempotently with ``acks=all``, as the worker does. ``--burn-us`` (a diagnostic of
     ``bench.latency_stages``): before producing a chunk, spin the CPU that many microseconds per record, so the
     relay loads the machine as the worker does, without the worker's code.
+
+    With ``--commit-interval`` and without ``--at-least-once`` the relay is exactly-once: the floor of issue 13.3
+    (:func:`_transactional_relay_confluent`).
     """
     stop = _stop_flag(args.stop_file)
-    if args.client == "confluent":
+    if args.commit_interval is not None and not args.at_least_once:
+        if args.client == "confluent":
+            _transactional_relay_confluent(args, stop)
+        else:
+            _transactional_relay_kafka_python(args, stop)
+    elif args.client == "confluent":
         _relay_confluent(args, stop)
     else:
         _relay_kafka_python(args, stop)
@@ -270,6 +280,105 @@ def _relay_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
             last_commit, uncommitted = time.monotonic(), False
     producer.flush(10)
     consumer.close()
+
+
+#: the exactly-once relay's producer linger: the worker's default (``kafka.linger_ms``); a transaction's records are
+#: read at its commit, so the linger only sizes the produce requests
+TRANSACTIONAL_RELAY_LINGER_MS = 1
+#: the exactly-once relay's bound on each transactional call
+TRANSACTIONAL_RELAY_TIMEOUT_S = 30.0
+
+
+def _transactional_relay_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
+    """(r) The exactly-once floor: each polled chunk is produced inside the open transaction, and every
+    ``--commit-interval`` seconds (from the previous commit's start, as the worker's ``worker.commit_interval_s``)
+    the consumed offsets are added and the transaction committed, in the loop. No model, no Redis."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+    })
+    producer = Producer({"bootstrap.servers": args.bootstrap, "transactional.id": f"{args.group}-relay",
+                         "linger.ms": TRANSACTIONAL_RELAY_LINGER_MS})
+    producer.init_transactions(TRANSACTIONAL_RELAY_TIMEOUT_S)
+
+    def assigned(_consumer: Any, partitions: Any) -> None:
+        if args.ready_file and partitions:
+            args.ready_file.touch()
+
+    consumer.subscribe([args.topic], on_assign=assigned)
+    interval = args.commit_interval
+    offsets: dict[tuple[str, int], int] = {}
+    last_commit, in_transaction = time.monotonic(), False
+    while not stop.is_set():
+        wait = min(0.05, max(0.0, last_commit + interval - time.monotonic())) if in_transaction else 0.05
+        first = consumer.poll(wait)
+        if first is not None:
+            messages = [first, *consumer.consume(num_messages=499, timeout=0)]
+            burn(args.burn_us * len(messages))
+            for message in messages:
+                if message.error() is None:
+                    if not in_transaction:
+                        producer.begin_transaction()
+                        in_transaction = True
+                    producer.produce(args.predictions, message.value(), message.key())
+                    topic, partition, offset = message.topic(), message.partition(), message.offset()
+                    assert topic is not None and partition is not None and offset is not None  # a record has them
+                    offsets[(topic, partition)] = offset + 1
+            producer.poll(0)
+        if in_transaction and time.monotonic() - last_commit >= interval:
+            last_commit = time.monotonic()
+            partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+            producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(),
+                                                 TRANSACTIONAL_RELAY_TIMEOUT_S)
+            producer.commit_transaction(TRANSACTIONAL_RELAY_TIMEOUT_S)
+            in_transaction = False
+    if in_transaction:
+        producer.abort_transaction(TRANSACTIONAL_RELAY_TIMEOUT_S)
+    consumer.close()
+
+
+def _transactional_relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None:
+    """The exactly-once floor with kafka-python: as :func:`_transactional_relay_confluent`, polling with
+    ``poll(timeout_ms=...)`` bounded by the time left to the next commit."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    consumer = KafkaConsumer(
+        args.topic, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
+        auto_offset_reset="earliest", isolation_level="read_committed", fetch_max_wait_ms=5,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, transactional_id=f"{args.group}-relay",
+                             linger_ms=TRANSACTIONAL_RELAY_LINGER_MS)
+    producer.init_transactions()
+    consumer.partitions_for_topic(args.topic)  # metadata before the group join (see BenchWorker.start)
+    interval = args.commit_interval
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    last_commit, in_transaction = time.monotonic(), False
+    while not stop.is_set():
+        wait = min(0.05, max(0.0, last_commit + interval - time.monotonic())) if in_transaction else 0.05
+        polled = consumer.poll(timeout_ms=math.ceil(wait * 1000), max_records=500)
+        if args.ready_file and not args.ready_file.exists() and consumer.assignment():
+            args.ready_file.touch()
+        for partition, records in polled.items():
+            burn(args.burn_us * len(records))
+            if records and not in_transaction:
+                producer.begin_transaction()
+                in_transaction = True
+            for message in records:
+                producer.send(args.predictions, key=message.key, value=message.value)
+            if records:
+                offsets[partition] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        if in_transaction and time.monotonic() - last_commit >= interval:
+            last_commit = time.monotonic()
+            producer.send_offsets_to_transaction(dict(offsets), consumer.group_metadata())
+            producer.commit_transaction()
+            in_transaction = False
+    if in_transaction:
+        producer.abort_transaction()
+    consumer.close()
+    producer.close()
 
 
 def _relay_kafka_python(args: argparse.Namespace, stop: threading.Event) -> None:

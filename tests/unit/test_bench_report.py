@@ -197,6 +197,31 @@ def test_the_exactly_once_target_takes_the_median_of_its_runs() -> None:
     assert "p99 140 (median of 3 runs: 386.0 ms, 124.0 ms, 140.0 ms) ms = 1.40x" in row[2] and row[3] == "**met**"
 
 
+def test_the_exactly_once_target_reports_the_exactly_once_relay_beside_the_interval() -> None:
+    from bench.report import LATENCY_REPEATED, latency_plans
+
+    plans = latency_plans(latency_only=True)
+    keys = [plan.key for plan in plans]
+    assert keys.index("r-rd-eos@0.1s") < keys.index("c-rd@0.1s") < keys.index("r-rd-eos@0.1s-loaded")
+    relay = next(plan for plan in plans if plan.key == "r-rd-eos@0.1s")
+    assert (relay.contender, relay.at_least_once, relay.interval_s, relay.of) == ("relay", False, 0.1, "c-rd")
+    assert {"r-rd-eos@0.1s", "r-rd-eos@0.1s-loaded"} <= set(LATENCY_REPEATED)
+    outcome = _outcome()
+    eos = outcome.latency["c-rd@0.1s"]
+    eos.cpu = 0.75
+    outcome.latency["r-rd-eos@0.1s"] = LatencyResult("eos relay", eos.rate, 1000, 1000, 0.1, 60.0, 120.0, 130.0,
+                                                     cpu=0.25)
+    outcome.latency["r-rd-eos@0.1s-loaded"] = LatencyResult("loaded", eos.rate, 1000, 1000, 0.1, 70.0, 175.0, 180.0,
+                                                            cpu=0.74)
+    row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
+    assert row[3] == "**met**", "the verdict stays the worker's p99 against the interval"
+    assert "the exactly-once relay floor: p99 120 ms = 1.20x the interval, the worker 1.17x it" in row[2]
+    assert "(0.74 CPU; the worker 0.75, the relay 0.25): p99 175 ms = 1.75x the interval, the worker 0.80x it" in row[2]
+    outcome.latency["r-rd-eos@0.1s"] = LatencyResult("other rate", 500.0, 1000, 1000, 0.1, 60.0, 120.0, 130.0)
+    row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
+    assert "relay floor" not in row[2], "a floor of another rate is no floor"
+
+
 def test_a_marked_block_is_replaced_in_place_or_appended_under_its_heading(tmp_path: Path) -> None:
     from bench.common import write_marked_block
 
@@ -251,13 +276,15 @@ def test_the_latency_warm_up_runs_each_shape_once_per_round_until_the_broker_has
     outcome.throughput["logreg"]["c-alos"] = [_measured("worker", "logreg", 10_000, 1.0)]  # 10,000 events/s
     outcome.throughput["logreg"]["c-rd-alos"] = [_measured("worker", "logreg", 10_000, 0.5)]  # 20,000 events/s
     plans = latency_plans(latency_only=True)
-    # relay and at-least-once worker of each client, exactly-once worker of each client: 6 shapes
-    recorder = _PacedRecorder([4.0, 1.0, LATENCY_WARM_JIT_S / 2, 9.0], shapes=6)
+    # relay and at-least-once worker of each client, exactly-once worker of each client, the exactly-once relay of
+    # the default client: 7 shapes
+    recorder = _PacedRecorder([4.0, 1.0, LATENCY_WARM_JIT_S / 2, 9.0], shapes=7)
     outcome._warm_up_latency(recorder, plans)  # type: ignore[arg-type]
-    assert len(recorder.calls) == 18, "three rounds: the third one's JIT is under the threshold"
+    assert len(recorder.calls) == 21, "three rounds: the third one's JIT is under the threshold"
     assert outcome.latency_warmup_jit_s == pytest.approx([4.0, 1.0, LATENCY_WARM_JIT_S / 2])
-    first_round = recorder.calls[:6]
-    assert len({call[:4] for call in first_round}) == 6, "each shape once per round"
+    first_round = recorder.calls[:7]
+    assert len({call[:4] for call in first_round}) == 7, "each shape once per round"
+    assert ("relay", "confluent", False, 0.1) in {call[:4] for call in first_round}, "the exactly-once relay"
     rates = {(contender, client, alos): rate for contender, client, alos, _, rate, _ in first_round}
     assert rates[("relay", "confluent", True)] == pytest.approx(10_000.0), "each shape at its highest rate"
     assert rates[("worker", "kafka-python", True)] == pytest.approx(5_000.0)
@@ -267,9 +294,9 @@ def test_the_latency_warm_up_runs_each_shape_once_per_round_until_the_broker_has
     capped.throughput["logreg"]["c-alos"] = outcome.throughput["logreg"]["c-alos"]
     capped.throughput["logreg"]["c-rd-alos"] = outcome.throughput["logreg"]["c-rd-alos"]
     capped.config = capped.config.replace(latency_warmup_rounds=2)
-    recorder = _PacedRecorder([4.0, 1.0, 0.0], shapes=6)
+    recorder = _PacedRecorder([4.0, 1.0, 0.0], shapes=7)
     capped._warm_up_latency(recorder, plans)  # type: ignore[arg-type]
-    assert len(recorder.calls) == 12 and capped.latency_warmup_jit_s == pytest.approx([4.0, 1.0])
+    assert len(recorder.calls) == 14 and capped.latency_warmup_jit_s == pytest.approx([4.0, 1.0])
 
 
 def test_the_contenders_of_a_ratio_target_run_back_to_back_taking_turns_at_going_first() -> None:
