@@ -357,12 +357,17 @@ class Worker:
     def _poll_timeout_ms(self) -> int:
         """No wait while held records can be processed; while they wait for a partition's next fetch, polls of
         at most ``ORDER_POLL_MS`` until it arrives or the wait is given up; otherwise ``kafka.poll_timeout_ms``
-        (``COMMIT_POLL_MS`` while outputs wait for a commit in flight)."""
+        (``COMMIT_POLL_MS`` while outputs wait for a commit in flight), and exactly-once, with processed records
+        not committed yet, no later than their transaction's commit is due."""
         if self.backpressure.ready():
             return 0
         timeout = self.settings.kafka.poll_timeout_ms
         if self.committer is not None and self.committer.deferred:
             timeout = min(timeout, COMMIT_POLL_MS)
+        if self._pending_offsets and self.settings.kafka.exactly_once:
+            # outputs are read once their transaction commits: a poll waiting for more records must not delay that
+            due_in_s = self._last_commit + self.settings.worker.commit_interval_s - time.monotonic()
+            timeout = min(timeout, max(0, math.ceil(due_in_s * 1000)))
         wait_left = self.backpressure.wait_left_s()
         if wait_left is None:
             return timeout
