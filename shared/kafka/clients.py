@@ -78,6 +78,8 @@ def build_consumer(settings: KafkaSettings, *, group_id: str | None = None) -> K
         bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
         # the instance id belongs to the worker's group: a consumer of another group is a dynamic member
         group_instance_id=settings.group_instance_id if group_id in (None, settings.group_id) else None,
+        # kafka-python's own sensors, which nothing reads (the worker exports its own metrics), cost CPU per request
+        metrics_enabled=False,
         **security_options(settings),
     )
 
@@ -99,6 +101,7 @@ def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> K
         "partitioner": KeyPartitioner(),
         "enable_idempotence": True,
         "bootstrap_timeout_ms": settings.bootstrap_timeout_ms,
+        "metrics_enabled": False,  # as the consumer's: unread, and paid per request
         **security_options(settings),
     }
     if settings.compression_type != "none":
