@@ -88,6 +88,7 @@ class LoopTrace:
             self.wrap(worker.checkpointer, "save", "checkpoint save")
             self.wrap(worker.checkpointer, "hold", "checkpoint hold")
             self.wrap(worker.checkpointer, "write_held", "checkpoint write_held")
+            self.wrap(worker.checkpointer, "_start_child", "checkpoint fork")
         committer = worker.committer
         for name in ("release", "commit", "commit_when_delivered"):
             self.wrap(committer, name, f"committer.{name}")

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
 import os
 import signal
 import struct
@@ -56,6 +57,10 @@ TP = tuple[str, int]
 
 #: learner kinds whose snapshot may be taken in a forked child: plain Python objects (River)
 FORK_SAFE_KINDS = frozenset({"river"})
+#: a River model's snapshot took 1.6 to 4.5 times the walk of its memory estimate (logistic regression, a Hoeffding
+#: tree, a 10-tree ARF, after 500 and 5,000 examples; docs/architecture.md): a checkpoint whose cost was never
+#: measured since the models learned is taken to cost at most this many walks
+SNAPSHOT_WALKS = 10.0
 #: the child's exit codes (``_DROPPED``: a held sync the parent dropped before its outputs were durable)
 _SAVED, _NOT_SAVED, _CRASHED, _DROPPED = 0, 1, 2, 3
 #: what the parent tells a child holding a group sync: write it (its outputs are durable), or drop it
@@ -319,8 +324,9 @@ class Checkpointer:
         """Whether a checkpoint that took ``measured_s`` when last measured may take ``background_min_ms`` now.
 
         Its cost is taken to grow at most in proportion to the events accounted since (a model's state grows at
-        most by what each event adds): models measured before any event (a fresh start) are unknown, and so
-        expensive, once events came; a child reports what it cost, so this is one fork, not one each time.
+        most by what each event adds). Models measured before any event (a fresh start) say nothing of that: their
+        cost is estimated from the model-memory gauge's last walk (:meth:`_estimated_from_walk`), and is unknown,
+        so expensive, without one; a child reports what it cost, so this is one fork, not one each time.
         """
         threshold_s = self._settings.background_min_ms / 1000.0
         if measured_s >= threshold_s:
@@ -328,7 +334,19 @@ class Checkpointer:
         measured_at = self._measured_at
         if measured_at is None or self.events_total <= measured_at:
             return False
-        return measured_at == 0 or measured_s * self.events_total / measured_at >= threshold_s
+        if measured_at == 0:
+            return measured_s + self._estimated_from_walk() >= threshold_s
+        return measured_s * self.events_total / measured_at >= threshold_s
+
+    def _estimated_from_walk(self) -> float:
+        """At most what the models' snapshots cost now, from the last walk of the model-memory gauge (which the
+        loop pays anyway): ``SNAPSHOT_WALKS`` walks, scaled by the examples learned since; infinite without a walk
+        of models that had learned something."""
+        walk = self._models.last_walk()
+        if walk is None or walk[1] <= 0:
+            return math.inf
+        walk_s, learned_then = walk
+        return SNAPSHOT_WALKS * walk_s * max(1.0, self._models.learned_total() / learned_then)
 
     def _fork_safe(self, offsets: dict[TP, int]) -> bool:
         """Whether every model of these partitions may be snapshotted in a forked child."""

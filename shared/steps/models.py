@@ -67,10 +67,12 @@ class ModelStep:
         self.fingerprints = {m.name: config_fingerprint(m) for m in self._models}
         self.sets: dict[TopicPartition, ModelSet] = {}
         self._monotonic = monotonic
-        #: the last :meth:`memory_bytes`: until when it holds, for which model sets, and the answer
-        self._memory: tuple[float, list[int], dict[str, int]] | None = None
-        #: seconds the last :meth:`memory_bytes` walk took
+        #: the last :meth:`memory_bytes`: until when it holds, from when a model that has doubled what it learned
+        #: may be walked again, for which model sets, and the answer
+        self._memory: tuple[float, float, list[int], dict[str, int]] | None = None
+        #: seconds the last :meth:`memory_bytes` walk took, and :meth:`learned_total` then
         self.memory_walk_s = 0.0
+        self.memory_walk_learned = 0
 
     @property
     def model_names(self) -> list[str]:
@@ -167,22 +169,36 @@ class ModelStep:
                 totals[name] += learner.sequence_keys()
         return totals
 
+    def learned_total(self) -> int:
+        """Examples learned by every model of every set (how far the models may have grown)."""
+        return sum(sum(model_set.learned.values()) for model_set in self.distinct_sets())
+
     def memory_bytes(self) -> dict[str, int]:
         """Per model name, the memory held over all partitions.
 
-        Recomputed when the model sets changed, else at most every ``MEMORY_INTERVAL_S``, or every
-        walk-time / ``MEMORY_MAX_TIME_FRACTION`` when the walk is slower than that allows.
+        Recomputed when the model sets changed, or once they have learned twice as many examples as at the last
+        walk (a young model grows fast), else at most every ``MEMORY_INTERVAL_S``; and never sooner than
+        walk-time / ``MEMORY_MAX_TIME_FRACTION`` after the last walk, unless the model sets changed.
         """
         now = self._monotonic()
         identity = [id(learner) for model_set in self.distinct_sets() for learner in model_set.learners.values()]
+        learned = self.learned_total()
         cached = self._memory
-        if cached is not None and now < cached[0] and cached[1] == identity:
-            return dict(cached[2])
+        if cached is not None and cached[2] == identity:
+            expires, doubled_from, _, totals = cached
+            doubled = learned > 0 and learned >= 2 * self.memory_walk_learned
+            if now < expires and not (doubled and now >= doubled_from):
+                return dict(totals)
         totals = {name: 0 for name in self.model_names}
         for model_set in self.distinct_sets():
             for name, learner in model_set.learners.items():
                 totals[name] += learner.memory_bytes()
         walk_s = max(0.0, self._monotonic() - now)
-        self.memory_walk_s = walk_s
-        self._memory = (now + max(MEMORY_INTERVAL_S, walk_s / MEMORY_MAX_TIME_FRACTION), identity, totals)
+        self.memory_walk_s, self.memory_walk_learned = walk_s, learned
+        spacing = walk_s / MEMORY_MAX_TIME_FRACTION
+        self._memory = (now + max(MEMORY_INTERVAL_S, spacing), now + spacing, identity, totals)
         return dict(totals)
+
+    def last_walk(self) -> tuple[float, int] | None:
+        """The last :meth:`memory_bytes` walk: its seconds, and the examples learned then (``None``: none yet)."""
+        return None if self._memory is None else (self.memory_walk_s, self.memory_walk_learned)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.worker.checkpointing import Checkpointer
+from services.worker.checkpointing import SNAPSHOT_WALKS, Checkpointer
 from shared.learners.base import Learner, Output, Row, Target, Task
 from shared.learners.registry import build_learner
 from shared.monitoring.metrics import Metrics
@@ -231,6 +231,62 @@ def test_models_that_learned_since_their_cost_was_measured_are_checkpointed_by_a
     assert [line["offsets"]["events:0"] for line in store.lines()] == [0, 5000, 6000, 36_000]
     assert pids[0] == pids[2] == os.getpid()
     assert pids[1] != os.getpid() and pids[3] != os.getpid() and pids[1] != pids[3]
+
+
+def _fresh_start_then_learned(store: FileStore, examples: int) -> tuple[Checkpointer, ModelStep]:
+    """A checkpointer whose only measurement is the assignment's (nothing learned), and models that learned since."""
+    checkpointer, models, _ = make(store, background_min_ms=50.0)
+    assert checkpointer.save({TP: 0})  # the assignment's checkpoint: in the loop, before anything was learned
+    learner = models.sets[TP].learners["logreg"]
+    for i in range(examples):
+        learner.learn_one(Row({"x": float(i)}), i % 2 == 0)
+    models.sets[TP].learned["logreg"] = examples  # as the model step counts what it learned
+    checkpointer.account(examples)
+    return checkpointer, models
+
+
+def test_after_a_fresh_start_the_memory_walk_keeps_a_cheap_models_first_checkpoint_in_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The model-memory gauge's walk (paid by the loop anyway) bounds a never-measured checkpoint: a linear model's
+    walk of a fraction of a millisecond, times ``SNAPSHOT_WALKS``, is far below ``background_min_ms``, so its first
+    periodic checkpoint is taken in the loop, where the fork's own stall would cost more."""
+    store = FileStore(tmp_path / "saves")
+    checkpointer, models = _fresh_start_then_learned(store, 100)
+    models.memory_bytes()  # the gauge's walk, at 100 examples
+    walk = models.last_walk()
+    assert walk is not None and walk[1] == 100 and walk[0] * SNAPSHOT_WALKS < 0.05
+    models.sets[TP].learned["logreg"] = 200  # twice as many since the walk: the estimate doubles, still small
+    checkpointer.account(100)
+    assert checkpointer.save({TP: 200}, background=True)
+    (_, line) = store.lines()
+    assert line["pid"] == os.getpid(), "taken in the loop"
+
+
+def test_after_a_fresh_start_a_slow_walk_or_none_sends_the_first_checkpoint_to_a_child(tmp_path: Path) -> None:
+    """Without a walk of models that learned, or with one whose estimate reaches ``background_min_ms``, the cost is
+    unknown or large: the first periodic checkpoint goes to a child, as it did before walks were consulted."""
+    store = FileStore(tmp_path / "saves")
+    checkpointer, models = _fresh_start_then_learned(store, 10)
+    assert models.last_walk() is None
+    assert checkpointer.save({TP: 10}, background=True), "no walk yet"
+    checkpointer.join()
+    store_slow = FileStore(tmp_path / "slow")
+    checkpointer, models = _fresh_start_then_learned(store_slow, 10)
+    learner = models.sets[TP].learners["logreg"]
+    walk = learner.memory_bytes
+
+    def slow_walk() -> int:
+        time.sleep(0.006)  # 6 ms: ten of them are 60 ms, past background_min_ms (50)
+        return walk()
+
+    learner.memory_bytes = slow_walk  # type: ignore[method-assign]
+    models.memory_bytes()
+    assert checkpointer.save({TP: 10}, background=True)
+    checkpointer.join()
+    pids = [line["pid"] for line in store.lines() + store_slow.lines()]
+    assert pids[0] == pids[2] == os.getpid(), "the assignments' checkpoints: in the loop"
+    assert pids[1] != os.getpid() and pids[3] != os.getpid(), "the first periodic ones: children"
 
 
 def open_pipes() -> set[str]:

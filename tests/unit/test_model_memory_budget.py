@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from shared.learners.registry import build_learner
 from shared.settings import ModelSettings, PreprocessingSettings
 from shared.steps.models import MEMORY_INTERVAL_S, MEMORY_MAX_TIME_FRACTION, ModelStep
@@ -66,3 +68,27 @@ def test_time_spent_walking_stays_within_the_fraction() -> None:
         now[0] += 1.0
     assert spent / now[0] <= MEMORY_MAX_TIME_FRACTION
     assert len(calls) >= 3600 / (0.3 / MEMORY_MAX_TIME_FRACTION + 1.0)
+
+
+def test_a_model_that_doubled_what_it_learned_is_walked_again_within_the_fraction() -> None:
+    """A young model grows fast: the gauge (and the checkpointer's estimate from it) does not keep a walk of a
+    model that has since learned twice as much, but still spaces walks by walk-time / the fraction."""
+    step, now, calls = _step(0.025)  # spaced at least 2.5 s
+    learned = step.sets[("events", 0)].learned
+    step.memory_bytes()
+    assert step.last_walk() == (pytest.approx(0.025), 0) and len(calls) == 1
+    learned["m"] = 100
+    now[0] = 2.0
+    step.memory_bytes()
+    assert len(calls) == 1, "learned since, but within 2.5 s of the last walk"
+    now[0] = 2.6
+    step.memory_bytes()
+    assert step.last_walk() == (pytest.approx(0.025), 100) and len(calls) == 2
+    learned["m"] = 199
+    now[0] = 6.0
+    step.memory_bytes()
+    assert len(calls) == 2, "not yet twice as many"
+    learned["m"] = 200
+    step.memory_bytes()
+    assert step.last_walk() == (pytest.approx(0.025), 200) and len(calls) == 3
+    assert step.learned_total() == 200
