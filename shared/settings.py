@@ -249,8 +249,9 @@ class CheckpointSettings(_Frozen):
     #: the poll loop does not wait for them (Linux only); torch models and forced checkpoints are saved in the loop
     background: bool = True
     #: ... but only once the last checkpoint took at least this long (snapshot and Redis write, in milliseconds), or
-    #: would at that cost scaled by the events processed since it was measured: a fork stalls the loop for a few
-    #: milliseconds of its own, longer than a small model's whole checkpoint; 0 sends every periodic one to a child
+    #: would at that cost scaled by the events processed since it was measured (a fresh start's first: estimated from
+    #: the model-memory walk): a fork stalls the loop for a few milliseconds of its own, longer than a small model's
+    #: whole checkpoint; 0 sends every periodic one to a child
     background_min_ms: float = Field(20.0, ge=0.0)
     #: Redis holds no checkpoint although Kafka has committed offsets: start fresh models from the committed
     #: offsets, or rebuild them by learning again (without publishing) from the earliest retained offsets
