@@ -129,12 +129,14 @@ def paced_traced(bench: Bench, contender: str, client: str, rate: float, seconds
         print(child.tail())
         raise
     cpu_before, started = process_cpu_s(child.pid), time.monotonic()
+    main_before = process_cpu_s(child.pid, main_thread=True)
     pids = {"worker": child.pid, "broker": bench.stack.kafka.pid(), "redis": bench.stack.redis.pid(),
             "bench": os.getpid()}
     with CpuSampler(pids) as sampler:
         sent, received = suite.paced_run(bench.stack.bootstrap, events, predictions, n, rate, stop_path)
-    log(f"{contender} used {(process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started):.2f} CPU "
-        f"over the paced run")
+    elapsed = time.monotonic() - started
+    log(f"{contender} used {(process_cpu_s(child.pid) - cpu_before) / elapsed:.2f} CPU over the paced run, its main "
+        f"thread {(process_cpu_s(child.pid, main_thread=True) - main_before) / elapsed:.2f}")
     child.wait()
     trace = json.loads(trace_path.read_text()) if trace_path.exists() else None
     if trace is not None:

@@ -137,11 +137,12 @@ def threads_cpu_s(pid: int) -> dict[str, float]:
     return used
 
 
-def process_cpu_s(pid: int, *, kernel_only: bool = False) -> float:
+def process_cpu_s(pid: int, *, kernel_only: bool = False, main_thread: bool = False) -> float:
     """User + system CPU seconds of a running process, all threads (0.0 once it is gone); ``kernel_only``: system
-    CPU seconds only."""
+    CPU seconds only; ``main_thread``: its main thread's only (the thread that runs a Python program's loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return ((0 if kernel_only else int(fields[11])) + int(fields[12])) / CLK_TCK
@@ -384,12 +385,15 @@ class Bench:
         self.await_ready(ready_path, [child], f"{label} to get its partitions")
         jit_before = self.stack.broker_jit_cpu_s()
         cpu_before, started = process_cpu_s(child.pid), time.monotonic()
+        main_before = process_cpu_s(child.pid, main_thread=True)
         sent, received = paced_run(self.stack.bootstrap, events, predictions, n, rate, stop_path)
-        cpu = (process_cpu_s(child.pid) - cpu_before) / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        cpu = (process_cpu_s(child.pid) - cpu_before) / elapsed
+        main_cpu = (process_cpu_s(child.pid, main_thread=True) - main_before) / elapsed
         jit = max(0.0, self.stack.broker_jit_cpu_s() - jit_before)
         child.wait()
         result = LatencyResult.of(label, rate, sent, received, commit_interval_s)
-        result.cpu, result.broker_jit_s = cpu, jit
+        result.cpu, result.main_cpu, result.broker_jit_s = cpu, main_cpu, jit
         return result
 
     # --- scale --------------------------------------------------------------------------------------------
@@ -525,6 +529,8 @@ class LatencyResult:
     to_read_p99_ms: float = float("nan")
     #: the contender's CPU (seconds per second, all threads) over the paced run
     cpu: float = float("nan")
+    #: the same, of its main thread only (the loop; a kafka-python client's network runs on a thread of its own)
+    main_cpu: float = float("nan")
     #: the CPU seconds the broker's JIT compilers used during the paced run (a broker still warming up)
     broker_jit_s: float = float("nan")
 

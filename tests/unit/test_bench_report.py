@@ -176,13 +176,32 @@ def test_the_loaded_relay_spends_the_cpu_the_worker_used_beyond_the_relay() -> N
     assert outcome.burn_us(loaded, 9_000.0) == 0.0, "never negative"
 
 
+def test_the_loaded_relay_takes_the_main_threads_difference_when_it_is_the_larger() -> None:
+    """kafka-python's network thread fills what the GIL leaves: the processes use the same CPU, their loops do
+    not."""
+    from bench.report import extra_cpu_us
+
+    relay = LatencyResult("relay", 6_000.0, 1000, 1000, None, 4.0, 13.0, 20.0, cpu=0.82, main_cpu=0.25)
+    worker = LatencyResult("alos", 6_000.0, 1000, 1000, None, 13.0, 80.0, 90.0, cpu=0.82, main_cpu=0.61)
+    assert extra_cpu_us(worker, relay, 6_000.0) == pytest.approx((0.61 - 0.25) / 6_000 * 1e6)  # 60 us per record
+    worker.cpu = 1.30
+    assert extra_cpu_us(worker, relay, 6_000.0) == pytest.approx((1.30 - 0.82) / 6_000 * 1e6), "the larger one"
+    relay.main_cpu = worker.main_cpu = float("nan")
+    assert extra_cpu_us(worker, relay, 6_000.0) == pytest.approx((1.30 - 0.82) / 6_000 * 1e6), "main not measured"
+    relay.cpu = float("nan")
+    assert extra_cpu_us(worker, relay, 6_000.0) is None
+
+
 def test_the_half_max_row_reports_the_loaded_relay_beside_the_floor() -> None:
     outcome = _outcome()
     outcome.latency["r@half"].cpu, outcome.latency["c-alos@half"].cpu = 0.30, 0.80
-    outcome.latency["r@half-loaded"] = LatencyResult("loaded", 3_000.0, 1000, 1000, None, 6.0, 40.0, 50.0, cpu=0.81)
+    outcome.latency["r@half"].main_cpu, outcome.latency["c-alos@half"].main_cpu = 0.20, 0.60
+    outcome.latency["r@half-loaded"] = LatencyResult("loaded", 3_000.0, 1000, 1000, None, 6.0, 40.0, 50.0, cpu=0.81,
+                                                     main_cpu=0.59)
     row = next(row for row in targets(outcome) if row[0].startswith("2.") and "kafka-python" in row[0])
     assert "= 4.00x" in row[2] and row[3] == "**missed**", "the target stays the ratio to the plain floor"
-    assert "0.81 CPU; the worker 0.80, the relay 0.30" in row[2]
+    assert ("(0.81 CPU, main thread 0.59; the worker 0.80 CPU, main thread 0.60, the relay 0.30 CPU, main thread "
+            "0.20)") in row[2]
     assert "p99 40.0 ms = 2.00x the floor, and the worker 2.00x it" in row[2]
 
 
@@ -216,7 +235,8 @@ def test_the_exactly_once_target_reports_the_exactly_once_relay_beside_the_inter
     row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
     assert row[3] == "**met**", "the verdict stays the worker's p99 against the interval"
     assert "the exactly-once relay floor: p99 120 ms = 1.20x the interval, the worker 1.17x it" in row[2]
-    assert "(0.74 CPU; the worker 0.75, the relay 0.25): p99 175 ms = 1.75x the interval, the worker 0.80x it" in row[2]
+    assert ("(0.74 CPU; the worker 0.75 CPU, the relay 0.25 CPU): p99 175 ms = 1.75x the interval, the worker 0.80x "
+            "it") in row[2]
     outcome.latency["r-rd-eos@0.1s"] = LatencyResult("other rate", 500.0, 1000, 1000, 0.1, 60.0, 120.0, 130.0)
     row = next(row for row in targets(outcome) if row[0].startswith("3.") and "confluent" in row[0])
     assert "relay floor" not in row[2], "a floor of another rate is no floor"
