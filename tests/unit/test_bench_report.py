@@ -205,6 +205,21 @@ def test_the_half_max_row_reports_the_loaded_relay_beside_the_floor() -> None:
     assert "p99 40.0 ms = 2.00x the floor, and the worker 2.00x it" in row[2]
 
 
+def test_the_half_max_row_pairs_the_runs_of_each_round_and_keeps_its_verdict() -> None:
+    outcome = _outcome()
+    relays = [LatencyResult("relay", 3_000.0, 1000, 1000, None, 5.0, p99, 30.0) for p99 in (5.0, 25.0, 6.0)]
+    workers = [LatencyResult("alos", 3_000.0, 1000, 1000, None, 9.0, p99, 90.0) for p99 in (140.0, 26.0, 11.0)]
+    outcome.latency_runs["r@half"], outcome.latency["r@half"] = relays, median_run(relays)
+    outcome.latency_runs["c-alos@half"], outcome.latency["c-alos@half"] = workers, median_run(workers)
+    row = next(row for row in targets(outcome) if row[0].startswith("2.") and "kafka-python" in row[0])
+    assert "26.0 (median of 3 runs: 140.0 ms, 26.0 ms, 11.0 ms) vs 6.0" in row[2]
+    assert "paired by round: 28.00x, 1.04x, 1.83x, median 1.83x" in row[2]
+    assert "= 4.33x" in row[2] and row[3] == "**missed**", "the verdict stays the ratio of the median runs"
+    outcome.latency_runs["r@half"] = relays[:1]
+    row = next(row for row in targets(outcome) if row[0].startswith("2.") and "kafka-python" in row[0])
+    assert "paired" not in row[2], "one round: nothing to pair"
+
+
 def test_the_exactly_once_target_takes_the_median_of_its_runs() -> None:
     from bench.report import LATENCY_REPEATED
 
