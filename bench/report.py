@@ -896,7 +896,8 @@ def render(outcome: Outcome) -> str:
                 + (f"The rows of targets 1 to 3 (the floors, the workers, the loaded relays, and the exactly-once "
                    f"relay and worker of the default client at 0.1 s) run {c.repeat} times, interleaved with each "
                    "other; their row shows the run of median p99. " if c.repeat > 1 else "")
-                + "CPU is the contender's (seconds per second, all its threads) over the paced run. The relay "
+                + "CPU is the contender's (seconds per second, all its threads, and its main thread: the loop) over "
+                "the paced run. The relay "
                 "loaded to the worker's CPU spends, before producing each polled chunk, the CPU per record that the "
                 "worker used beyond the relay in the runs just before it (the larger of the difference of the "
                 "processes' CPU and that of their main threads: a kafka-python client's network thread takes what "
@@ -916,13 +917,15 @@ def render(outcome: Outcome) -> str:
                 "paths inside the measured windows. This run's rounds: "
                 + (", ".join(f"{jit:.2f}" for jit in outcome.latency_warmup_jit_s) or "none") + " JIT CPU s; the "
                 "column \"broker JIT CPU s\" is what the compilers used during each row's run of median p99.", ""]
-        lrows = [[r.label, f"{r.rate:,.0f}", f"{r.cpu:.2f}", f"{r.received:,}/{r.sent:,}", f"{r.p50_ms:.1f}",
+        lrows = [[r.label, f"{r.rate:,.0f}", f"{r.cpu:.2f} / {r.main_cpu:.2f}", f"{r.received:,}/{r.sent:,}",
+                  f"{r.p50_ms:.1f}",
                   f"{r.p99_ms:.1f}",
                   ", ".join(f"{run.p99_ms:.1f}" for run in outcome.latency_runs.get(key, [r])),
                   f"{r.max_ms:.1f}", f"{r.to_send_p50_ms:.1f} / {r.to_send_p99_ms:.1f}",
                   f"{r.to_read_p50_ms:.1f} / {r.to_read_p99_ms:.1f}", f"{r.broker_jit_s:.2f}"]
                  for key, r in outcome.latency.items()]
-        out += _table(["contender", "rate (events/s)", "CPU", "predictions read", "p50 ms", "p99 ms",
+        out += _table(["contender", "rate (events/s)", "CPU / of which main thread", "predictions read", "p50 ms",
+                       "p99 ms",
                        "p99 ms of each run",
                        "max ms", "send -> prediction sent, p50 / p99 ms", "prediction sent -> read, p50 / p99 ms",
                        "broker JIT CPU s"],

@@ -124,6 +124,8 @@ def test_repeated_runs_give_paired_ratios_and_median_runs() -> None:
     assert latency[2].startswith("24.0 (median of 3 runs: 30.0 ms, 22.0 ms, 24.0 ms) vs 20.0 ms = 1.20x")
     assert latency[3] == "**met**"
     assert "| 24.0 | 30.0, 22.0, 24.0 |" in render(outcome)
+    outcome.latency["c-alos@half"].cpu, outcome.latency["c-alos@half"].main_cpu = 0.84, 0.52
+    assert "| alos | 3,000 | 0.84 / 0.52 |" in render(outcome), "the latency table gives the main thread's CPU"
 
 
 def test_one_worker_on_four_partitions_against_one_partition_in_group_scope() -> None:
