@@ -181,8 +181,15 @@ class ManagedServer(ABC):
         self.launch()
         self.wait_ready()
 
+    def _detachment(self) -> dict[str, Any]:
+        """How the child leaves the caller's terminal: a server that outlives its caller gets a session of its own;
+        one that dies with it (``die_with_parent``) only a process group of its own, out of reach of a Ctrl-C but in
+        the caller's session, so that a kernel with autogroup scheduling does not give it a CPU share apart from the
+        processes it serves (docs/operations.md, "Co-located servers and the scheduler")."""
+        return {"process_group": 0} if self.die_with_parent else {"start_new_session": True}
+
     def launch(self) -> None:
-        """Start the process in its own session, so it outlives the caller; do not wait for readiness."""
+        """Start the process in the background (:meth:`_detachment`); do not wait for readiness."""
         record = self._read_pid_file()
         if self.is_running() and record is not None:
             if record.get("address") != self.address:
@@ -201,7 +208,7 @@ class ManagedServer(ABC):
             try:
                 child = subprocess.Popen(
                     launch_argv, cwd=self.home, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    **self._detachment(),
                 )
             except OSError as exc:
                 raise StackError(f"{self.name}: cannot run {argv[0]!r}: {exc}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -177,3 +178,21 @@ def test_broken_rule_file_and_missing_package_are_clear_errors(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match=r"missing redis-server and there is no apt-get"):
         ensure_installed(["redis-server"])
+
+
+def test_a_server_that_dies_with_its_caller_shares_its_session_and_a_detached_one_has_its_own(tmp_path: Path) -> None:
+    """Test and bench servers stay in the caller's session (one autogroup for the scheduler: docs/operations.md,
+    "Co-located servers and the scheduler") but in a process group of their own; `stack up` servers get a session."""
+    tied_port, detached_port = free_ports(2)
+    tied = RedisServer(tmp_path / "tied", port=tied_port, die_with_parent=True)
+    detached = RedisServer(tmp_path / "detached", port=detached_port)
+    try:
+        tied.start()
+        detached.start()
+        tied_pid, detached_pid = (json.loads(s.pid_file.read_text())["pid"] for s in (tied, detached))
+        assert os.getsid(tied_pid) == os.getsid(0)
+        assert os.getpgid(tied_pid) == tied_pid != os.getpgid(0)
+        assert os.getsid(detached_pid) == detached_pid != os.getsid(0)
+    finally:
+        tied.stop()
+        detached.stop()
