@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import datetime
 import json
 import os
+import re
 import statistics
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import suite
 from bench.suite import (
@@ -42,6 +44,7 @@ from bench.suite import (
     started_stack,
     temp_dir,
 )
+from services.stack.kafka_server import KAFKA_JVM_PERFORMANCE_OPTS
 
 STAGES = ("fetch", "held", "process", "out")
 #: a loop call at least this long is listed as a stall
@@ -300,6 +303,65 @@ def timeline(sent: dict[str, float], received: dict[str, tuple[float, float]], t
               + ("" if used is None else " " + " ".join(f"{used.get(c, 0.0):5.2f}" for c in CPU_COLUMNS)))
 
 
+#: a pause's line of the broker's collector log (``-Xlog:gc...:time``), and the wait of its collector threads
+_PAUSE_LINE = re.compile(r"^\[(?P<at>[^\]]+)\] GC\((?P<gc>\d+)\) Pause (?P<kind>.+?) (?P<ms>[\d.]+)ms$")
+_TERMINATION_LINE = re.compile(r"^\[[^\]]+\] GC\((?P<gc>\d+)\) +Termination \(ms\):.*Max: *(?P<ms>[\d.]+)")
+#: pauses at least this long are listed one by one
+LONG_PAUSE_MS = 20.0
+
+
+class BrokerPause(NamedTuple):
+    """One stop of the broker's JVM for its collector."""
+
+    at: float  # wall-clock seconds (epoch) when it ended
+    kind: str  # "Young (Normal) (G1 Evacuation Pause) 387M->181M(1024M)"
+    ms: float
+    #: the longest time a collector thread waited for the others to finish (``Termination``, ``gc+phases=debug``):
+    #: near the pause's length when one thread could not run
+    waited_ms: float | None
+
+
+def broker_pauses(log_text: str, since: float, until: float) -> list[BrokerPause]:
+    """The pauses in a broker's collector log that ended between ``since`` and ``until`` (epoch seconds)."""
+    waits: dict[str, float] = {}
+    pauses: list[tuple[str, BrokerPause]] = []
+    for line in log_text.splitlines():
+        termination = _TERMINATION_LINE.match(line)
+        if termination:
+            waits[termination["gc"]] = max(waits.get(termination["gc"], 0.0), float(termination["ms"]))
+            continue
+        pause = _PAUSE_LINE.match(line)
+        if pause is None:
+            continue
+        at = datetime.datetime.strptime(pause["at"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        if since <= at <= until:
+            pauses.append((pause["gc"], BrokerPause(at, pause["kind"], float(pause["ms"]), None)))
+    return [p._replace(waited_ms=waits.get(gc)) for gc, p in pauses]
+
+
+def pauses_summary(pauses: Sequence[BrokerPause], first_send: float) -> str:
+    """One line: how many pauses, their total and longest, and each one of at least ``LONG_PAUSE_MS`` at its second
+    of send time (as the timeline counts it: from the run's first send, the warm-up included)."""
+    if not pauses:
+        return "broker pauses during the run: none"
+    longest = max(pauses, key=lambda p: p.ms)
+    line = (f"broker pauses during the run: {len(pauses)}, {sum(p.ms for p in pauses):.1f} ms in all, "
+            f"longest {longest.ms:.1f} ms")
+    long_ones = [p for p in pauses if p.ms >= LONG_PAUSE_MS]
+    if long_ones:
+        line += f"; those >= {LONG_PAUSE_MS:g} ms (second of send time: ms, a thread's wait): " + ", ".join(
+            f"{p.at - first_send:.1f} s: {p.ms:.1f} ms"
+            + ("" if p.waited_ms is None else f", {p.waited_ms:.1f} ms") for p in long_ones)
+    return line
+
+
+def gc_log_options(path: Path) -> str:
+    """``KAFKA_JVM_PERFORMANCE_OPTS`` that log the collector's pauses and phases to ``path``: the environment's
+    options if set (else the broker's defaults), plus the log."""
+    base = os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS") or " ".join(KAFKA_JVM_PERFORMANCE_OPTS)
+    return f"{base} -Xlog:gc,gc+phases=debug:file={path}:time"
+
+
 class RedisLatency:
     """Redis's own latency monitor (``LATENCY LATEST``): which of the server's events (a command, the append-only
     file's write or fsync, a fork) took at least the threshold during a run."""
@@ -343,11 +405,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                     "in one run, beside the same relay")
     parser.add_argument("--start-detail", action="store_true",
                         help="also print each worker run's first chunks and long calls (what its start costs)")
+    parser.add_argument("--broker-gc-log", action="store_true",
+                        help="log the broker's collector and print each run's pauses (the longest thread wait too)")
     args = parser.parse_args(argv)
     global START_DETAIL
     START_DETAIL = args.start_detail
-    with temp_dir() as tmp, started_stack(Path(tmp) / "stack") as stack:
-        bench = Bench(stack, Path(tmp))
+    with temp_dir() as tmp:
+        gc_log = Path(tmp) / "broker-gc.log" if args.broker_gc_log else None
+        if gc_log is not None:
+            os.environ["KAFKA_JVM_PERFORMANCE_OPTS"] = gc_log_options(gc_log)
+        run_all(args, Path(tmp), gc_log)
+
+
+def run_all(args: argparse.Namespace, tmp: Path, gc_log: Path | None) -> None:
+    """Every run of the command line, on one stack."""
+    with started_stack(tmp / "stack") as stack:
+        bench = Bench(stack, tmp)
         monitor = RedisLatency(stack.redis_url, args.redis_latency) if args.redis_latency else None
         try:
             for _ in range(args.repeat):
@@ -372,10 +445,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          args.eos_interval, code_dir, ()))
                     for label, contender, alos, interval, code_dir, extra in runs:
                         log(f"{label}, {args.client}, {rate:,.0f}/s")
+                        started = time.time()
                         result, sent, received, trace = paced_traced(
                             bench, contender, args.client, rate, args.seconds, at_least_once=alos,
                             interval_s=interval, code_dir=code_dir, extra=extra)
                         report(f"{label} ({args.client})", result, sent, received, trace)
+                        if gc_log is not None:
+                            pauses = broker_pauses(gc_log.read_text(errors="replace"), started, time.time())
+                            print("  " + pauses_summary(pauses, min(sent.values(), default=started)))
                         if monitor is not None:
                             monitor.report()
         finally:
