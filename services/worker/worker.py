@@ -248,10 +248,12 @@ class Worker:
             check_redis(s.redis, s.worker.connect_timeout_s)
 
     def _build_steps(self, publish: PublishStep, clean: CleanStep) -> list[Step]:
-        """The step chain: decode, dedup, clean, entity features, models, delayed-label join, score, drift, publish.
+        """The step chain: decode, dedup, clean, entity features, models, publish, delayed-label join, score, drift.
 
-        Dedup, entity features and the delayed-label join keep their state in Redis (docs/state.md); each is
-        left out when its settings section is disabled.
+        The predictions are published as soon as the models made them: the steps after publish (the label join's
+        Redis round trip, the scoreboards, the drift monitors) are bookkeeping that no output waits for
+        (docs/architecture.md). Dedup, entity features and the delayed-label join keep their state in Redis
+        (docs/state.md); each is left out when its settings section is disabled.
         """
         s = self.settings
         namespace, group = s.redis.namespace, s.kafka.group_id
@@ -268,7 +270,7 @@ class Worker:
         if client is not None and s.entities.enabled:
             store = EntityStore(client, namespace, group, entity_spec(s.entities))
             steps.append(EntityFeaturesStep(store, self.metrics))
-        steps.append(self.model_step)
+        steps += [self.model_step, publish]
         if client is not None and s.labels.enabled:
             lb = s.labels
             join = LabelJoin(
@@ -284,7 +286,7 @@ class Worker:
                 limit=DeadLetterLimitStep(s.limits), rules=rules,
             )
             steps.append(self.delayed_labels)
-        steps += [self.score_step, self.drift_step, publish]
+        steps += [self.score_step, self.drift_step]
         return steps
 
     def run(self, *, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
