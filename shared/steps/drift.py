@@ -31,6 +31,7 @@ from shared.settings import DriftSettings
 from shared.steps.batch import Batch, Record
 from shared.steps.champion import LOWER_IS_BETTER, Champion
 from shared.steps.models import ModelStep
+from shared.steps.score import FOLD_RECORDS
 
 log = logging.getLogger("streamlearn.drift")
 
@@ -106,11 +107,14 @@ class DriftStep:
         self._monitors: dict[tuple[TopicPartition, str], ConceptDriftMonitor] = {}
         self.detections: deque[DriftDetection] = deque(maxlen=KEEP_DETECTIONS)
         data = settings.data
-        self.data: DataDriftMonitor | None = None
+        self._data: DataDriftMonitor | None = None
+        #: the features of processed events not added to the data-drift windows yet (bounded: ``FOLD_RECORDS``
+        #: plus one batch); added together, as the windows' ``update_many`` gives the same windows in any batching
+        self._kept_features: list[Mapping[str, FeatureValue]] = []
         self.label_drift: DistributionDrift | None = None
         self.prediction_drift: DistributionDrift | None = None
         if data.enabled:
-            self.data = DataDriftMonitor(data.reference_size, data.recent_size, data.max_features, data.bins,
+            self._data = DataDriftMonitor(data.reference_size, data.recent_size, data.max_features, data.bins,
                                          refresh_every=data.refresh_every)
             self.label_drift = DistributionDrift(data.reference_size, data.recent_size, data.bins,
                                                  refresh_every=data.refresh_every)
@@ -120,6 +124,17 @@ class DriftStep:
         self._last_export = -math.inf
         for name in self.tasks:  # the counters exist (at 0) from the start, so increase() sees the first one
             metrics.drift_detections.labels(name, settings.detector)
+
+    @property
+    def data(self) -> DataDriftMonitor | None:
+        """The feature-drift windows (with every event processed so far); ``None`` when data drift is off."""
+        self._fold_features()
+        return self._data
+
+    def _fold_features(self) -> None:
+        if self._kept_features and self._data is not None:
+            kept, self._kept_features = self._kept_features, []
+            self._data.update_many(kept)
 
     # --- the step ----------------------------------------------------------------------------------
     def process(self, batch: Batch) -> None:
@@ -140,9 +155,12 @@ class DriftStep:
                 predictions.append(output.prediction)
             if event.label is not None:
                 labelled.append(record)
-        # the windows are independent of each other and of the detectors: each takes its batch at once
-        if self.data is not None:
-            self.data.update_many(features)
+        # the windows are independent of each other and of the detectors: each takes its batch at once, and the
+        # feature windows (a cost per feature and call) the features of several small batches together
+        if self._data is not None and features:
+            self._kept_features += features
+            if len(self._kept_features) >= FOLD_RECORDS:
+                self._fold_features()
         if self.prediction_drift is not None:
             self.prediction_drift.update_many(predictions)
         if labelled:
@@ -247,9 +265,10 @@ class DriftStep:
         self._last_export = now
         self._forget_revoked()
         m = self._metrics
-        if self.data is not None:
-            scores = self.data.scores()
-            top = [feature for feature, _ in self.data.top_k(self.settings.data.top_k, PSI)]
+        data = self.data
+        if data is not None:
+            scores = data.scores()
+            top = [feature for feature, _ in data.top_k(self.settings.data.top_k, PSI)]
             for feature in self._exported_features - set(top):
                 for statistic in (PSI, KS):
                     with contextlib.suppress(KeyError):  # a feature with no ks (categorical)

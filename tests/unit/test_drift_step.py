@@ -17,6 +17,7 @@ from shared.steps.batch import Batch, Record
 from shared.steps.champion import ChampionSelector
 from shared.steps.drift import DriftStep, prediction_error
 from shared.steps.models import ModelStep
+from shared.steps.score import FOLD_RECORDS
 
 TP = ("events", 0)
 MODELS = [ModelSettings(name="a", estimator="river.linear_model.LogisticRegression"),
@@ -189,3 +190,24 @@ def test_disabled_drift_does_nothing() -> None:
     step, metrics, *_ = _step(DriftSettings(enabled=False))
     _feed(step, _errors_stream(4000, drift_at=2000))
     assert _detections(metrics, "a") == 0.0 and not step.detections
+
+
+def test_features_of_small_batches_go_to_the_drift_windows_together_with_the_same_scores() -> None:
+    """The feature windows take the features of several small batches at once (``FOLD_RECORDS``, or a read of
+    ``data``, or an export that is due): the windows and scores are those of adding each batch as it came."""
+    settings = DriftSettings(export_interval_s=60.0, data=DataDriftSettings(reference_size=200, recent_size=200))
+    kept, metrics, *_ = _step(settings)
+    each, *_ = _step(settings)
+    rng = random.Random(5)
+    records = [_record(i, {"x": rng.gauss(0.0 if i < 300 else 3.0, 1.0), "c": rng.choice("pqr")}, None, {})
+               for i in range(FOLD_RECORDS + 300)]
+    kept.process(Batch(records=records[:1], polled_at=0.0))  # the first export is due at once
+    assert metrics.registry.get_sample_value("streamlearn_feature_drift", {"feature": "x", "statistic": "psi"}) \
+        is None, "not ready after one event"
+    for record in records[1:]:
+        kept.process(Batch(records=[record], polled_at=0.0))
+    assert kept._data is not None and kept._data.scores() != {}, "folded by count before any read"
+    _feed(each, records, batch_size=1)
+    assert each.data is not None and kept.data is not None
+    assert kept.data.scores() == each.data.scores()
+    assert kept.data.scores()[("x", "psi")] > 1.0
