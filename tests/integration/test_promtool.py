@@ -140,6 +140,10 @@ def _populate(metrics: Metrics) -> None:
         metrics.labels.labels(outcome).inc(0)
     metrics.dead_letters.labels("bad_json").inc(0)
     metrics.checkpoints.labels("ok").inc(0)
+    for outcome in ("ok", "failed"):
+        metrics.syncs.labels(outcome).inc(0)
+    for direction in ("published", "read"):
+        metrics.sync_bytes.labels(direction).inc(0)
     metrics.snapshots_rejected.labels("tampered").inc(0)
     metrics.state_lost.inc(0)
     metrics.champion_switches.inc(0)
@@ -162,6 +166,9 @@ def _advance(metrics: Metrics) -> None:
     metrics.labels.labels("joined").inc(100)
     metrics.dead_letters.labels("bad_json").inc(5)
     metrics.checkpoints.labels("ok").inc()
+    metrics.syncs.labels("ok").inc()
+    metrics.sync_bytes.labels("published").inc(20_000)
+    metrics.sync_bytes.labels("read").inc(20_000)
     metrics.champion_switches.inc()
     metrics.join_evictions.inc()
     metrics.state_lost.inc()
