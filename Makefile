@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m services.cli demo
 
-# the 30 slowest tests are listed at the end: the whole suite must stay under 20 minutes on 2 cores (CI)
+# the 30 slowest tests are listed at the end: the whole suite must stay under 20 minutes on 2 cores (CI).
+# TEST_WORKERS processes share the tests file by file, each with servers of its own (docs/operations.md,
+# "Running the tests"); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest --durations=30
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check .
