@@ -124,6 +124,10 @@ class Metrics:
             "streamlearn_deferred_outputs", "Outputs (predictions, dead letters) made while the last transaction "
             "commits, kept for the next one (exactly-once; at most 256 KiB, past that the loop waits for the commit).",
             registry=r)
+        self.kept_records = Gauge(
+            "streamlearn_kept_records", "Records a step keeps to add together, by step: score (labelled records "
+            "not in the scoreboards yet), drift (features not in the data-drift windows yet); at most 256 plus one "
+            "batch, added at the latest at the step's next export or the next commit.", ["step"], registry=r)
         self.producer_nudges = Counter(
             "streamlearn_producer_nudges", "Small polls (at most 2 records) at the head of the stream whose outputs "
             "were sent at once instead of after kafka.linger_ms (at-least-once).", registry=r)

@@ -111,6 +111,7 @@ class DriftStep:
         #: the features of processed events not added to the data-drift windows yet (bounded: ``FOLD_RECORDS``
         #: plus one batch); added together, as the windows' ``update_many`` gives the same windows in any batching
         self._kept_features: list[Mapping[str, FeatureValue]] = []
+        self._kept_gauge = metrics.kept_records.labels("drift")
         self.label_drift: DistributionDrift | None = None
         self.prediction_drift: DistributionDrift | None = None
         if data.enabled:
@@ -134,6 +135,7 @@ class DriftStep:
     def _fold_features(self) -> None:
         if self._kept_features and self._data is not None:
             kept, self._kept_features = self._kept_features, []
+            self._kept_gauge.set(0)
             self._data.update_many(kept)
 
     # --- the step ----------------------------------------------------------------------------------
@@ -161,6 +163,8 @@ class DriftStep:
             self._kept_features += features
             if len(self._kept_features) >= FOLD_RECORDS:
                 self._fold_features()
+            else:
+                self._kept_gauge.set(len(self._kept_features))
         if self.prediction_drift is not None:
             self.prediction_drift.update_many(predictions)
         if labelled:

@@ -74,6 +74,7 @@ class ScoreStep:
         self._kept_champions: list[str | None] = []
         #: the counters' children by (counter, label value), as ``labels()`` returns them (bounded by the label values)
         self._children: dict[tuple[int, str], PromCounter] = {}
+        self._kept_gauge = metrics.kept_records.labels("score")
 
     @property
     def scoreboards(self) -> dict[str, Scoreboard]:
@@ -142,6 +143,8 @@ class ScoreStep:
             self._kept_champions += [self._champion() if self._champion is not None else None] * len(labels)
             if len(self._kept_labels) >= FOLD_RECORDS:
                 self.fold()
+            else:
+                self._kept_gauge.set(len(self._kept_labels))
         m = self._metrics
         for outcome, n in (("invalid", invalid), ("duplicate", duplicate), ("valid", valid)):
             if n:
@@ -189,6 +192,7 @@ class ScoreStep:
         outputs_list, labels = self._kept_outputs, self._kept_labels
         counted, champions = self._kept_counted, self._kept_champions
         self._kept_outputs, self._kept_labels, self._kept_counted, self._kept_champions = [], [], [], []
+        self._kept_gauge.set(0)
         self._score(outputs_list, labels, counted, champions)
 
     def _score(

@@ -151,6 +151,7 @@ def _populate(metrics: Metrics) -> None:
     metrics.feature_drift.labels("salary", "psi").set(0.3)
     metrics.distribution_drift.labels("label", "psi").set(0.1)
     metrics.consumer_lag.labels("events", "0").set(120)
+    metrics.kept_records.labels("score").set(3)
     for gauge, value in ((metrics.paused_partitions, 0), (metrics.checkpoint_age, 4), (metrics.join_entries, 50),
                          (metrics.dedup_entries, 500), (metrics.entity_keys, 20), (metrics.redis_up, 1),
                          (metrics.kafka_up, 1), (metrics.ready, 1)):

@@ -170,8 +170,10 @@ def test_score_step_per_batch_equals_per_event() -> None:
         assert batched.take_labelled() == single.take_labelled()
 
 
-#: counters the reference step predates (checked against a plain count in tests/unit/test_group_champion.py)
-_NEWER = ("streamlearn_predictions_scored", "streamlearn_predictions_correct", "streamlearn_prediction_")
+#: series the reference step predates: counters checked against a plain count in tests/unit/test_group_champion.py,
+#: and the records kept to be scored together (tests/unit/test_score_fold.py)
+_NEWER = ("streamlearn_predictions_scored", "streamlearn_predictions_correct", "streamlearn_prediction_",
+          "streamlearn_kept_records")
 
 
 def _samples(metrics: Metrics) -> list[tuple[str, tuple, float]]:

@@ -207,6 +207,10 @@ def test_features_of_small_batches_go_to_the_drift_windows_together_with_the_sam
     for record in records[1:]:
         kept.process(Batch(records=[record], polled_at=0.0))
     assert kept._data is not None and kept._data.scores() != {}, "folded by count before any read"
+    in_gauge = metrics.registry.get_sample_value("streamlearn_kept_records", {"step": "drift"})
+    assert in_gauge == (len(records) - 1) % FOLD_RECORDS, "the features kept since the last fold"
+    assert kept.data is not None
+    assert metrics.registry.get_sample_value("streamlearn_kept_records", {"step": "drift"}) == 0, "a read folds"
     _feed(each, records, batch_size=1)
     assert each.data is not None and kept.data is not None
     assert kept.data.scores() == each.data.scores()

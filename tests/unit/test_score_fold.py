@@ -108,3 +108,23 @@ def test_a_commit_counts_every_record_processed_before_it() -> None:
                                                {"model": "a", "role": "champion"})
     assert scored == 7
     assert metrics.registry.get_sample_value("streamlearn_events_total", {"outcome": "valid"}) == 14
+
+
+def test_the_kept_records_are_exported_and_emptied_by_a_fold() -> None:
+    rng = random.Random(8)
+    metrics = Metrics(CollectorRegistry())
+    step = ScoreStep(metrics, TASKS, 10)
+
+    def kept() -> float | None:
+        return metrics.registry.get_sample_value("streamlearn_kept_records", {"step": "score"})
+
+    for i in range(5):
+        step.process(Batch([_record(i, rng), _record(100 + i, rng, labelled=False)], 0.0))
+    assert kept() == 5, "the labelled records only"
+    step.rolling("accuracy")  # a read folds
+    assert kept() == 0
+    for i in range(FOLD_RECORDS - 1):
+        step.process(Batch([_record(200 + i, rng)], 0.0))
+    assert kept() == FOLD_RECORDS - 1
+    step.process(Batch([_record(999, rng)], 0.0))
+    assert kept() == 0, "folded by count"
