@@ -66,6 +66,9 @@ ORDER_POLL_MS = 10
 #: exactly-once: while outputs wait for the commit in flight, polls of at most this long, so that they go out soon
 #: after it ended
 COMMIT_POLL_MS = 2
+#: exactly-once: a chunk of held records ends by the time the next commit is due (its outputs become readable only
+#: at that commit, so a chunk running past it delays every output of the transaction), but takes at least this long
+COMMIT_CHUNK_MIN_S = 0.005
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -323,7 +326,7 @@ class Worker:
                         last_data = time.monotonic()
                         self.backpressure.submit(Batch(polled, time.time()))
                     # a time-bounded chunk; while records are held, partitions stay paused and the loop keeps polling
-                    self.backpressure.process_next(self.process)
+                    self.backpressure.process_next(self.process, self._chunk_budget_s())
                     self.backpressure.apply(self.consumer)
                     self._export_order()
                     self._update_champion()  # also while idle: a switch made by another worker arrives
@@ -375,6 +378,14 @@ class Worker:
             return timeout
         # short polls while waiting: kafka-python sleeps up to the poll's timeout when nothing is in flight
         return max(1, min(timeout, ORDER_POLL_MS, math.ceil(wait_left * 1000)))
+
+    def _chunk_budget_s(self) -> float | None:
+        """Exactly-once: the time left until the next commit is due (at least ``COMMIT_CHUNK_MIN_S``), so that the
+        commit is not held up by a long chunk; otherwise ``None`` (backpressure's own budget)."""
+        if not self.settings.kafka.exactly_once:
+            return None
+        due_in_s = self._last_commit + self.settings.worker.commit_interval_s - time.monotonic()
+        return max(COMMIT_CHUNK_MIN_S, due_in_s)
 
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""

@@ -129,19 +129,22 @@ class Backpressure:
             self._held.extend(batch.records)
         self._polled_at = batch.polled_at
 
-    def chunk_size(self) -> int:
-        """How many held records the next :meth:`process_next` takes (at most)."""
+    def chunk_size(self, budget_s: float | None = None) -> int:
+        """How many held records the next :meth:`process_next` takes (at most), in ``budget_s`` (default: the
+        budget given at construction; never more than it)."""
         held = self.backlog
         if not held:
             return 0
         if self.seconds_per_record is None or self.seconds_per_record <= 0:
             # first chunk: measure on a small one rather than risk a whole slow batch
             return min(held, 16)
-        return max(1, min(held, int(self.budget_s / self.seconds_per_record)))
+        budget = self.budget_s if budget_s is None else min(self.budget_s, budget_s)
+        return max(1, min(held, int(budget / self.seconds_per_record)))
 
-    def process_next(self, process: Callable[[Batch], None]) -> int:
-        """Run the next chunk of held records through ``process``; return how many it took (0: none held)."""
-        size = self.chunk_size()
+    def process_next(self, process: Callable[[Batch], None], budget_s: float | None = None) -> int:
+        """Run the next chunk of held records through ``process``, taking at most ``budget_s`` by the measured cost
+        per record (default and upper bound: the constructor's budget); return how many it took (0: none held)."""
+        size = self.chunk_size(budget_s)
         if size == 0:
             return 0
         if self.order is not None:

@@ -101,6 +101,21 @@ def test_a_single_record_is_processed_even_when_it_exceeds_the_budget() -> None:
     assert bp.process_next(very_slow) == 0
 
 
+def test_a_call_s_budget_shortens_the_chunk_but_never_lengthens_it() -> None:
+    clock = FakeClock()
+    bp = Backpressure(300_000, budget_s=0.5, clock=clock)
+    bp.submit(_batch(0, range(100)))
+
+    def slow(batch: Batch) -> None:  # 1/128 s a record (exact in binary)
+        clock.now += len(batch.records) / 128
+
+    assert bp.process_next(slow, 0.0625) == 16, "the first chunk measures the cost, whatever the budget"
+    assert bp.process_next(slow, 0.0625) == 8, "0.0625 s / (1/128 s a record)"
+    assert bp.process_next(slow, 0.0) == 1, "a budget already spent still takes one record"
+    assert bp.process_next(slow, 10.0) == 64, "the constructor's 0.5 s bounds a longer one"
+    assert bp.process_next(slow, None) == 11, "the rest"
+
+
 def test_fast_processing_takes_whole_batches() -> None:
     clock = FakeClock()
     bp = Backpressure(300_000, budget_s=1.0, clock=clock)

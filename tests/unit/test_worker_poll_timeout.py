@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.worker.worker import COMMIT_POLL_MS, Worker
+from services.worker.worker import COMMIT_CHUNK_MIN_S, COMMIT_POLL_MS, Worker
 from shared.settings import KafkaSettings, WorkerSettings
 
 
@@ -48,3 +48,14 @@ def test_nothing_to_commit_or_at_least_once_polls_the_configured_timeout(
         now: float, exactly_once: bool, pending: bool) -> None:
     worker = _worker(exactly_once=exactly_once, pending=pending, last_commit=now - 0.07)
     assert worker._poll_timeout_ms() == 100
+
+
+def test_exactly_once_a_chunk_ends_by_the_time_the_commit_is_due(now: float) -> None:
+    assert _worker(exactly_once=True, pending=True, last_commit=now - 0.07)._chunk_budget_s() == pytest.approx(0.03)
+    assert _worker(exactly_once=True, pending=False, last_commit=now - 0.02)._chunk_budget_s() == pytest.approx(0.08)
+    overdue = _worker(exactly_once=True, pending=True, last_commit=now - 0.25)
+    assert overdue._chunk_budget_s() == COMMIT_CHUNK_MIN_S, "overdue: a short chunk, then the commit"
+
+
+def test_at_least_once_chunks_keep_backpressure_s_own_budget(now: float) -> None:
+    assert _worker(exactly_once=False, pending=True, last_commit=now - 0.25)._chunk_budget_s() is None
