@@ -371,8 +371,7 @@ class Worker:
             timeout = min(timeout, COMMIT_POLL_MS)
         if self._pending_offsets and self.settings.kafka.exactly_once:
             # outputs are read once their transaction commits: a poll waiting for more records must not delay that
-            due_in_s = self._last_commit + self.settings.worker.commit_interval_s - time.monotonic()
-            timeout = min(timeout, max(0, math.ceil(due_in_s * 1000)))
+            timeout = min(timeout, max(0, math.ceil(self._commit_due_in_s() * 1000)))
         wait_left = self.backpressure.wait_left_s()
         if wait_left is None:
             return timeout
@@ -384,8 +383,11 @@ class Worker:
         commit is not held up by a long chunk; otherwise ``None`` (backpressure's own budget)."""
         if not self.settings.kafka.exactly_once:
             return None
-        due_in_s = self._last_commit + self.settings.worker.commit_interval_s - time.monotonic()
-        return max(COMMIT_CHUNK_MIN_S, due_in_s)
+        return max(COMMIT_CHUNK_MIN_S, self._commit_due_in_s())
+
+    def _commit_due_in_s(self) -> float:
+        """Seconds until the periodic commit is due by ``worker.commit_interval_s`` (negative: overdue)."""
+        return self._last_commit + self.settings.worker.commit_interval_s - time.monotonic()
 
     def process(self, batch: Batch) -> None:
         """Run every step over one batch and remember the offsets it allows to commit."""
